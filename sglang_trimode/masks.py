@@ -1,0 +1,153 @@
+"""Attention masks and positions for every step kind, as pure functions.
+
+A step appends a *segment* of ``n`` tokens to a request whose KV cache holds ``prefix_len``
+committed tokens. Every segment token sees the whole cached prefix; within the segment the
+structure is one of two families, each described by a few integers (:class:`MaskDescriptor`)
+that the Triton kernels read instead of a dense mask:
+
+* ``BLOCK`` (block size ``B``): bidirectional inside consecutive blocks of ``B`` segment tokens,
+  causal across blocks. ``B = 1`` is the causal mask (prefill, decode, commit, linear verify);
+  ``B >= n`` is fully bidirectional (a diffusion draft over one block, BD3-LM eq. 3).
+* ``QUADRATIC`` (TiDAR-style, arXiv 2511.08923): ``k + 1`` causal tokens ``[seed, d_1..d_k]``
+  followed by ``k + 1`` groups of ``L`` masks. Group ``i`` sits at offsets ``i+1 .. i+L`` (the
+  positions of the next block if ``d_1..d_i`` are accepted), sees causal tokens ``0..i`` and
+  itself bidirectionally, so one forward verifies the drafts and pre-drafts the next block for
+  every acceptance length.
+
+Offsets are relative to ``prefix_len``: the absolute position of segment token ``t`` is
+``prefix_len + offsets[t]``. The dense forms are the obviously-correct references.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+
+class MaskKind(enum.IntEnum):
+    BLOCK = 0
+    QUADRATIC = 1
+
+
+@dataclass(frozen=True)
+class MaskDescriptor:
+    """Structural mask of one request's segment.
+
+    ``kind``: BLOCK or QUADRATIC. ``length``: segment tokens ``n``. ``block``: block size ``B``
+    (BLOCK) or mask-group size ``L`` (QUADRATIC). ``num_causal``: causal tokens ``k + 1``
+    (QUADRATIC only; 0 for BLOCK).
+    """
+
+    kind: MaskKind
+    length: int
+    block: int
+    num_causal: int = 0
+
+    def __post_init__(self) -> None:
+        if self.length < 1:
+            raise ValueError(f"MaskDescriptor.length must be >= 1, got {self.length}")
+        if self.block < 1:
+            raise ValueError(f"MaskDescriptor.block must be >= 1, got {self.block}")
+        if self.kind == MaskKind.QUADRATIC:
+            if self.num_causal < 1:
+                raise ValueError("MaskDescriptor.num_causal must be >= 1 for QUADRATIC")
+            if self.length != self.num_causal * (self.block + 1):
+                raise ValueError(
+                    f"QUADRATIC length must be num_causal * (block + 1) = "
+                    f"{self.num_causal * (self.block + 1)}, got {self.length}"
+                )
+
+    @property
+    def is_causal(self) -> bool:
+        return self.kind == MaskKind.BLOCK and self.block == 1
+
+    def group_slice(self, i: int) -> slice:
+        """Segment indices of quadratic mask group ``i``."""
+        start = self.num_causal + i * self.block
+        return slice(start, start + self.block)
+
+
+# ---- step kinds -------------------------------------------------------------------------------
+
+
+def prefill(n: int) -> MaskDescriptor:
+    """Causal prefill of ``n`` prompt tokens."""
+    return MaskDescriptor(MaskKind.BLOCK, n, 1)
+
+
+def decode() -> MaskDescriptor:
+    """AR decode: one query over the cache."""
+    return MaskDescriptor(MaskKind.BLOCK, 1, 1)
+
+
+def diffusion_draft(block_size: int, n: int | None = None) -> MaskDescriptor:
+    """Bidirectional denoising of ``[seed, MASK x (B-1)]`` against the cached causal prefix.
+
+    ``n`` (default ``block_size``) may be smaller at the end of generation; the segment is then
+    one truncated block, still bidirectional.
+    """
+    n = block_size if n is None else n
+    return MaskDescriptor(MaskKind.BLOCK, n, max(block_size, n))
+
+
+def commit(n: int) -> MaskDescriptor:
+    """Causal pass over a finished block; writes its KV (bidirectional KV differs from causal)."""
+    return MaskDescriptor(MaskKind.BLOCK, n, 1)
+
+
+def linear_verify(n: int) -> MaskDescriptor:
+    """Causal verify of ``[seed, d_1..d_{n-1}]`` in linear self-speculation."""
+    return MaskDescriptor(MaskKind.BLOCK, n, 1)
+
+
+def quadratic(num_drafts: int, group_size: int) -> MaskDescriptor:
+    """One TiDAR-style step: verify ``num_drafts`` drafts and pre-draft ``group_size`` masks for
+    each of the ``num_drafts + 1`` acceptance lengths."""
+    k1 = num_drafts + 1
+    return MaskDescriptor(MaskKind.QUADRATIC, k1 * (group_size + 1), group_size, k1)
+
+
+# ---- positions and dense masks ----------------------------------------------------------------
+
+
+def offsets(desc: MaskDescriptor) -> torch.Tensor:
+    """Position offsets of the segment tokens relative to the prefix length, int64 ``[n]``."""
+    if desc.kind == MaskKind.BLOCK:
+        return torch.arange(desc.length, dtype=torch.long)
+    causal = torch.arange(desc.num_causal, dtype=torch.long)
+    groups = [torch.arange(i + 1, i + 1 + desc.block) for i in range(desc.num_causal)]
+    return torch.cat([causal, *groups])
+
+
+def segment_mask(desc: MaskDescriptor) -> torch.Tensor:
+    """Bool ``[n, n]``: ``out[q, k]`` is True when segment token ``q`` may attend to token ``k``."""
+    n = desc.length
+    idx = torch.arange(n)
+    if desc.kind == MaskKind.BLOCK:
+        qb = idx[:, None] // desc.block
+        kb = idx[None, :] // desc.block
+        return kb <= qb
+    k1, g = desc.num_causal, desc.block
+    # group id per token: -1 for causal tokens, i for mask group i
+    group = torch.where(idx < k1, torch.full_like(idx, -1), (idx - k1) // g)
+    is_causal = group < 0
+    q_causal, k_causal = is_causal[:, None], is_causal[None, :]
+    causal_part = q_causal & k_causal & (idx[None, :] <= idx[:, None])
+    sees_drafts = ~q_causal & k_causal & (idx[None, :] <= group[:, None])
+    same_group = ~q_causal & ~k_causal & (group[:, None] == group[None, :])
+    return causal_part | sees_drafts | same_group
+
+
+def dense_mask(desc: MaskDescriptor, prefix_len: int) -> torch.Tensor:
+    """Bool ``[n, prefix_len + n]``: the full mask of one request's step (prefix fully visible)."""
+    if prefix_len < 0:
+        raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
+    prefix = torch.ones(desc.length, prefix_len, dtype=torch.bool)
+    return torch.cat([prefix, segment_mask(desc)], dim=1)
+
+
+def positions(desc: MaskDescriptor, prefix_len: int) -> torch.Tensor:
+    """Absolute positions (RoPE and Llama-4 query scaling) of the segment tokens, int64 ``[n]``."""
+    return prefix_len + offsets(desc)

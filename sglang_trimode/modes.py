@@ -1,0 +1,259 @@
+"""Per-mode step policies for the one block loop.
+
+Every decoding mode is a small state machine over a :class:`RequestState`: ``segment`` says which
+tokens the request puts into the next (batched) forward and under which mask; ``consume`` reads
+that forward's logits, emits tokens and returns which segment positions' KV to commit. The loop
+in :mod:`sglang_trimode.reference.engine` (and later the SGLang worker) is the same for all.
+
+Token convention (the vendor's): causal logits at position ``i`` predict token ``i + 1``;
+bidirectional (diffusion) logits at a masked position predict the token *at* that position. The
+*seed* is the newest token: sampled, emitted, its KV not yet written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from sglang_trimode import masks
+from sglang_trimode.sampling import (
+    AcceptRule,
+    SamplingParams,
+    confidence,
+    probs_from_logits,
+    sample,
+    select_unmask,
+)
+
+
+@dataclass
+class RequestStats:
+    """``forwards``: model forwards after the prefill that this request took part in (draft,
+    verify and commit passes count one each). ``accept_lengths``: tokens emitted per verify or
+    commit step (the bonus token included)."""
+
+    forwards: int = 0
+    accept_lengths: list[int] = field(default_factory=list)
+    num_tokens: int = 0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.num_tokens / self.forwards if self.forwards else float(self.num_tokens)
+
+    @property
+    def acceptance_length(self) -> float:
+        n = len(self.accept_lengths)
+        return sum(self.accept_lengths) / n if n else 0.0
+
+    def histogram(self, max_len: int) -> list[int]:
+        """Counts of accepted lengths 1..max_len."""
+        hist = [0] * max_len
+        for a in self.accept_lengths:
+            hist[min(a, max_len) - 1] += 1
+        return hist
+
+
+@dataclass
+class RequestState:
+    prompt: list[int]
+    params: SamplingParams
+    max_new_tokens: int
+    stop_token_ids: frozenset[int]
+    generator: torch.Generator | None
+    out: list[int] = field(default_factory=list)
+    seed: int = -1
+    done: bool = False
+    finish_reason: str | None = None
+    stats: RequestStats = field(default_factory=RequestStats)
+    # per-mode scratch
+    block: list[int] | None = None  # diffusion: current block tokens
+    masked: list[bool] | None = None  # diffusion: which block positions are still masks
+    block_steps: int = 0  # diffusion: draft steps spent on the current block
+    drafts: list[int] = field(default_factory=list)  # self-spec: drafts awaiting verify
+    q: torch.Tensor | None = None  # self-spec: draft distributions [k, V]
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new_tokens - len(self.out)
+
+    def emit(self, tokens: list[int]) -> None:
+        """Append tokens, stopping at a stop token or at ``max_new_tokens``."""
+        for t in tokens:
+            if self.done:
+                return
+            self.out.append(int(t))
+            if t in self.stop_token_ids:
+                self.done, self.finish_reason = True, "stop"
+            elif len(self.out) >= self.max_new_tokens:
+                self.done, self.finish_reason = True, "length"
+        self.stats.num_tokens = len(self.out)
+
+    def sample_next(self, logits: torch.Tensor) -> int:
+        """Sample one token from one row of logits ``[V]``."""
+        probs = probs_from_logits(logits[None], self.params)
+        return int(sample(probs, self.generator, self.params.greedy)[0])
+
+
+@dataclass(frozen=True)
+class Segment:
+    tokens: list[int]
+    desc: masks.MaskDescriptor
+
+
+@dataclass(frozen=True)
+class ModeConfig:
+    """Settings shared by the policies; ``mask_token_id`` comes from the model config."""
+
+    mask_token_id: int
+    block_size: int
+    threshold: float | None = 0.9
+    diffusion_steps: int | None = None
+    accept_rule: AcceptRule | None = None
+
+
+def _all(n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.long)
+
+
+_NONE = torch.zeros(0, dtype=torch.long)
+
+
+class ARPolicy:
+    """Causal decoding, one token per forward."""
+
+    def __init__(self, cfg: ModeConfig) -> None:
+        self.cfg = cfg
+
+    def segment(self, r: RequestState) -> Segment:
+        return Segment([r.seed], masks.decode())
+
+    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
+        self._next_seed(r, logits)
+        r.stats.accept_lengths.append(1)
+        return _all(seg.desc.length)
+
+    @staticmethod
+    def _next_seed(r: RequestState, logits: torch.Tensor) -> None:
+        r.seed = r.sample_next(logits[-1])
+        r.emit([r.seed])
+
+
+class DiffusionPolicy(ARPolicy):
+    """Block diffusion: denoise ``[seed, MASK x (B-1)]`` bidirectionally, then a causal commit pass
+    writes the block's KV and samples the next seed. Block size 1 is exactly AR."""
+
+    def segment(self, r: RequestState) -> Segment:
+        if r.block is None:
+            n_masks = min(self.cfg.block_size - 1, r.remaining)
+            r.block = [r.seed] + [self.cfg.mask_token_id] * n_masks
+            r.masked = [False] + [True] * n_masks
+            r.block_steps = 0
+        if any(r.masked):
+            return Segment(list(r.block), masks.diffusion_draft(self.cfg.block_size, len(r.block)))
+        return Segment(list(r.block), masks.commit(len(r.block)))
+
+    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
+        if seg.desc.is_causal:  # commit pass: keep the block's causal KV, sample the next seed
+            self._next_seed(r, logits)
+            r.stats.accept_lengths.append(len(r.block))  # B-1 diffused tokens + this one
+            r.block = r.masked = None
+            return _all(seg.desc.length)
+        idx = torch.tensor([i for i, m in enumerate(r.masked) if m])
+        probs = probs_from_logits(logits[idx], r.params)
+        tokens = sample(probs, r.generator, r.params.greedy)
+        n_masks = len(r.block) - 1
+        steps = self.cfg.diffusion_steps or n_masks
+        steps_left = steps - r.block_steps
+        if steps_left <= 1:
+            keep = torch.ones(idx.numel(), dtype=torch.bool)
+        else:
+            keep = select_unmask(confidence(logits[idx], tokens), self.cfg.threshold, steps_left)
+        for i, t in zip(idx[keep].tolist(), tokens[keep].tolist()):
+            r.block[i], r.masked[i] = t, False
+        r.block_steps += 1
+        self._emit_if_ready(r)
+        return _NONE
+
+    def _emit_if_ready(self, r: RequestState) -> None:
+        """Emit the block once it is full, or early up to a stop token with no mask before it."""
+        before = len(r.out)
+        for i in range(1, len(r.block)):
+            if r.masked[i]:
+                return
+            if r.block[i] in r.stop_token_ids:
+                r.emit(r.block[1 : i + 1])
+                break
+        else:
+            r.emit(r.block[1:])
+        if r.done:  # no commit pass follows: record the partial cycle here
+            r.stats.accept_lengths.append(len(r.out) - before)
+
+
+class LinearSpecPolicy(ARPolicy):
+    """Linear self-speculation: a bidirectional draft forward over ``[seed, MASK x (L-1)]``, then a
+    causal verify of ``[seed, d_1..d_{L-1}]`` (two forwards per step)."""
+
+    def segment(self, r: RequestState) -> Segment:
+        if r.q is None:  # draft phase
+            n = min(self.cfg.block_size, r.remaining)
+            if n > 1:
+                tokens = [r.seed] + [self.cfg.mask_token_id] * (n - 1)
+                return Segment(tokens, masks.diffusion_draft(n))
+            r.drafts, r.q = [], torch.zeros(0)
+        return Segment([r.seed, *r.drafts], masks.linear_verify(1 + len(r.drafts)))
+
+    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
+        if r.q is None:  # draft forward: no KV is written
+            r.q = probs_from_logits(logits[1:], r.params)
+            r.drafts = sample(r.q, r.generator, r.params.greedy).tolist()
+            return _NONE
+        p = probs_from_logits(logits, r.params)
+        accepted = self._verify(r, p)
+        r.drafts, r.q = [], None
+        return _all(accepted + 1)
+
+    def _verify(self, r: RequestState, p: torch.Tensor) -> int:
+        drafts = torch.tensor(r.drafts, dtype=torch.long)
+        a, bonus = self.cfg.accept_rule(drafts, r.q, p, r.generator, r.params.greedy)
+        r.emit(r.drafts[:a] + [bonus])
+        r.stats.accept_lengths.append(a + 1)
+        r.seed = bonus
+        return a
+
+
+class QuadraticSpecPolicy(LinearSpecPolicy):
+    """TiDAR-style self-speculation: one forward verifies the previous drafts and, through one
+    mask group per acceptance length, pre-drafts the next block."""
+
+    def segment(self, r: RequestState) -> Segment:
+        desc = masks.quadratic(len(r.drafts), self.cfg.block_size)
+        n_masks = desc.length - desc.num_causal
+        return Segment([r.seed, *r.drafts] + [self.cfg.mask_token_id] * n_masks, desc)
+
+    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
+        desc = seg.desc
+        p = probs_from_logits(logits[: desc.num_causal], r.params)
+        if r.q is None:
+            r.q = torch.zeros(0, p.shape[-1])
+        accepted = self._verify(r, p)
+        # group `accepted` stands at the bonus position and the next L-1 positions
+        n_next = max(0, min(self.cfg.block_size - 1, r.remaining - 1))
+        group = logits[desc.group_slice(accepted)][1 : 1 + n_next]
+        r.q = probs_from_logits(group, r.params)
+        r.drafts = sample(r.q, r.generator, r.params.greedy).tolist() if n_next else []
+        return _all(accepted + 1)
+
+
+POLICIES: dict[str, type[ARPolicy]] = {
+    "ar": ARPolicy,
+    "diffusion": DiffusionPolicy,
+    "self_spec_linear": LinearSpecPolicy,
+    "self_spec_quadratic": QuadraticSpecPolicy,
+}
+
+
+def get_policy(mode: str, cfg: ModeConfig) -> ARPolicy:
+    if mode not in POLICIES:
+        raise ValueError(f"mode must be one of {sorted(POLICIES)}, got {mode!r}")
+    return POLICIES[mode](cfg)

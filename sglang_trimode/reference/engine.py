@@ -1,0 +1,174 @@
+"""The reference engine: every decoding mode, batched with ragged prompts, in one block loop.
+
+This is the oracle the SGLang path is tested against: dense masks from
+:mod:`sglang_trimode.masks`, the transformers-backed model, a dense KV cache with explicit
+commit, and the per-mode policies of :mod:`sglang_trimode.modes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sglang_trimode import masks
+from sglang_trimode.modes import (
+    POLICIES,
+    ModeConfig,
+    RequestState,
+    RequestStats,
+    Segment,
+    get_policy,
+)
+from sglang_trimode.reference.kv_cache import KVCache
+from sglang_trimode.reference.validation import validate_request
+from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: list[int]
+    stats: RequestStats
+    finish_reason: str
+    mode: str
+
+
+class TriModeEngine:
+    """``TriModeEngine.from_pretrained(path).generate(prompts, mode=...)``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval()
+        self.config = model.config
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        attn_implementation: str = "sdpa",
+    ) -> TriModeEngine:
+        from sglang_trimode.reference.checkpoint import load_model
+
+        return cls(load_model(path, device=device, dtype=dtype, attn_implementation=attn_implementation))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        mode: str | Sequence[str] = "ar",
+        max_new_tokens: int = 64,
+        block_size: int | None = None,
+        threshold: float | None = 0.9,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop_token_ids: Sequence[int] | None = None,
+        seed: int | Sequence[int] = 0,
+        acceptance: str = "lossless",
+        diffusion_steps: int | None = None,
+    ) -> list[GenerationOutput]:
+        """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
+
+        ``seed`` is one int (request ``i`` uses ``seed + i``) or one per prompt. Each output holds
+        the generated tokens only and the request's stats (forwards after the prefill).
+        """
+        cfg = self.config
+        block_size = cfg.block_size if block_size is None else block_size
+        modes = [mode] * len(prompts) if isinstance(mode, str) else list(mode)
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
+        stops = frozenset(cfg.eos_token_ids if stop_token_ids is None else stop_token_ids)
+        validate_request(
+            cfg, prompts, modes, seeds, max_new_tokens, block_size, threshold, diffusion_steps
+        )
+        mode_cfg = ModeConfig(
+            mask_token_id=cfg.mask_token_id,
+            block_size=block_size,
+            threshold=threshold,
+            diffusion_steps=diffusion_steps,
+            accept_rule=get_accept_rule(acceptance),
+        )
+        policies = {m: get_policy(m, mode_cfg) for m in set(modes)}
+        reqs = [
+            RequestState(
+                prompt=list(p),
+                params=params,
+                max_new_tokens=max_new_tokens,
+                stop_token_ids=stops,
+                generator=torch.Generator().manual_seed(s),
+            )
+            for p, s in zip(prompts, seeds)
+        ]
+        cache = self._new_cache(len(reqs), max(len(p) for p in prompts) + max_new_tokens)
+        self._prefill(reqs, cache)
+        while active := [i for i, r in enumerate(reqs) if not r.done]:
+            segs = [policies[modes[i]].segment(reqs[i]) for i in active]
+            logits = self._forward(cache, active, segs)
+            for j, (i, seg) in enumerate(zip(active, segs)):
+                r = reqs[i]
+                r.stats.forwards += 1
+                keep = policies[modes[i]].consume(r, seg, logits[j, : seg.desc.length])
+                cache.commit(j, keep)
+            cache.end()
+        return [GenerationOutput(r.out, r.stats, r.finish_reason, m) for r, m in zip(reqs, modes)]
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _new_cache(self, batch: int, capacity: int) -> KVCache:
+        cfg = self.config
+        dtype = next(self.model.parameters()).dtype
+        return KVCache(
+            cfg.num_hidden_layers,
+            batch,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            capacity,
+            dtype,
+            self.device,
+        )
+
+    def _prefill(self, reqs: list[RequestState], cache: KVCache) -> None:
+        """Causal prefill of every prompt; samples and emits each request's first token."""
+        rows = list(range(len(reqs)))
+        segs = [Segment(r.prompt, masks.prefill(len(r.prompt))) for r in reqs]
+        logits = self._forward(cache, rows, segs)
+        for j, r in enumerate(reqs):
+            n = len(r.prompt)
+            cache.commit(j, torch.arange(n))
+            probs = probs_from_logits(logits[j, n - 1 : n], r.params)
+            r.seed = int(sample(probs, r.generator, r.params.greedy)[0])
+            r.emit([r.seed])
+        cache.end()
+
+    def _forward(self, cache: KVCache, rows: list[int], segs: Sequence[Segment]) -> torch.Tensor:
+        """One batched forward of ragged segments -> float32 logits ``[b, Q, V]``."""
+        dev = self.device
+        b, q = len(rows), max(s.desc.length for s in segs)
+        width = cache.begin(torch.tensor(rows, dtype=torch.long))
+        input_ids = torch.full((b, q), self.config.mask_token_id, dtype=torch.long)
+        position_ids = torch.zeros((b, q), dtype=torch.long)
+        allowed = torch.zeros((b, 1, q, width + q), dtype=torch.bool)
+        allowed[:, 0, :, width:] = torch.eye(q, dtype=torch.bool)  # padding rows see themselves
+        for j, (row, seg) in enumerate(zip(rows, segs)):
+            n, prefix = seg.desc.length, int(cache.lengths[row])
+            input_ids[j, :n] = torch.tensor(seg.tokens, dtype=torch.long)
+            position_ids[j, :n] = masks.positions(seg.desc, prefix)
+            dense = masks.dense_mask(seg.desc, prefix)
+            allowed[j, 0, :n, :prefix] = dense[:, :prefix]
+            allowed[j, 0, :n, width : width + n] = dense[:, prefix:]
+        dtype = next(self.model.parameters()).dtype
+        additive = self.model.additive_mask(allowed, dtype).to(dev)
+        logits = self.model(
+            input_ids.to(dev), position_ids.to(dev), additive, past_key_values=cache
+        )
+        return logits.float().cpu()
+
+
+SUPPORTED_MODES = tuple(sorted(POLICIES))

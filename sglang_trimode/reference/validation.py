@@ -1,0 +1,61 @@
+"""Request validation: every bad input is a ValueError naming the field and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sglang_trimode.modes import POLICIES
+
+
+def validate_request(
+    cfg,
+    prompts: Sequence[Sequence[int]],
+    modes: Sequence[str],
+    seeds: Sequence[int],
+    max_new_tokens: int,
+    block_size: int,
+    threshold: float | None,
+    diffusion_steps: int | None,
+) -> None:
+    """Check one ``generate`` call against the model config before any forward runs."""
+    if not isinstance(prompts, Sequence) or isinstance(prompts, (str, bytes)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of token-id lists")
+    if len(modes) != len(prompts):
+        raise ValueError(f"mode: got {len(modes)} modes for {len(prompts)} prompts; give one or one each")
+    if len(seeds) != len(prompts):
+        raise ValueError(f"seed: got {len(seeds)} seeds for {len(prompts)} prompts; give one or one each")
+    for m in modes:
+        if m not in POLICIES:
+            raise ValueError(f"mode must be one of {sorted(POLICIES)}, got {m!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+    if threshold is not None and not (0.0 < threshold <= 1.0):
+        raise ValueError(f"threshold must be in (0, 1] or None (even top-k schedule), got {threshold!r}")
+    if diffusion_steps is not None and (not isinstance(diffusion_steps, int) or diffusion_steps < 1):
+        raise ValueError(f"diffusion_steps must be an int >= 1 or None, got {diffusion_steps!r}")
+    limit = cfg.max_position_embeddings
+    for i, p in enumerate(prompts):
+        if isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
+            raise ValueError(f"prompts[{i}] must be a list of token ids (tokenise text first)")
+        if len(p) == 0:
+            raise ValueError(f"prompts[{i}] is empty; give at least one token (e.g. BOS)")
+        bad = [t for t in p if not isinstance(t, int) or not 0 <= t < cfg.vocab_size]
+        if bad:
+            raise ValueError(
+                f"prompts[{i}] holds token ids outside the vocabulary [0, {cfg.vocab_size}): {bad[:5]}"
+            )
+        if cfg.mask_token_id in p:
+            raise ValueError(
+                f"prompts[{i}] holds the mask token id {cfg.mask_token_id} (config.mask_token_id); "
+                "remove it: the mask token is reserved for diffusion drafting"
+            )
+        # the quadratic step places its mask groups up to block_size positions past the last token
+        lookahead = block_size if modes[i] == "self_spec_quadratic" else 0
+        if len(p) + max_new_tokens + lookahead > limit:
+            raise ValueError(
+                f"prompts[{i}]: prompt length {len(p)} + max_new_tokens {max_new_tokens}"
+                + (f" + block_size {lookahead} (quadratic look-ahead)" if lookahead else "")
+                + f" exceeds max_position_embeddings {limit}; lower max_new_tokens"
+            )

@@ -1,0 +1,160 @@
+"""Sampling: processed distributions, diffusion unmasking rules and speculative acceptance.
+
+Everything works on one request at a time (the reference engine's unit) and draws randomness
+only from the request's own ``torch.Generator``, so a batch of N equals N runs of 1.
+Greedy decoding is temperature 0: every distribution becomes the one-hot of its argmax and the
+same acceptance code reduces to exact matching.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings. ``top_k = 0`` and ``top_p = 1`` disable the filters."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {self.top_k!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """float32 ``[..., V]`` distribution after temperature, top-k and top-p (one-hot if greedy)."""
+    logits = logits.float()
+    if params.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
+    """Draw one token per row of ``probs [N, V]`` -> int64 ``[N]`` (argmax when greedy)."""
+    if greedy:
+        return probs.argmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ---- diffusion unmasking ----------------------------------------------------------------------
+
+
+def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Softmax probability of the chosen tokens under the raw logits ``[m, V]`` -> ``[m]``."""
+    return torch.softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def select_unmask(conf: torch.Tensor, threshold: float | None, steps_left: int) -> torch.Tensor:
+    """Which of the ``m`` still-masked positions to commit this step -> bool ``[m]``.
+
+    With a threshold (Fast-dLLM v2 rule): the most confident position always, and every other
+    position whose confidence reaches the threshold. Without one: an even top-k schedule that
+    commits ``ceil(m / steps_left)`` positions, finishing the block in ``steps_left`` steps.
+    """
+    m = conf.shape[0]
+    if threshold is not None:
+        keep = conf >= threshold
+        keep[conf.argmax()] = True
+        return keep
+    count = min(m, max(1, math.ceil(m / max(1, steps_left))))
+    keep = torch.zeros(m, dtype=torch.bool)
+    keep[torch.topk(conf, count).indices] = True
+    return keep
+
+
+# ---- speculative acceptance -------------------------------------------------------------------
+
+AcceptRule = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator | None, bool], tuple[int, int]
+]
+
+
+def accept_lossless(
+    drafts: torch.Tensor,
+    q: torch.Tensor,
+    p: torch.Tensor,
+    generator: torch.Generator | None,
+    greedy: bool,
+) -> tuple[int, int]:
+    """Lossless speculative sampling (Leviathan et al. 2023, Alg. 1; Chen et al. 2023).
+
+    ``drafts [k]`` were drawn from ``q [k, V]``; ``p [k+1, V]`` are the target (AR) distributions
+    at the seed and each draft. Draft ``j`` is accepted with probability ``min(1, p_j/q_j)``;
+    the first rejection resamples from ``norm(max(0, p_j - q_j))``; if all ``k`` are accepted the
+    bonus token comes from ``p_k``. Returns ``(accepted, next_token)``; the output is distributed
+    exactly as sampling from ``p``. Greedy (one-hot ``p``, ``q``) reduces to exact matching.
+    """
+    for j in range(drafts.shape[0]):
+        d = int(drafts[j])
+        ratio = float(p[j, d] / q[j, d]) if q[j, d] > 0 else 0.0
+        u = 0.0 if greedy else float(torch.rand((), generator=generator))
+        if (ratio >= 1.0) or (u < ratio):
+            continue
+        residual = (p[j] - q[j]).clamp_min(0.0)
+        total = residual.sum()
+        residual = residual / total if total > 0 else p[j]
+        return j, int(sample(residual[None], generator, greedy)[0])
+    k = drafts.shape[0]
+    return k, int(sample(p[k][None], generator, greedy)[0])
+
+
+def accept_exact_match(
+    drafts: torch.Tensor,
+    q: torch.Tensor,
+    p: torch.Tensor,
+    generator: torch.Generator | None,
+    greedy: bool,
+) -> tuple[int, int]:
+    """The vendor's rule: sample the target token at each position, accept a draft that equals it.
+
+    Also lossless, but accepts draft ``j`` with probability ``sum_v p_j(v) q_j(v)``, never more
+    than the ``sum_v min(p_j(v), q_j(v))`` of :func:`accept_lossless`.
+    """
+    del q
+    for j in range(drafts.shape[0]):
+        t = int(sample(p[j][None], generator, greedy)[0])
+        if t != int(drafts[j]):
+            return j, t
+    k = drafts.shape[0]
+    return k, int(sample(p[k][None], generator, greedy)[0])
+
+
+ACCEPT_RULES: dict[str, AcceptRule] = {
+    "lossless": accept_lossless,
+    "exact_match": accept_exact_match,
+}
+
+
+def get_accept_rule(rule: str | AcceptRule) -> AcceptRule:
+    if callable(rule):
+        return rule
+    if rule not in ACCEPT_RULES:
+        raise ValueError(f"acceptance must be one of {sorted(ACCEPT_RULES)}, got {rule!r}")
+    return ACCEPT_RULES[rule]
