@@ -52,7 +52,9 @@ class TriModeEngine:
     ) -> TriModeEngine:
         from sglang_trimode.reference.checkpoint import load_model
 
-        return cls(load_model(path, device=device, dtype=dtype, attn_implementation=attn_implementation))
+        return cls(
+            load_model(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        )
 
     @property
     def device(self) -> torch.device:

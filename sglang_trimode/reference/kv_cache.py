@@ -54,7 +54,9 @@ class KVCache:
     # -- after the forward ------------------------------------------------------------------
 
     def commit(self, i: int, keep: torch.Tensor) -> None:
-        """Append the pending K/V of segment tokens ``keep`` (int64 indices) of forward row ``i``."""
+        """Append the pending K/V of segment tokens ``keep`` (int64 indices) of forward row ``i``.
+
+        Kept tokens are written in order after the row's committed tokens."""
         assert self.rows is not None
         row = int(self.rows[i])
         n = keep.numel()

@@ -21,9 +21,13 @@ def validate_request(
     if not isinstance(prompts, Sequence) or isinstance(prompts, (str, bytes)) or not prompts:
         raise ValueError("prompts must be a non-empty list of token-id lists")
     if len(modes) != len(prompts):
-        raise ValueError(f"mode: got {len(modes)} modes for {len(prompts)} prompts; give one or one each")
+        raise ValueError(
+            f"mode: got {len(modes)} modes for {len(prompts)} prompts; give one or one each"
+        )
     if len(seeds) != len(prompts):
-        raise ValueError(f"seed: got {len(seeds)} seeds for {len(prompts)} prompts; give one or one each")
+        raise ValueError(
+            f"seed: got {len(seeds)} seeds for {len(prompts)} prompts; give one or one each"
+        )
     for m in modes:
         if m not in POLICIES:
             raise ValueError(f"mode must be one of {sorted(POLICIES)}, got {m!r}")
@@ -32,8 +36,12 @@ def validate_request(
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
     if threshold is not None and not (0.0 < threshold <= 1.0):
-        raise ValueError(f"threshold must be in (0, 1] or None (even top-k schedule), got {threshold!r}")
-    if diffusion_steps is not None and (not isinstance(diffusion_steps, int) or diffusion_steps < 1):
+        raise ValueError(
+            f"threshold must be in (0, 1] or None (even top-k schedule), got {threshold!r}"
+        )
+    if diffusion_steps is not None and (
+        not isinstance(diffusion_steps, int) or diffusion_steps < 1
+    ):
         raise ValueError(f"diffusion_steps must be an int >= 1 or None, got {diffusion_steps!r}")
     limit = cfg.max_position_embeddings
     for i, p in enumerate(prompts):
@@ -44,7 +52,8 @@ def validate_request(
         bad = [t for t in p if not isinstance(t, int) or not 0 <= t < cfg.vocab_size]
         if bad:
             raise ValueError(
-                f"prompts[{i}] holds token ids outside the vocabulary [0, {cfg.vocab_size}): {bad[:5]}"
+                f"prompts[{i}] holds token ids outside the vocabulary "
+                f"[0, {cfg.vocab_size}): {bad[:5]}"
             )
         if cfg.mask_token_id in p:
             raise ValueError(

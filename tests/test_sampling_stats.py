@@ -1,0 +1,134 @@
+"""Statistical tests of sampled self-speculation: its output distribution equals AR sampling.
+
+A tiny-vocabulary model makes the exact AR distribution of a short continuation enumerable. The
+test would fail for a wrong acceptance rule (shown with one that resamples from p instead of the
+residual), and lossless acceptance accepts at least as many drafts as exact matching.
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from sglang_trimode import TriModeEngine
+from sglang_trimode.reference.tiny import make_tiny_model
+from sglang_trimode.sampling import SamplingParams, probs_from_logits, sample
+
+VOCAB, PROMPT, NEW, N, TEMP = 6, [1, 4, 5], 4, 4000, 2.0
+
+
+@pytest.fixture(scope="module")
+def engine():
+    model = make_tiny_model(
+        seed=7, vocab_size=VOCAB, mask_token_id=3, eos_token_id=2, bos_token_id=1, head_std=1.0
+    )
+    return TriModeEngine(model)
+
+
+@pytest.fixture(scope="module")
+def exact_ar(engine):
+    """Exact probability of every NEW-token continuation under AR sampling at TEMP."""
+    seqs = torch.tensor(list(itertools.product(range(VOCAB), repeat=NEW)))
+    ids = torch.cat([torch.tensor(PROMPT).expand(len(seqs), -1), seqs], 1)
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    with torch.no_grad():
+        logits = engine.model(ids, pos, None)
+    start = len(PROMPT) - 1
+    probs = torch.softmax(logits[:, start : start + NEW].double() / TEMP, -1)
+    p = probs.gather(-1, seqs[..., None]).squeeze(-1).prod(-1)
+    assert abs(p.sum().item() - 1) < 1e-9
+    return {tuple(s.tolist()): float(v) for s, v in zip(seqs, p)}
+
+
+def chi_square_rejects(samples, exact, alpha_z=3.29):
+    """Chi-square goodness of fit on the joint of consecutive token pairs and the marginals."""
+    worst = 0.0
+    for idx in [(0, 1), (1, 2), (2, 3), (0,), (3,)]:
+        expected, observed = {}, {}
+        for seq, p in exact.items():
+            key = tuple(seq[i] for i in idx)
+            expected[key] = expected.get(key, 0.0) + p * len(samples)
+        for s in samples:
+            key = tuple(s[i] for i in idx)
+            observed[key] = observed.get(key, 0) + 1
+        # pool the rare cells so that every expected count is >= 5
+        big = [k for k, e in expected.items() if e >= 5]
+        rare_e = sum(e for k, e in expected.items() if e < 5)
+        rare_o = sum(o for k, o in observed.items() if expected.get(k, 0) < 5)
+        stat = sum((observed.get(k, 0) - expected[k]) ** 2 / expected[k] for k in big)
+        cells = len(big)
+        if rare_e > 0:
+            stat += (rare_o - rare_e) ** 2 / rare_e
+            cells += 1
+        df = cells - 1
+        # Wilson-Hilferty upper quantile of chi2(df) at z (alpha ~ 5e-4 one-sided)
+        crit = df * (1 - 2 / (9 * df) + alpha_z * math.sqrt(2 / (9 * df))) ** 3
+        worst = max(worst, stat / crit)
+    return worst > 1.0, worst
+
+
+def run(engine, mode, acceptance):
+    outs = engine.generate(
+        [PROMPT] * N,
+        mode=mode,
+        max_new_tokens=NEW,
+        block_size=4,
+        temperature=TEMP,
+        stop_token_ids=[],
+        seed=0,
+        acceptance=acceptance,
+    )
+    assert all(len(o.token_ids) == NEW for o in outs)
+    return outs
+
+
+@pytest.mark.parametrize("mode", ["self_spec_linear", "self_spec_quadratic", "ar"])
+def test_sampled_self_spec_matches_ar_distribution(engine, exact_ar, mode):
+    outs = run(engine, mode, "lossless")
+    rejects, ratio = chi_square_rejects([tuple(o.token_ids) for o in outs], exact_ar)
+    assert not rejects, f"{mode}: chi-square / critical = {ratio:.2f}"
+
+
+def accept_resample_from_p(drafts, q, p, generator, greedy):
+    """A wrong rule: min(1, p/q) acceptance but resampling from p instead of the residual."""
+    for j in range(drafts.shape[0]):
+        d = int(drafts[j])
+        if float(torch.rand((), generator=generator)) >= min(1.0, float(p[j, d] / q[j, d])):
+            return j, int(sample(p[j][None], generator, greedy)[0])
+    return drafts.shape[0], int(sample(p[-1][None], generator, greedy)[0])
+
+
+def test_the_distribution_test_catches_a_wrong_acceptance_rule(engine, exact_ar):
+    outs = run(engine, "self_spec_linear", accept_resample_from_p)
+    rejects, ratio = chi_square_rejects([tuple(o.token_ids) for o in outs], exact_ar)
+    assert rejects, f"wrong rule not detected: chi-square / critical = {ratio:.2f}"
+
+
+def test_lossless_accepts_at_least_as_much_as_exact_matching(engine):
+    def accepted(acceptance):
+        outs = run(engine, "self_spec_linear", acceptance)
+        return torch.tensor([a - 1.0 for o in outs for a in o.stats.accept_lengths])
+
+    lossless, exact = accepted("lossless"), accepted("exact_match")
+    se = math.sqrt(lossless.var() / len(lossless) + exact.var() / len(exact))
+    assert lossless.mean() >= exact.mean() - 4 * se
+    assert lossless.mean() > 0.05  # drafts are accepted at all
+
+
+def test_greedy_probs_are_one_hot_and_filters_renormalise():
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0]])
+    assert probs_from_logits(logits, SamplingParams()).tolist() == [[0.0, 1.0, 0.0, 0.0]]
+    p = probs_from_logits(logits, SamplingParams(temperature=1.0, top_k=2))
+    assert p[0, 0] == 0 and p[0, 3] == 0 and abs(p.sum() - 1) < 1e-6
+    p = probs_from_logits(logits, SamplingParams(temperature=1.0, top_p=0.5))
+    assert p[0].tolist() == [0.0, 1.0, 0.0, 0.0]  # the top token alone holds >= 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [(dict(temperature=-1), "temperature"), (dict(top_p=0), "top_p"), (dict(top_k=-2), "top_k")],
+)
+def test_sampling_params_reject_bad_values(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**kwargs)
