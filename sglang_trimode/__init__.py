@@ -16,6 +16,7 @@ _EXPORTS = {
     "GenerationOutput": "sglang_trimode.reference.engine",
     "NemotronLabsDiffusionConfig": "sglang_trimode.config",
     "SamplingParams": "sglang_trimode.sampling",
+    "default_model_path": "sglang_trimode.models",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,7 +25,7 @@ def engine():
         ([[5, 999]], {}, "outside the vocabulary"),
         ("hello", {}, "prompts must be a non-empty list"),
         ([[5], "hi"], {}, r"prompts\[1\] must be a list of token ids"),
-        ([[5] * 2000], dict(max_new_tokens=100), "exceeds max_position_embeddings 2048"),
+        ([[5] * 1000], dict(max_new_tokens=100), "exceeds max_position_embeddings 1024"),
         (
             [[5] * 1900],
             dict(max_new_tokens=140, mode="self_spec_quadratic", block_size=16),
@@ -48,5 +48,5 @@ def test_bad_input_names_the_field(engine, prompts, kwargs, match):
 
 
 def test_prompt_at_the_position_limit_is_accepted(engine):
-    (o,) = engine.generate([[5] * 2040], max_new_tokens=8)
+    (o,) = engine.generate([[5] * 1016], max_new_tokens=8)
     assert 1 <= len(o.token_ids) <= 8

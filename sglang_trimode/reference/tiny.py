@@ -24,7 +24,7 @@ TINY_DEFAULTS: dict[str, Any] = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "head_dim": 16,
-    "max_position_embeddings": 2048,
+    "max_position_embeddings": 1024,  # = factor 16 x original 64, as YaRN expects
     "pad_token_id": 0,
     "bos_token_id": 1,
     "eos_token_id": 2,

@@ -1,0 +1,114 @@
+"""Tokens per forward (TPF), acceptance length (AL) and wall time per mode and block size.
+
+    python bench/tpf.py [--model PATH] [--prompts FILE.jsonl] [--modes ar,diffusion,...]
+                        [--block-sizes 8,16] [--max-new-tokens 64] [--threshold 0.9] [--out DIR]
+
+Prompts: a JSONL file with one ``{"token_ids": [...]}`` or ``{"text": "..."}`` per line (text
+needs a tokenizer in the model folder); without a file, seeded random token prompts. Prints a
+table and writes ``DIR/tpf.json``. Runs on the reference engine (CPU or GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sglang_trimode.models import default_model_path
+from sglang_trimode.reference.engine import SUPPORTED_MODES, TriModeEngine
+from sglang_trimode.report import format_table, run_mode
+
+
+def csv(kind):
+    return lambda s: [kind(x) for x in s.split(",") if x]
+
+
+def read_prompts(path: Path | None, engine: TriModeEngine, model_path: Path, n: int) -> list:
+    cfg = engine.config
+    if path is None:
+        g = torch.Generator().manual_seed(0)
+        reserved = {cfg.mask_token_id, *cfg.eos_token_ids}
+        rand = [torch.randint(0, cfg.vocab_size, (8 + 5 * i,), generator=g) for i in range(n)]
+        return [[t for t in r.tolist() if t not in reserved] for r in rand]
+    tokenizer = None
+    prompts = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if "token_ids" in rec:
+            prompts.append([int(t) for t in rec["token_ids"]])
+        elif "text" in rec:
+            if tokenizer is None:
+                if not (model_path / "tokenizer.json").is_file():
+                    sys.exit(f"{path}:{i + 1}: 'text' prompts need a tokenizer in {model_path}")
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+            prompts.append(tokenizer.encode(rec["text"]))
+        else:
+            sys.exit(f"{path}:{i + 1}: each line needs 'token_ids' or 'text'")
+    return prompts[:n]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--model", type=Path, default=None, help="checkpoint folder (default: built-in)"
+    )
+    ap.add_argument("--prompts", type=Path, default=None, help="JSONL prompts (default: random)")
+    ap.add_argument("--num-prompts", type=int, default=8)
+    ap.add_argument("--modes", type=csv(str), default=list(SUPPORTED_MODES))
+    ap.add_argument("--block-sizes", type=csv(int), default=[8, 16])
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--threshold", type=float, default=0.9)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=Path("out/tpf"))
+    args = ap.parse_args(argv)
+    bad = sorted(set(args.modes) - set(SUPPORTED_MODES))
+    if bad:
+        ap.error(f"--modes: unknown {bad}; choose from {list(SUPPORTED_MODES)}")
+
+    model_path = args.model or default_model_path()
+    engine = TriModeEngine.from_pretrained(
+        model_path, device=args.device, dtype=getattr(torch, args.dtype)
+    )
+    prompts = read_prompts(args.prompts, engine, Path(model_path), args.num_prompts)
+    runs = [(m, b) for m in args.modes for b in ([1] if m == "ar" else args.block_sizes)]
+    rows = []
+    for mode, block in tqdm(runs, desc="tpf", unit="run"):
+        row, _ = run_mode(
+            engine,
+            prompts,
+            mode,
+            block,
+            max_new_tokens=args.max_new_tokens,
+            threshold=args.threshold,
+            temperature=args.temperature,
+        )
+        rows.append(row)
+    print(format_table(rows))
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "model": str(model_path),
+        "device": args.device,
+        "dtype": args.dtype,
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "threshold": args.threshold,
+        "temperature": args.temperature,
+        "rows": [r.to_dict() for r in rows],
+    }
+    (args.out / "tpf.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out / 'tpf.json'}")
+    return result["rows"]
+
+
+if __name__ == "__main__":
+    main()

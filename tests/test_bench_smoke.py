@@ -1,0 +1,63 @@
+"""Smoke tests of the main job (demo) and bench/tpf.py on a tiny checkpoint."""
+
+import json
+import sys
+from pathlib import Path
+
+from sglang_trimode import default_model_path
+from sglang_trimode.demo import main as demo_main
+from sglang_trimode.reference.tiny import make_tiny_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.tpf import main as tpf_main  # noqa: E402
+
+
+def test_default_model_path_builds_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGLANG_TRIMODE_CACHE", str(tmp_path))
+    path = default_model_path()
+    assert (path / "config.json").is_file() and path.parent == tmp_path
+    mtime = (path / "config.json").stat().st_mtime_ns
+    assert default_model_path() == path
+    assert (path / "config.json").stat().st_mtime_ns == mtime
+
+
+def test_demo_prints_every_mode(tmp_path, capsys):
+    model = make_tiny_checkpoint(tmp_path / "m", seed=0)
+    demo_main(["--model", str(model), "--max-new-tokens", "12", "--block-size", "4"])
+    out = capsys.readouterr().out
+    for mode in ("ar", "diffusion", "self_spec_linear", "self_spec_quadratic"):
+        assert f"[{mode}]" in out
+    assert "TPF" in out and "forwards" in out
+
+
+def test_tpf_bench_writes_json(tmp_path):
+    model = make_tiny_checkpoint(tmp_path / "m", seed=0)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"token_ids": [5, 6, 7]}\n{"token_ids": [8, 9]}\n')
+    rows = tpf_main(
+        [
+            "--model",
+            str(model),
+            "--prompts",
+            str(prompts),
+            "--block-sizes",
+            "4",
+            "--max-new-tokens",
+            "10",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    data = json.loads((tmp_path / "o" / "tpf.json").read_text())
+    assert data["rows"] == json.loads(json.dumps(rows))
+    modes = {(r["mode"], r["block_size"]) for r in data["rows"]}
+    assert modes == {
+        ("ar", 1),
+        ("diffusion", 4),
+        ("self_spec_linear", 4),
+        ("self_spec_quadratic", 4),
+    }
+    for r in data["rows"]:
+        assert r["requests"] == 2 and r["forwards"] > 0
+        assert abs(r["tokens_per_forward"] - r["tokens"] / r["forwards"]) < 1e-9
+        assert sum(r["histogram"]) == r["steps"]
