@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from sglang_trimode.models import default_model_path
 from sglang_trimode.reference.engine import SUPPORTED_MODES, TriModeEngine
-from sglang_trimode.report import format_table, run_mode
+from sglang_trimode.report import format_table, random_prompts, run_mode
 
 
 def csv(kind):
@@ -30,10 +30,7 @@ def csv(kind):
 def read_prompts(path: Path | None, engine: TriModeEngine, model_path: Path, n: int) -> list:
     cfg = engine.config
     if path is None:
-        g = torch.Generator().manual_seed(0)
-        reserved = {cfg.mask_token_id, *cfg.eos_token_ids}
-        rand = [torch.randint(0, cfg.vocab_size, (8 + 5 * i,), generator=g) for i in range(n)]
-        return [[t for t in r.tolist() if t not in reserved] for r in rand]
+        return random_prompts(cfg, n, base_len=8, step=5)
     tokenizer = None
     prompts = []
     for i, line in enumerate(path.read_text().splitlines()):

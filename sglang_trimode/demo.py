@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from sglang_trimode.models import default_model_path
 from sglang_trimode.reference.engine import SUPPORTED_MODES, TriModeEngine
-from sglang_trimode.report import format_table, run_mode
+from sglang_trimode.report import format_table, random_prompts, run_mode
 
 DEMO_TEXTS = ["def fibonacci(n):\n", "import os\n\n\ndef main(", "class Stack:\n    def "]
 
@@ -32,14 +30,7 @@ def load_tokenizer(path: Path):
 def demo_prompts(engine: TriModeEngine, tokenizer, n: int) -> list[list[int]]:
     if tokenizer is not None:
         return [tokenizer.encode(t) for t in DEMO_TEXTS[:n]]
-    g = torch.Generator().manual_seed(0)
-    cfg = engine.config
-    reserved = {cfg.mask_token_id, *cfg.eos_token_ids}
-    prompts = []
-    for i in range(n):
-        ids = torch.randint(0, cfg.vocab_size, (6 + 3 * i,), generator=g).tolist()
-        prompts.append([t for t in ids if t not in reserved])
-    return prompts
+    return random_prompts(engine.config, n)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+import torch
+
 from sglang_trimode.reference.engine import GenerationOutput, TriModeEngine
 
 
@@ -40,6 +42,16 @@ class ModeRow:
             "acceptance_length": self.acceptance_length,
             "tokens_per_s": self.tokens / self.wall_s if self.wall_s else float("nan"),
         }
+
+
+def random_prompts(config, n: int, base_len: int = 6, step: int = 3) -> list[list[int]]:
+    """Seeded ragged prompts of random token ids, avoiding the mask and stop tokens."""
+    g = torch.Generator().manual_seed(0)
+    reserved = {config.mask_token_id, *config.eos_token_ids}
+    rand = [
+        torch.randint(0, config.vocab_size, (base_len + step * i,), generator=g) for i in range(n)
+    ]
+    return [[t for t in r.tolist() if t not in reserved] for r in rand]
 
 
 def summarize(

@@ -121,8 +121,7 @@ def accept_lossless(
         total = residual.sum()
         residual = residual / total if total > 0 else p[j]
         return j, int(sample(residual[None], generator, greedy)[0])
-    k = drafts.shape[0]
-    return k, int(sample(p[k][None], generator, greedy)[0])
+    return _bonus(drafts, p, generator, greedy)
 
 
 def accept_exact_match(
@@ -142,6 +141,13 @@ def accept_exact_match(
         t = int(sample(p[j][None], generator, greedy)[0])
         if t != int(drafts[j]):
             return j, t
+    return _bonus(drafts, p, generator, greedy)
+
+
+def _bonus(
+    drafts: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None, greedy: bool
+) -> tuple[int, int]:
+    """Every draft accepted: the bonus token comes from the target at the last draft."""
     k = drafts.shape[0]
     return k, int(sample(p[k][None], generator, greedy)[0])
 
