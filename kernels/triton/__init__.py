@@ -1,0 +1,2 @@
+"""``@triton.jit`` kernels (the lowest tier); call them through the launchers in
+``sglang_trimode.kernels``, which check their inputs."""

@@ -1,0 +1,98 @@
+"""The joint AR + block-diffusion objective on a dual (clean + noisy) stream.
+
+One forward sees ``[clean x_0..x_{T-1} | noisy x~_0..x~_{T-1}]`` at positions ``[0..T-1 | 0..T-1]``:
+
+* the clean stream is token-causal and gives the AR loss (logits at ``i`` predict ``x_{i+1}``);
+* the noisy stream is cut into blocks of ``B``; in block ``j`` each token is replaced by the mask
+  token with probability ``t_j ~ U(eps, 1)`` (one ratio per block). Noisy block ``j`` attends
+  bidirectionally within itself and to the clean tokens of blocks ``< j`` — exactly what a
+  diffusion draft sees at inference (its block plus the cached causal prefix). Logits at a masked
+  position predict the token at that position (no shift).
+
+loss = w_diff * L_diff + w_ar * L_ar, where L_diff = sum over masked positions of CE / t_j,
+divided by the number of noisy tokens (the BD3-LM / LLaDA ELBO estimator, BD3-LM eq. 8).
+Masking the first token of a block too trains the TiDAR pre-draft case, whose mask group starts
+with a mask at the unknown bonus position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def dual_stream_mask(seq_len: int, block_size: int) -> torch.Tensor:
+    """Bool ``[2T, 2T]`` (True = may attend): clean causal; noisy sees its block + clean past."""
+    t = seq_len
+    idx = torch.arange(t)
+    blk = idx // block_size
+    causal = idx[None, :] <= idx[:, None]
+    same_block = blk[None, :] == blk[:, None]
+    earlier_block = blk[None, :] < blk[:, None]
+    top = torch.cat([causal, torch.zeros(t, t, dtype=torch.bool)], 1)
+    bottom = torch.cat([earlier_block, same_block], 1)
+    return torch.cat([top, bottom], 0)
+
+
+def dual_stream_positions(seq_len: int) -> torch.Tensor:
+    """Positions ``[2T]``: both streams share ``0..T-1``."""
+    return torch.arange(seq_len).repeat(2)
+
+
+@dataclass(frozen=True)
+class Noised:
+    tokens: torch.Tensor  # [N, T] with some tokens replaced by the mask token
+    masked: torch.Tensor  # [N, T] bool
+    ratio: torch.Tensor  # [N, T] the block's masking ratio t_j at each token
+
+
+def noise_blocks(
+    x: torch.Tensor, block_size: int, mask_id: int, generator: torch.Generator, eps: float = 1e-3
+) -> Noised:
+    """Mask each token of block ``j`` with probability ``t_j ~ U(eps, 1)``."""
+    n, t = x.shape
+    n_blocks = -(-t // block_size)
+    ratio = eps + (1 - eps) * torch.rand(n, n_blocks, generator=generator)
+    ratio = ratio.repeat_interleave(block_size, dim=1)[:, :t]
+    masked = torch.rand(n, t, generator=generator) < ratio
+    return Noised(x.masked_fill(masked, mask_id), masked, ratio)
+
+
+@dataclass(frozen=True)
+class LossParts:
+    total: torch.Tensor
+    ar: torch.Tensor
+    diffusion: torch.Tensor
+    ar_accuracy: torch.Tensor
+
+
+def joint_loss(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    block_size: int,
+    mask_id: int,
+    generator: torch.Generator,
+    w_diff: float = 0.3,
+    w_ar: float = 1.0,
+    attn_mask: torch.Tensor | None = None,
+) -> LossParts:
+    """Joint objective on a batch of token sequences ``x [N, T]``."""
+    n, t = x.shape
+    noised = noise_blocks(x, block_size, mask_id, generator)
+    ids = torch.cat([x, noised.tokens], 1)  # [N, 2T]
+    pos = dual_stream_positions(t).to(x.device).expand(n, -1)
+    if attn_mask is None:
+        dtype = next(model.parameters()).dtype
+        attn_mask = model.additive_mask(dual_stream_mask(t, block_size), dtype).to(x.device)
+    logits = model(ids, pos, attn_mask)  # [N, 2T, V] float32
+    ar_logits = logits[:, : t - 1]
+    ar = F.cross_entropy(ar_logits.reshape(-1, ar_logits.shape[-1]), x[:, 1:].reshape(-1))
+    ar_acc = (ar_logits.argmax(-1) == x[:, 1:]).float().mean()
+    noisy_logits = logits[:, t:]
+    ce = F.cross_entropy(
+        noisy_logits.reshape(-1, noisy_logits.shape[-1]), x.reshape(-1), reduction="none"
+    ).view(n, t)
+    diff = (ce * noised.masked / noised.ratio).sum() / (n * t)
+    return LossParts(w_diff * diff + w_ar * ar, ar.detach(), diff.detach(), ar_acc.detach())

@@ -1,0 +1,197 @@
+"""Train a small tri-mode model on the standard library with the joint objective.
+
+    python -m sglang_trimode.training.train --out DIR [--steps 1500] [--max-minutes 30]
+
+Writes DIR/{config.json, model.safetensors, tokenizer files, training_log.json}: the layout of the
+real checkpoints, loadable by ``TriModeEngine.from_pretrained`` and ``AutoTokenizer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sglang_trimode.config import NemotronLabsDiffusionConfig
+from sglang_trimode.reference.checkpoint import save_checkpoint
+from sglang_trimode.reference.model import NemotronLabsDiffusionModel
+from sglang_trimode.training import corpus
+from sglang_trimode.training.objective import dual_stream_mask, joint_loss
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--max-minutes", type=float, default=28.0, help="stop early past this budget")
+    ap.add_argument("--batch", type=int, default=16, help="sequences per step")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument(
+        "--block-sizes",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[8, 16],
+        help="training block sizes, used in turn step by step; the first is the config default",
+    )
+    ap.add_argument("--vocab-size", type=int, default=2048)
+    ap.add_argument("--hidden", type=int, default=192)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--intermediate", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--w-diff", type=float, default=0.3, help="diffusion loss weight")
+    ap.add_argument("--w-ar", type=float, default=1.0, help="AR loss weight")
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-batches", type=int, default=4, help="held-out batches of 8 crops")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--snapshots", type=Path, default=None, help="also save a checkpoint here at each eval"
+    )
+    ap.add_argument("--corpus-files", type=int, default=None, help="first N files only (smoke)")
+    return ap
+
+
+def make_config(args: argparse.Namespace, vocab_size: int) -> NemotronLabsDiffusionConfig:
+    return NemotronLabsDiffusionConfig(
+        vocab_size=vocab_size,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        head_dim=args.hidden // args.heads,
+        max_position_embeddings=16384,
+        pad_token_id=corpus.PAD_ID,
+        bos_token_id=corpus.BOS_ID,
+        eos_token_id=corpus.EOS_ID,
+        mask_token_id=corpus.MASK_ID,
+        block_size=args.block_sizes[0],
+        tie_word_embeddings=False,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 16.0,
+            "original_max_position_embeddings": 1024,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+            "llama_4_scaling_beta": 0.1,
+        },
+    )
+
+
+def batches(stream: torch.Tensor, n: int, t: int, gen: torch.Generator) -> torch.Tensor:
+    starts = torch.randint(0, len(stream) - t, (n,), generator=gen)
+    return torch.stack([stream[s : s + t] for s in starts.tolist()])
+
+
+@torch.no_grad()
+def evaluate(model, held: torch.Tensor, args, mask: torch.Tensor) -> dict:
+    """AR loss / accuracy and diffusion loss on fixed held-out crops."""
+    model.eval()
+    gen = torch.Generator().manual_seed(1234)
+    x = batches(held, args.eval_batches * 8, args.seq_len, gen)
+    parts = [
+        joint_loss(model, c, args.block_sizes[0], corpus.MASK_ID, gen, attn_mask=mask)
+        for c in x.split(8)
+    ]
+    model.train()
+    mean = lambda f: float(sum(f(p) for p in parts) / len(parts))  # noqa: E731
+    return {
+        "ar_loss": mean(lambda p: p.ar),
+        "ar_accuracy": mean(lambda p: p.ar_accuracy),
+        "diffusion_loss": mean(lambda p: p.diffusion),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    print(f"[train] tokenizer: byte-level BPE, {args.vocab_size} tokens, stdlib train split")
+    limit = args.corpus_files
+    tokenizer = corpus.train_tokenizer(args.vocab_size, args.out, limit)
+    train = torch.tensor(corpus.token_stream(tokenizer, "train", limit))
+    held = torch.tensor(corpus.token_stream(tokenizer, "heldout", limit))
+    print(f"[train] corpus: {len(train):,} train tokens, {len(held):,} held-out tokens")
+
+    cfg = make_config(args, len(tokenizer))
+    model = NemotronLabsDiffusionModel(cfg).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[train] model: {n_params / 1e6:.2f}M parameters, block sizes {args.block_sizes}")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / args.warmup)
+        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))),
+    )
+    masks = {
+        b: model.additive_mask(dual_stream_mask(args.seq_len, b), torch.float32)
+        for b in args.block_sizes
+    }
+    gen = torch.Generator().manual_seed(args.seed)
+    log: list[dict] = []
+    bar = tqdm(range(args.steps), desc="train", unit="step")
+    for step in bar:
+        x = batches(train, args.batch, args.seq_len, gen)
+        block = args.block_sizes[step % len(args.block_sizes)]
+        parts = joint_loss(
+            model, x, block, corpus.MASK_ID, gen, args.w_diff, args.w_ar, masks[block]
+        )
+        opt.zero_grad(set_to_none=True)
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(
+            ar=f"{parts.ar:.3f}", diff=f"{parts.diffusion:.3f}", acc=f"{parts.ar_accuracy:.2f}"
+        )
+        minutes = (time.perf_counter() - t_start) / 60
+        row = {
+            "step": step + 1,
+            "ar_loss": float(parts.ar),
+            "diffusion_loss": float(parts.diffusion),
+            "minutes": minutes,
+        }
+        last = step + 1 == args.steps or minutes > args.max_minutes
+        if (step + 1) % args.eval_every == 0 or last:
+            row["heldout"] = evaluate(model, held, args, masks[args.block_sizes[0]])
+            bar.write(f"[train] step {step + 1}: held-out {row['heldout']}")
+            if args.snapshots is not None:
+                snap = args.snapshots / f"step-{step + 1}"
+                save_checkpoint(model, snap)
+                tokenizer.save_pretrained(str(snap))
+        log.append(row)
+        if minutes > args.max_minutes:
+            bar.write(
+                f"[train] stopping at step {step + 1}: --max-minutes {args.max_minutes} reached"
+            )
+            break
+    bar.close()
+    model.eval()
+    save_checkpoint(model, args.out)
+    summary = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "parameters": n_params,
+        "train_tokens": len(train),
+        "heldout_tokens": len(held),
+        "steps_done": len(log),
+        "minutes": (time.perf_counter() - t_start) / 60,
+        "final_heldout": log[-1].get("heldout"),
+        "log": log,
+    }
+    (args.out / "training_log.json").write_text(json.dumps(summary, indent=1))
+    print(f"[train] wrote {args.out} in {summary['minutes']:.1f} min")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
