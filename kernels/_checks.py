@@ -73,10 +73,14 @@ def check_segments(segments: object, tokens: int, device: torch.device) -> Segme
     for name, size in (("qo_indptr", batch + 1), ("kind", batch), ("block", batch)):
         t = check_tensor(f"segments.{name}", getattr(segments, name), shape=(size,))
         if t.dtype != torch.int32 or t.device != device:
-            raise ValueError(f"segments.{name}: expected int32 on {device}, got {t.dtype} on {t.device}")
+            raise ValueError(
+                f"segments.{name}: expected int32 on {device}, got {t.dtype} on {t.device}"
+            )
     t = check_tensor("segments.num_causal", segments.num_causal, shape=(batch,))
     if t.dtype != torch.int32 or t.device != device:
-        raise ValueError(f"segments.num_causal: expected int32 on {device}, got {t.dtype} on {t.device}")
+        raise ValueError(
+            f"segments.num_causal: expected int32 on {device}, got {t.dtype} on {t.device}"
+        )
     if not 1 <= segments.max_len or segments.max_len > max(tokens, 1):
         raise ValueError(f"segments.max_len must be in [1, {tokens}], got {segments.max_len}")
     return segments

@@ -17,6 +17,7 @@ Both return ``out`` (allocated like ``q`` when not given). The math is the onlin
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -84,11 +85,14 @@ def decode_attention(
 
 
 def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_scale, splits, out):
+    """Shared checks and launch; ``segments is None`` is decode (one query per request)."""
     dev, (T, Hq, D) = q.device, q.shape
     check_device(dev, INTERPRETED)
     Hkv = check_tensor("k_cache", k_cache, shape=(None, None, D), dtypes=(q.dtype,), device=dev)
     Hkv = Hkv.shape[1]
-    check_tensor("v_cache", v_cache, shape=(k_cache.shape[0], Hkv, D), dtypes=(q.dtype,), device=dev)
+    check_tensor(
+        "v_cache", v_cache, shape=(k_cache.shape[0], Hkv, D), dtypes=(q.dtype,), device=dev
+    )
     if Hkv == 0 or Hq % Hkv:
         raise ValueError(f"q heads ({Hq}) must be a multiple of KV heads ({Hkv})")
     if k is not None and k.shape[1] != Hkv:
@@ -116,7 +120,7 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
         lse = torch.empty(T, Hq, splits, dtype=torch.float32, device=dev)
     else:
         o_part, lse = out.unsqueeze(2), out.new_empty(1, 1, dtype=torch.float32)
-    seg = segments if segments is not None else _NO_SEGMENT(pages.lengths)
+    seg = segments if segments is not None else _no_segment(pages.lengths)
     ks = (k.stride(0), k.stride(1), v.stride(0), v.stride(1)) if k is not None else (0,) * 4
     paged_attention_fwd[(B, Hkv, tiles * splits)](
         q, k if k is not None else q, v if v is not None else q, k_cache, v_cache, o_part, lse,
@@ -140,7 +144,7 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
     return out
 
 
-def _NO_SEGMENT(like: torch.Tensor) -> SegmentBatch:  # noqa: N802
+def _no_segment(like: torch.Tensor) -> SegmentBatch:
     """Placeholder pointers for decode (the kernel never reads them)."""
     return SegmentBatch(like, like, like, like, 1)
 
@@ -151,7 +155,7 @@ def _config(dtype: torch.dtype, D: int, group: int, max_len: int, device: torch.
     rows = triton.next_power_of_2(max(group * max_len, 16))
     block_m = max(min(rows, 128 if big else 64), triton.next_power_of_2(group), 16)
     block_n = 64 if big else 32
-    cfg = dict(BLOCK_D=triton.next_power_of_2(D), BLOCK_M=block_m, BLOCK_N=block_n)
+    cfg = dict(BLOCK_D=max(triton.next_power_of_2(D), 16), BLOCK_M=block_m, BLOCK_N=block_n)
     cfg["IEEE"] = dtype == torch.float32
     if not INTERPRETED:
         cfg.update(num_warps=8 if block_m * cfg["BLOCK_D"] >= 128 * 128 else 4, num_stages=2)
@@ -162,6 +166,11 @@ def _default_splits(programs: int, bytes_per_split: int, device: torch.device) -
     """Enough splits for ~2 waves of programs on the GPU; 1 on the CPU interpreter."""
     if device.type != "cuda":
         return 1
-    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    target = 2 * _num_sms(device.index if device.index is not None else 0)
     splits = min(triton.cdiv(target, max(programs, 1)), 32)
     return max(1, min(splits, MAX_SCRATCH_BYTES // max(bytes_per_split, 1)))
+
+
+@functools.cache
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count

@@ -40,9 +40,11 @@ class PageTable:
     def from_req_to_token(
         cls, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, lengths: torch.Tensor
     ) -> PageTable:
-        """SGLang's ``req_to_token [max_reqs, max_ctx]`` rows ``req_pool_indices [B]``; token slots."""
+        """Rows ``req_pool_indices`` of SGLang's ``req_to_token [max_reqs, max_ctx]`` (slots)."""
         if req_to_token.dim() != 2:
-            raise ValueError(f"req_to_token: expected 2-D [max_reqs, max_ctx], got {req_to_token.dim()}-D")
+            raise ValueError(
+                f"req_to_token: expected 2-D [max_reqs, max_ctx], got {req_to_token.dim()}-D"
+            )
         row_start = req_pool_indices.to(torch.int64) * req_to_token.stride(0)
         return cls(req_to_token, row_start, lengths.to(torch.int32), 1)
 

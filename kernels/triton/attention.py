@@ -80,7 +80,7 @@ def _segment_keys(
 
 @triton.jit
 def paged_attention_fwd(
-    Q, K, V, KC, VC, O, LSE, QS,  # noqa: N803 (tensor pointers)
+    Q, K, V, KC, VC, Out, LSE, QS,  # noqa: N803 (tensor pointers)
     qo_indptr, seg_kind, seg_block, seg_ncausal,
     table, row_start, cache_len,
     sm_scale_log2, num_splits, min_chunk,
@@ -144,9 +144,7 @@ def paged_attention_fwd(
                 mask=t_ok[:, None] & d_ok[None, :],
                 other=0.0,
             )
-            acc, m_i, l_i = _softmax_tile(
-                acc, m_i, l_i, q, k_t, v, row_scale, t_ok[None, :], IEEE
-            )
+            acc, m_i, l_i = _softmax_tile(acc, m_i, l_i, q, k_t, v, row_scale, t_ok[None, :], IEEE)
 
         # (b) the segment itself under its structural mask (split 0 only)
         if HAS_SEGMENT:
@@ -177,10 +175,10 @@ def paged_attention_fwd(
 
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]
-        o_ptrs = O + (q_start + qi)[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
+        o_ptrs = Out + (q_start + qi)[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
         if SPLIT:
             o_ptrs += split * stride_os
             lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf"))
             l_ptrs = LSE + (q_start + qi) * stride_lt + head * stride_lh + split
             tl.store(l_ptrs, lse, mask=row_ok)
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

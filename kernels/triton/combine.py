@@ -16,12 +16,12 @@ import triton.language as tl
 
 @triton.jit
 def combine_splits(
-    OP, LSE, O,  # noqa: N803 (tensor pointers)
+    OPart, LSE, Out,  # noqa: N803 (tensor pointers)
     num_splits,
     stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
-    """Grid ``(tokens, q_heads)``: ``OP [T, H, S, D]`` fp32, ``LSE [T, H, S]`` fp32 -> ``O [T, H, D]``."""
+    """Grid ``(T, Hq)``: ``OPart [T, Hq, S, D]``, ``LSE [T, Hq, S]`` (fp32) -> ``Out``."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
@@ -33,10 +33,10 @@ def combine_splits(
     m = tl.where(m == float("-inf"), 0.0, m)
     w = tl.exp2(lse - m)
     parts = tl.load(
-        OP + t * stride_pt + h * stride_ph + s[:, None] * stride_ps + d[None, :],
+        OPart + t * stride_pt + h * stride_ph + s[:, None] * stride_ps + d[None, :],
         mask=s_ok[:, None] & d_ok[None, :],
         other=0.0,
     )
     total = tl.sum(w, 0)
     out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
-    tl.store(O + t * stride_ot + h * stride_oh + d, out.to(O.dtype.element_ty), mask=d_ok)
+    tl.store(Out + t * stride_ot + h * stride_oh + d, out.to(Out.dtype.element_ty), mask=d_ok)
