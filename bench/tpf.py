@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sglang_trimode.models import default_model_path
+from sglang_trimode.models import default_model_path, load_tokenizer
 from sglang_trimode.reference.engine import SUPPORTED_MODES, TriModeEngine
 from sglang_trimode.report import format_table, random_prompts, run_mode
 
@@ -31,7 +31,7 @@ def read_prompts(path: Path | None, engine: TriModeEngine, model_path: Path, n: 
     cfg = engine.config
     if path is None:
         return random_prompts(cfg, n, base_len=8, step=5)
-    tokenizer = None
+    tokenizer = load_tokenizer(model_path)
     prompts = []
     for i, line in enumerate(path.read_text().splitlines()):
         if not line.strip():
@@ -41,11 +41,7 @@ def read_prompts(path: Path | None, engine: TriModeEngine, model_path: Path, n: 
             prompts.append([int(t) for t in rec["token_ids"]])
         elif "text" in rec:
             if tokenizer is None:
-                if not (model_path / "tokenizer.json").is_file():
-                    sys.exit(f"{path}:{i + 1}: 'text' prompts need a tokenizer in {model_path}")
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+                sys.exit(f"{path}:{i + 1}: 'text' prompts need a tokenizer in {model_path}")
             prompts.append(tokenizer.encode(rec["text"]))
         else:
             sys.exit(f"{path}:{i + 1}: each line needs 'token_ids' or 'text'")
@@ -58,6 +54,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--model", type=Path, default=None, help="checkpoint folder (default: built-in)"
     )
     ap.add_argument("--prompts", type=Path, default=None, help="JSONL prompts (default: random)")
+    ap.add_argument(
+        "--heldout",
+        action="store_true",
+        help="prompts from held-out stdlib files (needs the model's tokenizer)",
+    )
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--modes", type=csv(str), default=list(SUPPORTED_MODES))
     ap.add_argument("--block-sizes", type=csv(int), default=[8, 16])
@@ -76,7 +77,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     engine = TriModeEngine.from_pretrained(
         model_path, device=args.device, dtype=getattr(torch, args.dtype)
     )
-    prompts = read_prompts(args.prompts, engine, Path(model_path), args.num_prompts)
+    if args.heldout:
+        from sglang_trimode.training.corpus import heldout_prompts
+
+        tokenizer = load_tokenizer(Path(model_path))
+        if tokenizer is None:
+            ap.error(f"--heldout needs a tokenizer in {model_path}")
+        prompts = [tokenizer.encode(t) for t in heldout_prompts(args.num_prompts)]
+    else:
+        prompts = read_prompts(args.prompts, engine, Path(model_path), args.num_prompts)
     runs = [(m, b) for m in args.modes for b in ([1] if m == "ar" else args.block_sizes)]
     rows = []
     for mode, block in tqdm(runs, desc="tpf", unit="run"):
@@ -97,6 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "device": args.device,
         "dtype": args.dtype,
         "prompts": len(prompts),
+        "prompt_source": "heldout" if args.heldout else str(args.prompts or "random"),
         "max_new_tokens": args.max_new_tokens,
         "threshold": args.threshold,
         "temperature": args.temperature,

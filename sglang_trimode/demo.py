@@ -12,24 +12,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sglang_trimode.models import default_model_path
+from sglang_trimode.models import default_model_path, load_tokenizer
 from sglang_trimode.reference.engine import SUPPORTED_MODES, TriModeEngine
 from sglang_trimode.report import format_table, random_prompts, run_mode
 
-DEMO_TEXTS = ["def fibonacci(n):\n", "import os\n\n\ndef main(", "class Stack:\n    def "]
-
-
-def load_tokenizer(path: Path):
-    if not (path / "tokenizer.json").is_file():
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
-
 
 def demo_prompts(engine: TriModeEngine, tokenizer, n: int) -> list[list[int]]:
+    """Held-out stdlib snippets when the model has a tokenizer, random token ids otherwise."""
     if tokenizer is not None:
-        return [tokenizer.encode(t) for t in DEMO_TEXTS[:n]]
+        from sglang_trimode.training.corpus import heldout_prompts
+
+        return [tokenizer.encode(t) for t in heldout_prompts(n)]
     return random_prompts(engine.config, n)
 
 

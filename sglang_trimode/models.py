@@ -19,13 +19,27 @@ def cache_dir() -> Path:
 
 
 def default_model_path() -> Path:
-    """Folder of the default model (config.json + safetensors), built on first use if needed."""
+    """Folder of the default model (config.json + safetensors + tokenizer)."""
     if (EMBEDDED / "config.json").is_file():
         return EMBEDDED
+    return random_model_path()
+
+
+def random_model_path() -> Path:
+    """A small random model of the real layout, built once in :func:`cache_dir` (no tokenizer)."""
     path = cache_dir() / "tiny-random-v1"
     if not (path / "config.json").is_file():
         from sglang_trimode.reference.tiny import make_tiny_checkpoint
 
-        print(f"[sglang-trimode] building a small random model at {path} (no trained model yet)")
+        print(f"[sglang-trimode] building a small random model at {path}")
         make_tiny_checkpoint(path, seed=0)
     return path
+
+
+def load_tokenizer(path: str | Path):
+    """The model folder's tokenizer via ``AutoTokenizer``, or None when it ships none."""
+    if not (Path(path) / "tokenizer.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))

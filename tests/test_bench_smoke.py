@@ -4,20 +4,20 @@ import json
 import sys
 from pathlib import Path
 
-from sglang_trimode import default_model_path
 from sglang_trimode.demo import main as demo_main
+from sglang_trimode.models import random_model_path
 from sglang_trimode.reference.tiny import make_tiny_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.tpf import main as tpf_main  # noqa: E402
 
 
-def test_default_model_path_builds_once(tmp_path, monkeypatch):
+def test_random_model_is_built_once(tmp_path, monkeypatch):
     monkeypatch.setenv("SGLANG_TRIMODE_CACHE", str(tmp_path))
-    path = default_model_path()
+    path = random_model_path()
     assert (path / "config.json").is_file() and path.parent == tmp_path
     mtime = (path / "config.json").stat().st_mtime_ns
-    assert default_model_path() == path
+    assert random_model_path() == path
     assert (path / "config.json").stat().st_mtime_ns == mtime
 
 

@@ -35,12 +35,42 @@ def test_noise_blocks_uses_one_ratio_per_block():
 
 def test_a_few_steps_lower_both_losses_and_the_checkpoint_loads(tmp_path):
     out = tmp_path / "m"
-    summary = train_main([
-        "--out", str(out), "--steps", "40", "--corpus-files", "8", "--vocab-size", "300",
-        "--hidden", "32", "--intermediate", "64", "--layers", "1", "--heads", "2",
-        "--kv-heads", "1", "--batch", "4", "--seq-len", "64", "--block-sizes", "4,8",
-        "--lr", "1e-2", "--warmup", "5", "--eval-every", "20", "--eval-batches", "1",
-    ])
+    summary = train_main(
+        [
+            "--out",
+            str(out),
+            "--steps",
+            "40",
+            "--corpus-files",
+            "8",
+            "--vocab-size",
+            "300",
+            "--hidden",
+            "32",
+            "--intermediate",
+            "64",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--batch",
+            "4",
+            "--seq-len",
+            "64",
+            "--block-sizes",
+            "4,8",
+            "--lr",
+            "1e-2",
+            "--warmup",
+            "5",
+            "--eval-every",
+            "20",
+            "--eval-batches",
+            "1",
+        ]
+    )
     log = summary["log"]
     first = log[:5]
     last = log[-5:]

@@ -92,15 +92,19 @@ def token_stream(tokenizer, split: str, limit: int | None = None) -> list[int]:
     return ids
 
 
-def heldout_prompts(tokenizer, n: int, lines: int = 12) -> list[str]:
-    """The first lines of a function or class body start in ``n`` held-out files."""
+def heldout_prompts(n: int, lines: int = 12) -> list[str]:
+    """``lines`` lines from the first ``def``/``class`` of ``n`` held-out files.
+
+    The prompt ends at the end of a line, without the newline: byte-level BPE merges a newline
+    with the next line's indentation, so a prompt ending in a bare newline would be tokenised
+    unlike the training text."""
     prompts = []
     for text in read_texts(stdlib_files("heldout")):
         src = text.splitlines()
         starts = [i for i, s in enumerate(src) if s.startswith(("def ", "class "))]
         if not starts:
             continue
-        prompts.append("\n".join(src[starts[0] : starts[0] + lines]) + "\n")
+        prompts.append("\n".join(src[starts[0] : starts[0] + lines]).rstrip())
         if len(prompts) == n:
             break
     return prompts

@@ -1,0 +1,46 @@
+"""Export a trained checkpoint as the embedded default model (weights cast to save space).
+
+    python -m sglang_trimode.training.export SRC [--dst sglang_trimode/assets/default_model]
+                                             [--dtype bfloat16]
+
+Copies the tokenizer files and ``training_log.json``; the model card (README.md) in the
+destination is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from sglang_trimode.models import EMBEDDED
+from sglang_trimode.reference.checkpoint import load_model, save_checkpoint
+
+COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "training_log.json")
+
+
+def export(src: Path, dst: Path, dtype: torch.dtype) -> Path:
+    model = load_model(src, dtype=dtype)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, dst)
+    for name in COPIED:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    size = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
+    print(f"[export] {src} -> {dst} ({dtype}), {size / 1e6:.2f} MB")
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("src", type=Path)
+    ap.add_argument("--dst", type=Path, default=EMBEDDED)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
+    args = ap.parse_args(argv)
+    export(args.src, args.dst, getattr(torch, args.dtype))
+
+
+if __name__ == "__main__":
+    main()
