@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         f"model: {path}  block_size: {block}  prompts: {len(prompts)}  "
         f"max_new_tokens: {args.max_new_tokens}\n"
     )
+    if tokenizer is not None:
+        print(f"prompt 1 (held-out stdlib code): ...{tokenizer.decode(prompts[0])[-160:]!r}\n")
     rows = []
     for mode in SUPPORTED_MODES:
         row, outs = run_mode(

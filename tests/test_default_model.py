@@ -1,0 +1,56 @@
+"""The shipped default model: trained, loadable, and self-speculation pays on held-out code."""
+
+import pytest
+
+from sglang_trimode import TriModeEngine, default_model_path
+from sglang_trimode.models import EMBEDDED, load_tokenizer
+from sglang_trimode.training.corpus import heldout_prompts
+
+MODES = ("ar", "diffusion", "self_spec_linear", "self_spec_quadratic")
+
+
+@pytest.fixture(scope="module")
+def model():
+    path = default_model_path()
+    assert path == EMBEDDED, "the trained default model must ship inside the package"
+    engine = TriModeEngine.from_pretrained(path)
+    tok = load_tokenizer(path)
+    # the setup of the model card's figures: 8 held-out prompts, 64 new tokens
+    prompts = [tok.encode(t) for t in heldout_prompts(8)]
+    return engine, tok, prompts
+
+
+@pytest.fixture(scope="module")
+def ar(model):
+    engine, _, prompts = model
+    return engine.generate(prompts, mode="ar", max_new_tokens=64)
+
+
+def tpf(outs):
+    return sum(len(o.token_ids) - 1 for o in outs) / sum(o.stats.forwards for o in outs)
+
+
+@pytest.mark.parametrize("block_size", [8, 16])
+def test_quadratic_self_spec_beats_one_token_per_forward_and_equals_ar(model, ar, block_size):
+    engine, _, prompts = model
+    outs = engine.generate(
+        prompts, mode="self_spec_quadratic", max_new_tokens=64, block_size=block_size
+    )
+    assert [o.token_ids for o in outs] == [o.token_ids for o in ar]
+    assert tpf(outs) > 1.4  # random weights stay near 1.0
+
+
+def test_linear_self_spec_equals_ar(model, ar):
+    engine, _, prompts = model
+    outs = engine.generate(prompts, mode="self_spec_linear", max_new_tokens=64, block_size=8)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in ar]
+
+
+def test_tokenizer_round_trips_and_special_ids_match_config(model):
+    engine, tok, prompts = model
+    cfg = engine.config
+    assert tok.mask_token_id == cfg.mask_token_id and tok.eos_token_id in cfg.eos_token_ids
+    assert len(tok) == cfg.vocab_size
+    text = "def add(a, b):\n    return a + b\n"
+    assert tok.decode(tok.encode(text)) == text
+    assert all(cfg.mask_token_id not in p for p in prompts)
