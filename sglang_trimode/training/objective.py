@@ -56,7 +56,8 @@ def noise_blocks(
     n_blocks = -(-t // block_size)
     ratio = eps + (1 - eps) * torch.rand(n, n_blocks, generator=generator)
     ratio = ratio.repeat_interleave(block_size, dim=1)[:, :t]
-    masked = torch.rand(n, t, generator=generator) < ratio
+    masked = torch.rand(n, t, generator=generator) < ratio  # CPU draws: same on every device
+    ratio, masked = ratio.to(x.device), masked.to(x.device)
     return Noised(x.masked_fill(masked, mask_id), masked, ratio)
 
 

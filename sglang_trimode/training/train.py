@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-batches", type=int, default=4, help="held-out batches of 8 crops")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--device", default="cpu", help="cpu or cuda (the recipe and its defaults are the same)"
+    )
+    ap.add_argument(
         "--snapshots", type=Path, default=None, help="also save a checkpoint here at each eval"
     )
     ap.add_argument("--corpus-files", type=int, default=None, help="first N files only (smoke)")
@@ -98,6 +101,7 @@ def evaluate(model, held: torch.Tensor, args, mask: torch.Tensor) -> dict:
     model.eval()
     gen = torch.Generator().manual_seed(1234)
     x = batches(held, args.eval_batches * 8, args.seq_len, gen)
+    x = x.to(mask.device)
     parts = [
         joint_loss(model, c, args.block_sizes[0], corpus.MASK_ID, gen, attn_mask=mask)
         for c in x.split(8)
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"[train] corpus: {len(train):,} train tokens, {len(held):,} held-out tokens")
 
     cfg = make_config(args, len(tokenizer))
-    model = NemotronLabsDiffusionModel(cfg).train()
+    model = NemotronLabsDiffusionModel(cfg).to(args.device).train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train] model: {n_params / 1e6:.2f}M parameters, block sizes {args.block_sizes}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -134,14 +138,14 @@ def main(argv: list[str] | None = None) -> dict:
         * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))),
     )
     masks = {
-        b: model.additive_mask(dual_stream_mask(args.seq_len, b), torch.float32)
+        b: model.additive_mask(dual_stream_mask(args.seq_len, b), torch.float32).to(args.device)
         for b in args.block_sizes
     }
     gen = torch.Generator().manual_seed(args.seed)
     log: list[dict] = []
     bar = tqdm(range(args.steps), desc="train", unit="step")
     for step in bar:
-        x = batches(train, args.batch, args.seq_len, gen)
+        x = batches(train, args.batch, args.seq_len, gen).to(args.device)
         block = args.block_sizes[step % len(args.block_sizes)]
         parts = joint_loss(
             model, x, block, corpus.MASK_ID, gen, args.w_diff, args.w_ar, masks[block]
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
             break
     bar.close()
     model.eval()
-    save_checkpoint(model, args.out)
+    save_checkpoint(model.cpu(), args.out)
     summary = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "parameters": n_params,
