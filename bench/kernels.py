@@ -194,7 +194,8 @@ def sglang_extend(q, k, v, k_cache, v_cache, pages, segs, sm_scale=None):
     out = torch.empty_like(q)
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
     index = (segs.qo_indptr, kv_indptr, kv_indices, mask.to(q.device), False, mask_indptr)
-    args = (q, k, v, out, k_cache, v_cache, *index, segs.max_len)
+    # sglang 0.5.23: (..., max_len_extend, k_scale, v_scale, sm_scale=...); scales 1.0: no fp8
+    args = (q, k, v, out, k_cache, v_cache, *index, segs.max_len, 1.0, 1.0)
 
     def run():
         fwd(*args, sm_scale=sm_scale, skip_prefix_custom_mask=False)
