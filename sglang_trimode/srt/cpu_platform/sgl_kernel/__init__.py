@@ -1,0 +1,78 @@
+"""Plain-torch stand-in for the CUDA-only `sgl_kernel` package, for SGLang's CPU engine in tests.
+
+NOT the real `sgl_kernel`: it implements exactly the names that our CPU test paths (plain AR
+serving through `python -m sglang.launch_server --device cpu` with SGLANG_USE_CPU_ENGINE=1 and
+`--attention-backend torch_native`) were found to need, in slow plain torch:
+
+- `assign_req_to_token_pool_cpu`: writes each request's newly allocated KV slots into the
+  `req_to_token` table (same semantics as SGLang's Triton `assign_req_to_token_pool`).
+
+Names that SGLang imports at module level but that these paths never call are defined and raise
+`NotImplementedError` when called (`copy_all_layer_kv_cache_cpu`: moving KV between pool slots
+through raw data pointers; and the speculative-decoding helpers `build_tree_kernel_efficient_cpu`,
+`verify_tree_greedy_cpu`, `fill_accept_out_cache_loc_cpu`, `fill_bonus_tokens_cpu`,
+`rotate_input_ids_cpu`, `assign_draft_cache_locs_contiguous_cpu`, `assign_extend_cache_locs_cpu`,
+`build_draft_decode_metadata_cpu`, imported by SGLang's scheduler modules). Every other attribute is
+absent (`AttributeError`, so a `from sgl_kernel import x` fails loudly with an ImportError naming
+`x`). No `torch.ops.sgl_kernel.*` operators are registered: SGLang code paths that call those (CPU
+quantization, MoE, mamba, AMX layers) fail.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__version__ = "0.0.0+trimode.cpu.stand-in"
+
+IMPLEMENTED = ("assign_req_to_token_pool_cpu",)
+NOT_IMPLEMENTED = (
+    "copy_all_layer_kv_cache_cpu",
+    "build_tree_kernel_efficient_cpu",
+    "verify_tree_greedy_cpu",
+    "fill_accept_out_cache_loc_cpu",
+    "fill_bonus_tokens_cpu",
+    "rotate_input_ids_cpu",
+    "assign_draft_cache_locs_contiguous_cpu",
+    "assign_extend_cache_locs_cpu",
+    "build_draft_decode_metadata_cpu",
+)
+
+
+def assign_req_to_token_pool_cpu(
+    req_pool_indices: torch.Tensor,
+    req_to_token: torch.Tensor,
+    start_offset: torch.Tensor,
+    end_offset: torch.Tensor,
+    out_cache_loc: torch.Tensor,
+    pool_len: int,
+) -> None:
+    """Set `req_to_token[req_pool_indices[i], start[i]:end[i]]` from `out_cache_loc`.
+
+    Request i takes the next `end[i] - start[i]` slots of `out_cache_loc`, in batch order.
+    """
+    del pool_len  # the row length of req_to_token; implied by the tensor here
+    starts = start_offset.tolist()
+    ends = end_offset.tolist()
+    rows = req_pool_indices.tolist()
+    offset = 0
+    for row, start, end in zip(rows, starts, ends, strict=True):
+        n = end - start
+        if n > 0:
+            req_to_token[row, start:end] = out_cache_loc[offset : offset + n].to(req_to_token.dtype)
+        offset += n
+
+
+def _not_implemented(name: str):
+    def fn(*args, **kwargs):
+        raise NotImplementedError(
+            f"sgl_kernel.{name} is not implemented by sglang-trimode's CPU stand-in "
+            "(sglang_trimode/srt/cpu_platform/sgl_kernel); it only serves the CPU test paths"
+        )
+
+    fn.__name__ = name
+    return fn
+
+
+for _name in NOT_IMPLEMENTED:
+    globals()[_name] = _not_implemented(_name)
+del _name

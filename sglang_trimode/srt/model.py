@@ -1,0 +1,60 @@
+"""SGLang model class for Nemotron-Labs-Diffusion checkpoints: plain AR (causal) serving.
+
+The backbone is SGLang's own Ministral-3 implementation (Llama layers: `QKVParallelLinear`,
+`MergedColumnParallelLinear`, `RadixAttention`, YaRN rotary embedding, Llama-4 per-position query
+scaling); the untied `diffusion_head` is the LM head, read through SGLang's `LogitsProcessor`.
+Weight names map `encoder.*` -> `model.*` and `diffusion_head.weight` -> `lm_head.weight`; the
+stacked `qkv_proj` / `gate_up_proj` shards are handled by the Llama loader.
+
+Only causal attention is served here; the diffusion / self-speculation masks need the TRIMODE
+worker and attention backend (issue 4, not written yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from sglang.srt.models.ministral3 import Ministral3ForCausalLM
+
+_RENAMES = (("encoder.", "model."), ("diffusion_head.", "lm_head."))
+
+
+def checkpoint_name_to_sglang(name: str) -> str:
+    """Map a checkpoint tensor name to the name of this SGLang model's parameter."""
+    for old, new in _RENAMES:
+        if name.startswith(old):
+            return new + name[len(old) :]
+    raise ValueError(
+        f"unexpected tensor {name!r} in a Nemotron-Labs-Diffusion checkpoint: expected "
+        "'encoder.*' or 'diffusion_head.weight'"
+    )
+
+
+class NemotronLabsDiffusionModel(Ministral3ForCausalLM):
+    """`architectures[0]` of the checkpoints; SGLang's Ministral-3 with the tri-mode names."""
+
+    def __init__(self, config, quant_config=None, prefix: str = "") -> None:
+        if config.tie_word_embeddings:
+            raise ValueError(
+                "Nemotron-Labs-Diffusion checkpoints have an untied diffusion_head; "
+                "tie_word_embeddings must be false"
+            )
+        super().__init__(config, quant_config=quant_config, prefix=prefix)
+        # SGLang's Ministral3Attention reads the Llama-4 scaling length from a top-level
+        # `original_max_position_embeddings` (default 16384); transformers (our reference) reads
+        # it from rope_parameters. Use the reference's value for the query scaling only.
+        orig = (config.rope_parameters or {}).get("original_max_position_embeddings")
+        if orig is not None:
+            for layer in self.model.layers:
+                attn = getattr(layer, "self_attn", None)
+                if attn is not None and hasattr(attn, "llama_4_scaling_beta"):
+                    attn.max_position_embeddings = int(orig)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]):
+        return super().load_weights(
+            (checkpoint_name_to_sglang(name), tensor) for name, tensor in weights
+        )
+
+
+EntryClass = [NemotronLabsDiffusionModel]
