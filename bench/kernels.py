@@ -115,6 +115,8 @@ def run_sdpa(data, with_mask=True):
         k, v = (x.repeat_interleave(hq // x.shape[1], 1) for x in (k, v))
         mask = masks.dense_mask(data["desc"], data["context"]).to(q.device)
         return lambda: F.scaled_dot_product_attention(q, k, v, mask).transpose(1, 2).reshape(shape)
+    if q.is_cuda and q.dtype == torch.float32:
+        raise Skip("the flash SDPA backend takes fp16/bf16 only (use --dtype bfloat16)")
     backend = getattr(torch.nn.attention.SDPBackend, "FLASH_ATTENTION" if q.is_cuda else "MATH")
 
     def run():

@@ -165,7 +165,7 @@ def test_engine_every_mode_on_random_checkpoint(tiny, tmp_path):
 )
 def test_engine_every_mode_on_trained_default_model(tmp_path):
     argv = ["--mode", ",".join(MODES), "--categories", "coding", "--num-requests", "1",
-            "--max-new-tokens", "16", "--no-ttft", "--no-progress",
+            "--max-new-tokens", "32", "--no-ttft", "--no-progress",
             "--out", str(tmp_path)]  # fmt: skip
     assert main(argv)["greedy_mismatches"] == {}
     saved = _check_run_files(tmp_path, MODES, [1])

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
@@ -89,3 +90,21 @@ def test_a_few_steps_lower_both_losses_and_the_checkpoint_loads(tmp_path):
     (o,) = engine.generate([prompt], mode="self_spec_quadratic", max_new_tokens=8, block_size=4)
     assert 1 <= len(o.token_ids) <= 8
     assert isinstance(tok.decode(o.token_ids), str)
+
+
+def test_stdlib_copy_named_by_env_gives_the_same_split(tmp_path, monkeypatch):
+    """A copied stdlib (what bench/gpu_train.sh carries to a GPU box) splits like the original."""
+    root = corpus.stdlib_root()
+    picked = {s: corpus.stdlib_files(s)[:3] for s in ("train", "heldout")}
+    for files in picked.values():
+        for p in files:
+            q = tmp_path / p.relative_to(root)
+            q.parent.mkdir(parents=True, exist_ok=True)
+            q.write_bytes(p.read_bytes())
+    monkeypatch.setenv(corpus.STDLIB_ENV, str(tmp_path))
+    for split, files in picked.items():
+        got = [p.relative_to(tmp_path) for p in corpus.stdlib_files(split)]
+        assert got == [p.relative_to(root) for p in files]
+    monkeypatch.setenv(corpus.STDLIB_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="SGLANG_TRIMODE_STDLIB"):
+        corpus.stdlib_root()

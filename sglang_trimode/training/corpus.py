@@ -8,6 +8,7 @@ vendored packages are left out (they are large and unlike the rest).
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,20 @@ EXCLUDED_DIRS = frozenset(
 HELDOUT_EVERY = 16  # about 1 file in 16 is held out
 
 
+STDLIB_ENV = "SGLANG_TRIMODE_STDLIB"
+
+
 def stdlib_root() -> Path:
+    """The running Python's stdlib, or a copy named by $SGLANG_TRIMODE_STDLIB.
+
+    The copy lets a machine with another Python version (e.g. a GPU box) train on the same
+    files, so the split and the held-out text stay those of the Python the model card names."""
+    override = os.environ.get(STDLIB_ENV)
+    if override:
+        root = Path(override)
+        if not root.is_dir():
+            raise FileNotFoundError(f"${STDLIB_ENV}={override} is not a folder")
+        return root
     return Path(sysconfig.get_paths()["stdlib"])
 
 
