@@ -1,0 +1,197 @@
+"""The `--trimode-*` launch flags: one definition, shared by the plugin, examples and tests.
+
+Imports no sglang: `FLAGS`, `MODES` and `parse_trimode_args` work without SGLang installed.
+`sglang_trimode.srt.plugin.register()` adds these flags to SGLang's own argument parser
+(`python -m sglang.launch_server --help` lists them under "tri-mode (sglang-trimode)") and stores
+the parsed values on the `ServerArgs` record as the bookkeeping attribute `_trimode_args` (a
+plain dict, so it survives the pickling into SGLang's scheduler processes).
+
+Flags (all optional):
+
+- `--trimode-mode {ar,diffusion,self_spec_linear,self_spec_quadratic,auto}`: the server's default
+  decoding mode (default `self_spec_linear`). Needs `--speculative-algorithm TRIMODE` unless it
+  is `ar`. A request may override it with `custom_params: {"trimode_mode": ...}`.
+- `--trimode-block-size N` (N >= 1): block / draft length (default: the checkpoint's
+  `block_size`).
+- `--trimode-threshold T` (0 < T <= 1): diffusion unmasking confidence threshold (default 0.9).
+- `--trimode-serve-modes M1,M2,...`: the modes this server accepts per request (default: all of
+  `ar,diffusion,self_spec_linear,self_spec_quadratic`); a request asking for another gets a
+  clear error (HTTP 400).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+#: Decoding modes a request can run in (those of the reference engine).
+REQUEST_MODES = ("ar", "diffusion", "self_spec_linear", "self_spec_quadratic")
+#: Choices of `--trimode-mode` (`auto`: the worker picks a mode per request).
+MODES = (*REQUEST_MODES, "auto")
+DEFAULT_MODE = "self_spec_linear"
+DEFAULT_THRESHOLD = 0.9
+#: Name of the speculative algorithm (`--speculative-algorithm TRIMODE`).
+ALGORITHM = "TRIMODE"
+#: Attribute of SGLang's `ServerArgs` record holding the parsed flags (a dict).
+SERVER_ARGS_ATTR = "_trimode_args"
+#: Per-request override key in `custom_params` (native API) / the OpenAI extra body.
+REQUEST_MODE_KEY = "trimode_mode"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
+    return value
+
+
+def threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def mode_list(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in REQUEST_MODES]
+    if not modes or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(REQUEST_MODES)}; "
+            f"got {text!r}" + (f" (unknown: {', '.join(bad)})" if bad else "")
+        )
+    return modes
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    dest: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    type: Any = str
+    metavar: str | None = None
+
+    def add_to(self, parser: argparse.ArgumentParser | Any) -> None:
+        kwargs: dict[str, Any] = {"dest": self.dest, "default": self.default, "help": self.help}
+        if self.choices is not None:
+            kwargs["choices"] = self.choices
+        if self.type is not str:
+            kwargs["type"] = self.type
+        if self.metavar is not None:
+            kwargs["metavar"] = self.metavar
+        parser.add_argument(self.name, **kwargs)
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag(
+        "--trimode-mode",
+        "trimode_mode",
+        None,
+        f"Tri-mode decoding mode (default {DEFAULT_MODE}); every mode but 'ar' needs "
+        f"--speculative-algorithm {ALGORITHM}. A request may override it with "
+        f'custom_params {{"{REQUEST_MODE_KEY}": MODE}}.',
+        choices=MODES,
+    ),
+    Flag(
+        "--trimode-block-size",
+        "trimode_block_size",
+        None,
+        "Tri-mode block / draft length (>= 1; default: the checkpoint's block_size).",
+        type=positive_int,
+        metavar="N",
+    ),
+    Flag(
+        "--trimode-threshold",
+        "trimode_threshold",
+        None,
+        f"Diffusion unmasking confidence threshold in (0, 1] (default {DEFAULT_THRESHOLD}).",
+        type=threshold,
+        metavar="T",
+    ),
+    Flag(
+        "--trimode-serve-modes",
+        "trimode_serve_modes",
+        None,
+        "Comma-separated modes this server accepts per request (default: all of "
+        f"{','.join(REQUEST_MODES)}); other requests get HTTP 400.",
+        type=mode_list,
+        metavar="M1,M2",
+    ),
+)
+
+DESTS = tuple(f.dest for f in FLAGS)
+GROUP_TITLE = "tri-mode (sglang-trimode)"
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the `--trimode-*` flags to `parser` (idempotent)."""
+    if any(a.dest == FLAGS[0].dest for a in parser._actions):
+        return
+    group = parser.add_argument_group(GROUP_TITLE)
+    for flag in FLAGS:
+        flag.add_to(group)
+
+
+def values_from_namespace(ns: argparse.Namespace) -> dict[str, Any]:
+    """The explicitly given `--trimode-*` values (None for absent flags)."""
+    return {d: getattr(ns, d, None) for d in DESTS}
+
+
+def check_combination(values: dict[str, Any], speculative_algorithm: str | None) -> str | None:
+    """An error message when the flags cannot be served together, else None."""
+    is_trimode = (speculative_algorithm or "").upper() == ALGORITHM
+    mode = values.get("trimode_mode")
+    if not is_trimode:
+        given = [f.name for f in FLAGS if values.get(f.dest) is not None]
+        if mode not in (None, "ar") or (given and mode is None):
+            return (
+                f"{', '.join(given)} need --speculative-algorithm {ALGORITHM} "
+                "(without it the server decodes plain AR only)"
+            )
+    serve = values.get("trimode_serve_modes")
+    if serve is not None and mode not in (None, "auto") and mode not in serve:
+        return f"--trimode-mode {mode} is not among --trimode-serve-modes {','.join(serve)}"
+    return None
+
+
+def parse_trimode_args(argv: list[str]) -> dict[str, Any]:
+    """Parse only the `--trimode-*` flags out of a command line (others are ignored)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_flags(parser)
+    ns, _ = parser.parse_known_args(argv)
+    return values_from_namespace(ns)
+
+
+@dataclass(frozen=True)
+class TriModeSettings:
+    """Resolved server-wide settings."""
+
+    mode: str
+    block_size: int
+    threshold: float
+    serve_modes: tuple[str, ...]
+
+
+def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSettings:
+    values = values or {}
+    mode = values.get("trimode_mode") or DEFAULT_MODE
+    serve = values.get("trimode_serve_modes") or REQUEST_MODES
+    return TriModeSettings(
+        mode=mode,
+        block_size=values.get("trimode_block_size") or int(model_block_size),
+        threshold=(
+            DEFAULT_THRESHOLD
+            if values.get("trimode_threshold") is None
+            else values["trimode_threshold"]
+        ),
+        serve_modes=tuple(serve),
+    )

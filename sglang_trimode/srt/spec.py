@@ -1,0 +1,125 @@
+"""`--speculative-algorithm TRIMODE`: the algorithm object SGLang's scheduler dispatches on.
+
+`register_algorithm()` (called by `plugin.register()` in every process) registers `TRIMODE` with
+`SpeculativeAlgorithm.register`; `SpeculativeAlgorithm.from_string("trimode")` then returns a
+`TriModeSpecAlgo` whose `create_worker` yields `sglang_trimode.srt.worker.TriModeWorker`.
+`handle_server_args` resolves the server settings the scheduler sizes memory by: overlap
+scheduling and mixed chunks off, one draft chain (`topk` 1), and
+`speculative_num_draft_tokens` = the widest verify segment a request can need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+from sglang.srt.speculative.spec_registry import CustomSpecAlgo, get_spec
+
+from sglang_trimode.srt import flags
+
+logger = logging.getLogger(__name__)
+
+
+def model_block_size(model_path: str | None) -> int:
+    """`block_size` of the checkpoint's config.json (32, the vendor's, when absent)."""
+    if model_path and os.path.isfile(os.path.join(model_path, "config.json")):
+        with open(os.path.join(model_path, "config.json")) as f:
+            return int(json.load(f).get("block_size", 32))
+    return 32
+
+
+def trimode_values(server_args: Any) -> dict[str, Any]:
+    """The parsed `--trimode-*` values riding on a ServerArgs record (or a view of one)."""
+    for obj in (server_args, getattr(server_args, "_cfg", None)):
+        if obj is None:
+            continue
+        try:
+            values = getattr(obj, flags.SERVER_ARGS_ATTR)
+        except AttributeError:
+            continue
+        if isinstance(values, dict):
+            return values
+    return {}
+
+
+def settings_from_server_args(server_args: Any) -> flags.TriModeSettings:
+    return flags.resolve(trimode_values(server_args), model_block_size(server_args.model_path))
+
+
+def verify_width(settings: flags.TriModeSettings) -> int:
+    """Most tokens one request puts into one forward (KV slots reserved per decode step)."""
+    b = settings.block_size
+    width = b  # linear verify / diffusion draft + commit: [seed, B-1 tokens]
+    if "self_spec_quadratic" in settings.serve_modes or settings.mode == "self_spec_quadratic":
+        width = max(width, b * (b + 1))  # quadratic: (k+1)(L+1) with k = L = B - 1 at most
+    return width
+
+
+class TriModeSpecAlgo(CustomSpecAlgo):
+    """`CustomSpecAlgo` plus the methods SGLang 0.5.23's scheduler calls but the base lacks."""
+
+    def carries_draft_hidden_states(self) -> bool:
+        return False
+
+    def need_topk(self) -> bool:
+        return False
+
+    def has_draft_kv(self) -> bool:
+        # Drafts never write KV; only verified/committed tokens keep theirs.
+        return False
+
+    def create_future_map(
+        self,
+        device,
+        req_to_token_pool,
+        needs_cpu_seq_lens: bool = True,
+        needs_confidence_relay: bool = False,
+    ):
+        from sglang.srt.managers.overlap_utils import FutureMap
+
+        return FutureMap(
+            device, self, req_to_token_pool, needs_cpu_seq_lens, needs_confidence_relay
+        )
+
+    def handle_server_args(self, server_args) -> None:
+        settings = settings_from_server_args(server_args)
+        server_args.disable_overlap_schedule = True
+        server_args.enable_mixed_chunk = False
+        server_args.speculative_eagle_topk = 1
+        width = verify_width(settings)
+        server_args.speculative_num_draft_tokens = width
+        server_args.speculative_num_steps = max(1, settings.block_size - 1)
+        logger.info(
+            "TRIMODE: mode=%s block_size=%d threshold=%s serve_modes=%s (%d tokens/step)",
+            settings.mode,
+            settings.block_size,
+            settings.threshold,
+            ",".join(settings.serve_modes),
+            width,
+        )
+
+
+def _validate(server_args) -> None:
+    msg = flags.check_combination(trimode_values(server_args), server_args.speculative_algorithm)
+    if msg:
+        raise ValueError(msg)
+
+
+def register_algorithm() -> None:
+    """Register `TRIMODE` once per process."""
+    if get_spec(flags.ALGORITHM) is not None:
+        return
+
+    @SpeculativeAlgorithm.register(
+        flags.ALGORITHM,
+        supports_overlap=False,
+        validate_server_args=_validate,
+        spec_class=TriModeSpecAlgo,
+    )
+    def _factory(server_args):
+        from sglang_trimode.srt.worker import TriModeWorker
+
+        return TriModeWorker

@@ -1,0 +1,139 @@
+"""The `--trimode-*` flags and `--speculative-algorithm TRIMODE`, through the installed entry point.
+
+Every check runs in a fresh subprocess, so SGLang loads the plugin through the
+`sglang.srt.plugins` entry point exactly as `python -m sglang.launch_server` does: the flags are
+listed by `--help`, parse onto the ServerArgs record (and survive the pickling into scheduler
+processes), `TRIMODE` resolves to our worker class and the checkpoint's architecture to our model
+class, and bad values fail with a message naming the flag. Skipped without sglang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip(
+    "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
+)
+
+from sglang_trimode import default_model_path  # noqa: E402
+from sglang_trimode.srt import flags  # noqa: E402
+from sglang_trimode.srt.cpu_platform import PYTHONPATH_ENTRY  # noqa: E402
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["SGLANG_USE_CPU_ENGINE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHONPATH_ENTRY, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_flags_module_is_consistent():
+    assert flags.MODES == (*flags.REQUEST_MODES, "auto")
+    assert [f.name for f in flags.FLAGS] == [
+        "--trimode-mode",
+        "--trimode-block-size",
+        "--trimode-threshold",
+        "--trimode-serve-modes",
+    ]
+    assert flags.parse_trimode_args(["--x", "1", "--trimode-mode", "ar"])["trimode_mode"] == "ar"
+    s = flags.resolve({"trimode_block_size": 4}, model_block_size=32)
+    assert (s.mode, s.block_size, s.threshold) == (flags.DEFAULT_MODE, 4, flags.DEFAULT_THRESHOLD)
+    assert flags.check_combination({"trimode_mode": "diffusion"}, None)
+    assert flags.check_combination({"trimode_mode": "ar"}, None) is None
+    assert flags.check_combination({"trimode_mode": "diffusion"}, "trimode") is None
+
+
+def test_launch_server_help_lists_flags(tmp_path):
+    res = _run(["-m", "sglang.launch_server", "--help"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert flags.GROUP_TITLE in res.stdout
+    for flag in flags.FLAGS:
+        assert flag.name in res.stdout
+    assert "{ar,diffusion,self_spec_linear,self_spec_quadratic,auto}" in res.stdout
+
+
+_PROBE = r"""
+import contextlib, io, json, pickle, sys
+from sglang.srt.plugins import load_plugins
+load_plugins()
+from sglang.srt.server_args import prepare_server_args
+from sglang.srt.arg_groups.overrides import resolving_view
+from sglang.srt.models.registry import ModelRegistry
+from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+model = sys.argv[1]
+base = ["--model-path", model, "--device", "cpu"]
+out = {}
+
+sa = prepare_server_args(base + ["--speculative-algorithm", "TRIMODE", "--trimode-mode",
+                                 "diffusion", "--trimode-block-size", "8",
+                                 "--trimode-threshold", "0.5"])
+out["values"] = pickle.loads(pickle.dumps(sa))._trimode_args
+sa.resolve_once()
+cfg = resolving_view(sa)
+out["num_draft_tokens"] = cfg.speculative_num_draft_tokens
+out["overlap_disabled"] = cfg.disable_overlap_schedule
+algo = SpeculativeAlgorithm.from_string("trimode")
+worker = algo.create_worker(sa)
+out["worker"] = worker.__module__ + "." + worker.__qualname__
+cls, arch = ModelRegistry.resolve_model_cls(["NemotronLabsDiffusionModel"])
+out["model"] = cls.__module__ + "." + cls.__qualname__
+out["plain_ar"] = prepare_server_args(base)._trimode_args
+
+errors = {}
+for name, extra in {
+    "bad_mode": ["--speculative-algorithm", "TRIMODE", "--trimode-mode", "fast"],
+    "block_0": ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", "0"],
+    "threshold_2": ["--speculative-algorithm", "TRIMODE", "--trimode-threshold", "2"],
+    "bad_serve": ["--speculative-algorithm", "TRIMODE", "--trimode-serve-modes", "ar,turbo"],
+    "no_algo": ["--trimode-mode", "diffusion"],
+    "mode_not_served": ["--speculative-algorithm", "TRIMODE", "--trimode-mode", "diffusion",
+                        "--trimode-serve-modes", "ar"],
+}.items():
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            prepare_server_args(base + extra)
+        errors[name] = None
+    except SystemExit as e:
+        errors[name] = [e.code, err.getvalue().strip().splitlines()[-1]]
+out["errors"] = errors
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_entry_point_parses_resolves_and_rejects(tmp_path):
+    res = _run(["-c", _PROBE, str(default_model_path())], tmp_path)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert res.returncode == 0 and lines, f"rc={res.returncode}\n{res.stderr[-3000:]}"
+    got = json.loads(lines[-1][len("RESULT ") :])
+    assert got["values"] == {
+        "trimode_mode": "diffusion",
+        "trimode_block_size": 8,
+        "trimode_threshold": 0.5,
+        "trimode_serve_modes": None,
+    }
+    assert got["plain_ar"] == dict.fromkeys(flags.DESTS)
+    assert got["overlap_disabled"] is True
+    assert got["num_draft_tokens"] >= 8
+    assert got["worker"] == "sglang_trimode.srt.worker.TriModeWorker"
+    assert got["model"] == "sglang_trimode.srt.model.NemotronLabsDiffusionModel"
+    errors = got["errors"]
+    assert all(v is not None and v[0] == 2 for v in errors.values()), errors
+    assert "--trimode-mode: invalid choice: 'fast'" in errors["bad_mode"][1]
+    assert "--trimode-block-size: must be a positive integer" in errors["block_0"][1]
+    assert "--trimode-threshold: must be in (0, 1]" in errors["threshold_2"][1]
+    assert "unknown: turbo" in errors["bad_serve"][1]
+    assert "need --speculative-algorithm TRIMODE" in errors["no_algo"][1]
+    assert "not among --trimode-serve-modes" in errors["mode_not_served"][1]
