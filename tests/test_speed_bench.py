@@ -137,6 +137,8 @@ def _check_run_files(out: Path, modes: list[str], concs: list[int]) -> dict:
             assert {"Output TPS", "Output TPS/gpu", "TTFT Time", "E2E Request Time"} <= set(tim)
             assert set(tim["E2E Request Time"]) == {"min", "max", "mean", "std", "quantiles"}
     assert (out / "results.md").read_text().startswith("| mode |")
+    for png in ("al_per_category.png", "tps_vs_concurrency.png"):  # matplotlib: requirements/bench
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     return json.loads((out / "results.json").read_text())
 
 
