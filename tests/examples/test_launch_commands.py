@@ -1,0 +1,245 @@
+"""Every launch command in examples/ and the deployment recipes parses with SGLang's own parser.
+
+The commands are extracted from the files themselves (`launch_commands.py`: the shell runs them
+with `python`/`sglang` shimmed), so a recipe cannot drift from what is tested. Each is parsed by
+SGLang 0.5.23's `prepare_server_args` after `load_plugins()`, as `launch_server` does. On top:
+recipe invariants (TP divides the 8 KV heads, both nodes of the multi-node recipe agree, routers
+point at the replicas), every memory figure recomputed, the Kubernetes manifest parsed and its
+container command one of the tested commands. Skipped without sglang.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
+)
+import yaml  # noqa: E402
+
+from sglang_trimode.srt import flags  # noqa: E402
+from sglang_trimode.srt.cpu_platform import PYTHONPATH_ENTRY  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import launch_commands as lc  # noqa: E402
+
+sys.path.insert(0, str(lc.EXAMPLES / "deploy"))
+import memory  # noqa: E402
+
+DEPLOY = lc.EXAMPLES / "deploy"
+RECIPES = sorted(DEPLOY.glob("*.md"))
+K8S = DEPLOY / "kubernetes" / "trimode-8b.yaml"
+HUB = re.compile(r"^nvidia/Nemotron-Labs-Diffusion-(3B|8B|14B)$")
+GPU_GIB = 79.0  # an 80 GB card as CUDA reports it (H100 80GB: about 79.2 GiB)
+#: Commands that must NOT parse: the harness has to be able to fail.
+BAD = [
+    ["--model-path", "m", "--tp-size", "eight"],
+    ["--model-path", "m", "--trimode-mode", "diffusion"],  # needs --speculative-algorithm TRIMODE
+    ["--model-path", "m", "--speculative-algorithm", "TRIMODE", "--trimode-mode", "fast"],
+    ["--model-path", "m", "--speculative-algorithm", "TRIMODE", "--trimode-threshold", "1.5"],
+]
+
+
+def _parse_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["SGLANG_USE_CPU_ENGINE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHONPATH_ENTRY, env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.fixture(scope="module")
+def commands(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("launch")
+    recs = []
+    for md in sorted(lc.EXAMPLES.rglob("*.md")):
+        recs += lc.extract_markdown(md, tmp)
+    for device in ("cpu", "cuda"):
+        for mode in flags.MODES:
+            recs += lc.extract_script(lc.EXAMPLES / "serve.sh", [mode], tmp, {"DEVICE": device})
+    servers = [r for r in recs if r["kind"] == "server"]
+    parsed = lc.parse_commands([r["argv"] for r in servers] + BAD, _parse_env())
+    for rec, res in zip(servers, parsed, strict=False):
+        rec["parsed"] = res
+    return {"all": recs, "servers": servers, "bad": parsed[len(servers) :]}
+
+
+def _from(commands, name: str) -> list[dict]:
+    return [r for r in commands["all"] if r["source"].startswith(name)]
+
+
+def test_commands_found_in_every_file(commands):
+    for md in RECIPES:
+        if md.name != "README.md":
+            assert _from(commands, str(md.relative_to(lc.ROOT))), f"no launch command in {md}"
+    assert len(_from(commands, "examples/serve.sh")) == 2 * len(flags.MODES)
+    assert len(_from(commands, "examples/deploy/tensor_parallel.md")) == 4
+    assert len(_from(commands, "examples/deploy/data_parallel_router.md")) == 8 + 2
+
+
+def test_every_server_command_parses(commands):
+    bad = [
+        f"{r['source']}: {shlex.join(r['argv'])}\n{r['parsed'].get('error')}"
+        for r in commands["servers"]
+        if not r["parsed"]["ok"]
+    ]
+    assert not bad, "\n\n".join(bad)
+
+
+def test_parser_rejects_bad_commands(commands):
+    assert [r["ok"] for r in commands["bad"]] == [False] * len(BAD)
+    assert "--trimode-mode" in commands["bad"][1]["error"]
+
+
+def test_serve_script_modes(commands):
+    for rec in _from(commands, "examples/serve.sh"):
+        args, mode = rec["parsed"]["args"], rec["source"].split()[1]
+        if mode == "ar":
+            assert args["speculative_algorithm"] is None
+        else:
+            assert args["speculative_algorithm"] == "TRIMODE"
+            assert args["trimode"] == {"trimode_mode": mode}
+        cpu = "'cpu'" in rec["source"]
+        assert (args["device"] == "cpu") == cpu
+        assert (rec["env"].get("SGLANG_USE_CPU_ENGINE") == "1") == cpu
+        assert (PYTHONPATH_ENTRY in rec["env"].get("PYTHONPATH", "")) == cpu
+        assert Path(args["model_path"]).is_dir()  # the tiny default model
+
+
+def _hub_servers(commands) -> list[dict]:
+    ok = [r for r in commands["servers"] if r["parsed"]["ok"]]
+    out = [r for r in ok if HUB.match(r["parsed"]["args"]["model_path"])]
+    assert len(out) >= 10
+    return out
+
+
+def test_recipe_commands_are_sized(commands):
+    for rec in _hub_servers(commands):
+        a = rec["parsed"]["args"]
+        assert a["context_length"] and a["max_running_requests"], rec["source"]
+        assert memory.KV_HEADS % a["tp_size"] == 0, f"{rec['source']}: TP must divide 8 KV heads"
+        assert a["mem_fraction_static"] is not None, rec["source"]
+
+
+def _memory_lines(path: Path) -> list[tuple[list[str], str]]:
+    out = []
+    for block in lc.markdown_blocks(path, "text"):
+        lines = block.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("$ python examples/deploy/memory.py"):
+                out.append((shlex.split(line)[3:], lines[i + 1] if i + 1 < len(lines) else ""))
+    return out
+
+
+def test_memory_figures_are_recomputed():
+    found = 0
+    for md in RECIPES:
+        for args, stated in _memory_lines(md):
+            assert memory.main(args) == stated, f"{md.name}: {args}"
+            found += 1
+    assert found >= 10
+
+
+def test_every_recipe_command_has_its_memory_figure(commands):
+    for rec in _hub_servers(commands):
+        a = rec["parsed"]["args"]
+        size = HUB.match(a["model_path"]).group(1)
+        want = [
+            "--size", size, "--tp", str(a["tp_size"]), "--context", str(a["context_length"]),
+            "--requests", str(a["max_running_requests"]), "--verify-width", str(a["verify_width"]),
+        ]  # fmt: skip
+        path = lc.ROOT / rec["source"].split("#")[0]
+        stated = dict((tuple(args), line) for args, line in _memory_lines(path))
+        assert tuple(want) in stated, f"{rec['source']}: no memory figure for {want}"
+        total = float(re.search(r"= ([\d.]+) GiB per GPU", stated[tuple(want)]).group(1))
+        assert total <= a["mem_fraction_static"] * GPU_GIB, f"{rec['source']}: {total} GiB"
+
+
+def test_multi_node_ranks_agree(commands):
+    recs = _from(commands, "examples/deploy/multi_node.md")
+    assert sorted(r["parsed"]["args"]["node_rank"] for r in recs) == [0, 1]
+    for r in recs:
+        a = r["parsed"]["args"]
+        assert a["nnodes"] == 2 and a["dist_init_addr"] and a["tp_size"] % 2 == 0
+    strip = [[w for w in r["argv"] if w not in ("0", "1")] for r in recs]
+    assert strip[0] == strip[1], "the two nodes' commands differ beyond --node-rank"
+
+
+def test_routers_point_at_the_replicas(commands):
+    recs = _from(commands, "examples/deploy/data_parallel_router.md")
+    servers = {r["parsed"]["args"]["port"]: r for r in recs if r["kind"] == "server"}
+    routed = []
+    for router in (r for r in recs if r["kind"] == "router"):
+        argv = router["argv"]
+        urls = argv[argv.index("--worker-urls") + 1 :]
+        urls = urls[: next((i for i, w in enumerate(urls) if w.startswith("--")), len(urls))]
+        ports = [int(u.rsplit(":", 1)[1]) for u in urls]
+        assert set(ports) <= set(servers), f"router to unknown replicas: {urls}"
+        pool = {servers[p]["parsed"]["args"]["speculative_algorithm"] for p in ports}
+        assert len(pool) == 1, "a router mixes TRIMODE and AR replicas"
+        routed += ports
+    assert sorted(routed) == sorted(servers), "every replica behind exactly one router"
+    gpus = [r["env"]["CUDA_VISIBLE_DEVICES"] for r in servers.values()]
+    assert sorted(gpus) == [str(i) for i in range(8)]
+
+
+def test_kubernetes_manifest_runs_a_tested_command(commands):
+    docs = {d["kind"]: d for d in yaml.safe_load_all(K8S.read_text())}
+    assert set(docs) == {"PersistentVolumeClaim", "Deployment", "Service"}
+    pod = docs["Deployment"]["spec"]["template"]
+    assert (
+        docs["Deployment"]["spec"]["selector"]["matchLabels"].items()
+        <= pod["metadata"]["labels"].items()
+    )
+    (c,) = pod["spec"]["containers"]
+    assert c["command"][0] in ("python", "python3") and c["command"][1:] == [
+        "-m",
+        "sglang.launch_server",
+    ]
+    tested = [r for r in _hub_servers(commands) if r["argv"] == c["args"]]
+    assert tested, "the container's command is none of the recipes' tested commands"
+    a = tested[0]["parsed"]["args"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == a["tp_size"]
+    (port,) = c["ports"]
+    assert port["containerPort"] == a["port"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
+    svc = docs["Service"]["spec"]
+    assert svc["selector"] == pod["metadata"]["labels"]
+    assert svc["ports"][0]["targetPort"] == port["name"]
+    vols = {v["name"] for v in pod["spec"]["volumes"]}
+    assert {m["name"] for m in c["volumeMounts"]} == vols
+    # the header's memory figure is the recipe's
+    stated = re.search(r"Memory: ([\d.]+) GiB", K8S.read_text()).group(1)
+    size = HUB.match(a["model_path"]).group(1)
+    line = memory.report(
+        size, a["tp_size"], a["context_length"], a["max_running_requests"], a["verify_width"]
+    )
+    assert line.endswith(f"= {stated} GiB per GPU")
+
+
+def test_dockerfile_installs_the_plugin():
+    text = (DEPLOY / "kubernetes" / "Dockerfile").read_text()
+    copied = set()
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            copied |= set(line.split()[1:-1])
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((lc.ROOT / "pyproject.toml").read_text())
+    need = {"pyproject.toml", project["project"]["readme"]}
+    need |= {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]}
+    need |= set(project["tool"]["setuptools"]["package-dir"].values())
+    need = {n.split("/")[0] for n in need}
+    assert need <= copied, f"Dockerfile does not copy {need - copied}"
+    assert all((lc.ROOT / p).exists() for p in copied)
+    assert "pip install" in text and "sglang.srt.plugins" in text
+
+
+def test_launch_block_guard_refuses_other_commands():
+    lc.check_block_is_launch_only("X=1 python -m sglang.launch_server --port 1 &\nwait\n")
+    with pytest.raises(AssertionError, match="rm"):
+        lc.check_block_is_launch_only("python -m sglang.launch_server\nrm -rf /tmp/x\n")
