@@ -89,6 +89,12 @@ class RequestState:
                 self.done, self.finish_reason = True, "length"
         self.stats.num_tokens = len(self.out)
 
+    @property
+    def progress(self) -> tuple[int, bool, int]:
+        """Grows (lexicographically) with every forward the request takes part in: tokens out,
+        drafts pending, diffusion positions still masked (negated)."""
+        return len(self.out), self.q is not None, -sum(self.masked or [])
+
     def sample_next(self, logits: torch.Tensor) -> int:
         """Sample one token from one row of logits ``[V]``."""
         probs = probs_from_logits(logits[None], self.params)
@@ -128,6 +134,15 @@ class ARPolicy:
     def segment(self, r: RequestState) -> Segment:
         return Segment([r.seed], masks.decode())
 
+    def switchable(self, r: RequestState) -> bool:
+        """Whether another policy may take ``r`` over before its next forward (no cycle open)."""
+        return True
+
+    def take_over(self, r: RequestState, previous: ARPolicy) -> None:
+        """Start running ``r``, left by ``previous`` at a switch point (``previous.switchable``):
+        pending drafts are dropped (they were only proposals, so output is unchanged)."""
+        r.drafts, r.q = [], None
+
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
         self._next_seed(r, logits)
         r.stats.accept_lengths.append(1)
@@ -142,6 +157,9 @@ class ARPolicy:
 class DiffusionPolicy(ARPolicy):
     """Block diffusion: denoise ``[seed, MASK x (B-1)]`` bidirectionally, then a causal commit pass
     writes the block's KV and samples the next seed. Block size 1 is exactly AR."""
+
+    def switchable(self, r: RequestState) -> bool:
+        return r.block is None
 
     def segment(self, r: RequestState) -> Segment:
         if r.block is None:
@@ -194,6 +212,9 @@ class LinearSpecPolicy(ARPolicy):
     """Linear self-speculation: a bidirectional draft forward over ``[seed, MASK x (L-1)]``, then a
     causal verify of ``[seed, d_1..d_{L-1}]`` (two forwards per step)."""
 
+    def switchable(self, r: RequestState) -> bool:
+        return r.q is None
+
     def segment(self, r: RequestState) -> Segment:
         if r.q is None:  # draft phase
             n = min(self.cfg.block_size, r.remaining)
@@ -225,6 +246,16 @@ class LinearSpecPolicy(ARPolicy):
 class QuadraticSpecPolicy(LinearSpecPolicy):
     """TiDAR-style self-speculation: one forward verifies the previous drafts and, through one
     mask group per acceptance length, pre-drafts the next block."""
+
+    def switchable(self, r: RequestState) -> bool:
+        return True
+
+    def take_over(self, r: RequestState, previous: ARPolicy) -> None:
+        """From another quadratic policy, keep the pre-drafts that fit this block size."""
+        if not isinstance(previous, QuadraticSpecPolicy) or r.q is None:
+            return super().take_over(r, previous)
+        keep = min(len(r.drafts), self.cfg.block_size - 1)
+        r.drafts, r.q = r.drafts[:keep], r.q[:keep]
 
     def segment(self, r: RequestState) -> Segment:
         desc = masks.quadratic(len(r.drafts), self.cfg.block_size)

@@ -14,17 +14,14 @@ from pathlib import Path
 import torch
 
 from sglang_trimode import masks
-from sglang_trimode.modes import (
-    POLICIES,
-    ModeConfig,
-    RequestState,
-    RequestStats,
-    Segment,
-    get_policy,
-)
+from sglang_trimode.modes import POLICIES, ModeConfig, RequestState, RequestStats, Segment
 from sglang_trimode.reference.kv_cache import KVCache
 from sglang_trimode.reference.validation import validate_request
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
+from sglang_trimode.scheduler.cost import CostModel
+from sglang_trimode.scheduler.driver import ModeDriver, TraceRow
+from sglang_trimode.scheduler.policy import AutoPolicy
+from sglang_trimode.scheduler.step import Budget, Policy
 
 
 @dataclass
@@ -38,9 +35,41 @@ class GenerationOutput:
 class TriModeEngine:
     """``TriModeEngine.from_pretrained(path).generate(prompts, mode=...)``."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, cost: CostModel | None = None) -> None:
         self.model = model.eval()
         self.config = model.config
+        self.cost = cost
+        self.last_trace: list[TraceRow] = []
+
+    def cost_model(self) -> CostModel:
+        """The forward-time model of mode ``auto``: the one given, else measured once here."""
+        if self.cost is None:
+            from sglang_trimode.scheduler.calibrate import calibrate
+
+            self.cost = calibrate(self.time_forward)
+        return self.cost
+
+    @torch.no_grad()
+    def time_forward(self, batch: int, tokens: int, context: int, repeats: int = 3) -> float:
+        """Seconds of one forward: ``batch`` requests of ``tokens`` causal query tokens each over
+        ``context`` cached tokens each (best of ``repeats``)."""
+        import time
+
+        cache = self._new_cache(batch, context + tokens)
+        cache.lengths[:] = context
+        rows = list(range(batch))
+        segs = [Segment([0] * tokens, masks.prefill(tokens))] * batch
+        times = []
+        for _ in range(repeats + 1):  # the first one warms up
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            self._forward(cache, rows, segs)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            times.append(time.perf_counter() - t0)
+            cache.end()
+        return min(times[1:])
 
     @classmethod
     def from_pretrained(
@@ -75,8 +104,15 @@ class TriModeEngine:
         seed: int | Sequence[int] = 0,
         acceptance: str = "lossless",
         diffusion_steps: int | None = None,
+        auto_policy: Policy | None = None,
+        max_tokens_per_forward: int | None = None,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
+
+        ``mode="auto"``: the scheduler picks each request's mode and draft length every step
+        (``auto_policy``, default :class:`AutoPolicy` on :meth:`cost_model`), changing them
+        mid-request at switch points, within ``max_tokens_per_forward`` query tokens per forward
+        when given (requests that do not fit wait a step). ``self.last_trace`` holds what ran.
 
         ``seed`` is one int (request ``i`` uses ``seed + i``) or one per prompt. Each output holds
         the generated tokens only and the request's stats (forwards after the prefill).
@@ -97,7 +133,13 @@ class TriModeEngine:
             diffusion_steps=diffusion_steps,
             accept_rule=get_accept_rule(acceptance),
         )
-        policies = {m: get_policy(m, mode_cfg) for m in set(modes)}
+        if "auto" in modes and auto_policy is None:
+            auto_policy = AutoPolicy(self.cost_model())
+        budget = None
+        if max_tokens_per_forward is not None:
+            budget = Budget(len(prompts), max_tokens_per_forward, max_tokens_per_forward)
+        driver = ModeDriver(modes, mode_cfg, auto_policy, budget)
+        self.last_trace = driver.trace
         reqs = [
             RequestState(
                 prompt=list(p),
@@ -111,14 +153,18 @@ class TriModeEngine:
         cache = self._new_cache(len(reqs), max(len(p) for p in prompts) + max_new_tokens)
         self._prefill(reqs, cache)
         while active := [i for i, r in enumerate(reqs) if not r.done]:
-            segs = [policies[modes[i]].segment(reqs[i]) for i in active]
-            logits = self._forward(cache, active, segs)
-            for j, (i, seg) in enumerate(zip(active, segs)):
+            rows = driver.plan(reqs, active)  # fixed modes: every active request, its own policy
+            segs = [policy.segment(reqs[i]) for i, policy in rows]
+            logits = self._forward(cache, [i for i, _ in rows], segs)
+            for j, ((i, policy), seg) in enumerate(zip(rows, segs)):
                 r = reqs[i]
                 r.stats.forwards += 1
-                keep = policies[modes[i]].consume(r, seg, logits[j, : seg.desc.length])
+                accepted_before = len(r.stats.accept_lengths)
+                keep = policy.consume(r, seg, logits[j, : seg.desc.length])
                 cache.commit(j, keep)
+                driver.observe(i, seg, r, accepted_before)
             cache.end()
+            driver.end_step()
         return [GenerationOutput(r.out, r.stats, r.finish_reason, m) for r, m in zip(reqs, modes)]
 
     # ---- internals ------------------------------------------------------------------------
@@ -173,4 +219,4 @@ class TriModeEngine:
         return logits.float().cpu()
 
 
-SUPPORTED_MODES = tuple(sorted(POLICIES))
+SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)

@@ -29,8 +29,8 @@ def validate_request(
             f"seed: got {len(seeds)} seeds for {len(prompts)} prompts; give one or one each"
         )
     for m in modes:
-        if m not in POLICIES:
-            raise ValueError(f"mode must be one of {sorted(POLICIES)}, got {m!r}")
+        if m not in POLICIES and m != "auto":
+            raise ValueError(f"mode must be one of {sorted(POLICIES)} or 'auto', got {m!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if not isinstance(block_size, int) or block_size < 1:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sglang_trimode import masks
 from sglang_trimode.scheduler.cost import CostModel
 
 LOSSLESS_MODES = ("ar", "self_spec_linear", "self_spec_quadratic")
@@ -32,6 +33,16 @@ class Choice:
         if self.mode == "self_spec_quadratic":
             return self.block * (self.block + 1)
         return 1 if self.mode == "ar" else self.block
+
+    def descriptor(self, verify: bool = False) -> masks.MaskDescriptor:
+        """The mask of this choice's full-length segment (``verify``: a linear verify step)."""
+        if self.mode == "ar":
+            return masks.decode()
+        if self.mode == "self_spec_quadratic":
+            return masks.quadratic(self.block - 1, self.block)
+        if self.mode == "self_spec_linear" and verify:
+            return masks.linear_verify(self.block)
+        return masks.diffusion_draft(self.block)
 
     def expected_tokens(self, alpha: float) -> float:
         """Expected tokens emitted per forward at per-draft acceptance ``alpha``."""
@@ -54,6 +65,10 @@ class RequestView:
     rejections: int = 0  # verify steps that rejected a draft
     waited: int = 0  # steps skipped for budget
     prior: tuple[float, float] = (1.0, 1.0)  # Beta prior on alpha
+    prefill_left: int = 0  # prompt tokens not yet prefilled (chunked prefill)
+    running: bool = False  # holds a running slot (KV, a batch row) until it finishes
+    fixed: Choice | None = None  # a request with a fixed mode: the policy never changes it
+    locked: Choice | None = None  # mid-cycle (e.g. linear verify after its draft): must go on
 
     @property
     def alpha(self) -> float:
@@ -78,27 +93,64 @@ class AutoPolicy:
     )
     passes: int = 2
 
-    def objective(self, reqs: Sequence[RequestView], choices: Sequence[Choice]) -> float:
+    def objective(
+        self,
+        reqs: Sequence[RequestView],
+        choices: Sequence[Choice],
+        budget: int | None = None,
+        base: tuple[float, int, int] = (0.0, 0, 0),
+    ) -> float:
+        """Expected tokens per second of one forward; ``base``: (expected tokens, tokens,
+        context) of the forward's other rows (prefill chunks, fixed or locked requests)."""
+        budget = self.max_tokens_per_forward if budget is None else budget
         tokens = sum(c.tokens for c in choices)
-        if tokens > self.max_tokens_per_forward:
+        if tokens > budget:
             return float("-inf")
-        gain = sum(c.expected_tokens(r.alpha) for r, c in zip(reqs, choices))
-        return gain / self.cost.time(tokens, sum(r.context for r in reqs))
+        gain = base[0] + sum(c.expected_tokens(r.alpha) for r, c in zip(reqs, choices))
+        return gain / self.cost.time(base[1] + tokens, base[2] + sum(r.context for r in reqs))
 
-    def choose(self, reqs: Sequence[RequestView]) -> list[Choice]:
+    def choose(
+        self,
+        reqs: Sequence[RequestView],
+        budget: int | None = None,
+        base: tuple[float, int, int] = (0.0, 0, 0),
+    ) -> list[Choice]:
+        """One choice per request, together within ``budget`` query tokens (AR for all when the
+        budget holds nothing more)."""
         if not reqs:
             return []
-        best = max(self.candidates, key=lambda c: self.objective(reqs, [c] * len(reqs)))
+        budget = min(
+            self.max_tokens_per_forward if budget is None else budget, self.max_tokens_per_forward
+        )
+        context = base[2] + sum(r.context for r in reqs)
+        alphas = [r.alpha for r in reqs]
+
+        def rate(gain: float, tokens: int) -> float:  # the objective from running totals
+            if tokens - base[1] > budget:
+                return float("-inf")
+            return gain / self.cost.time(tokens, context)
+
+        def uniform(c: Choice) -> float:
+            gain = base[0] + sum(c.expected_tokens(a) for a in alphas)
+            return rate(gain, base[1] + c.tokens * len(reqs))
+
+        best = max(self.candidates, key=lambda c: (uniform(c), c == AR))
+        if uniform(best) == float("-inf"):
+            best = AR
         choices = [best] * len(reqs)
-        score = self.objective(reqs, choices)
+        gain = base[0] + sum(best.expected_tokens(a) for a in alphas)
+        tokens = base[1] + best.tokens * len(reqs)
+        current = rate(gain, tokens)
         for _ in range(self.passes):
             improved = False
-            for i in sorted(range(len(reqs)), key=lambda i: -reqs[i].alpha):
+            for i in sorted(range(len(reqs)), key=lambda i: -alphas[i]):
+                old = choices[i]
                 for cand in self.candidates:
-                    trial = choices[:i] + [cand] + choices[i + 1 :]
-                    s = self.objective(reqs, trial)
-                    if s > score * (1 + 1e-9):
-                        choices, score, improved = trial, s, True
+                    g = gain + cand.expected_tokens(alphas[i]) - old.expected_tokens(alphas[i])
+                    t = tokens + cand.tokens - old.tokens
+                    s = rate(g, t)
+                    if s > current * (1 + 1e-9):
+                        choices[i], gain, tokens, current, old, improved = cand, g, t, s, cand, True
             if not improved:
                 break
         return choices
@@ -108,8 +160,26 @@ class AutoPolicy:
 class FixedPolicy:
     choice: Choice
 
-    def choose(self, reqs: Sequence[RequestView]) -> list[Choice]:
-        return [self.choice] * len(reqs)
+    def choose(
+        self, reqs: Sequence[RequestView], budget: int | None = None, base: object = None
+    ) -> list[Choice]:
+        return fit_budget([self.choice] * len(reqs), budget)
+
+
+def fit_budget(choices: Sequence[Choice], budget: int | None) -> list[Choice]:
+    """Shrink the largest choices to AR until the total fits ``budget`` (>= one token each)."""
+    out = list(choices)
+    if budget is None:
+        return out
+    if budget < len(out):
+        raise ValueError(f"budget {budget} < {len(out)} requests: admit fewer requests first")
+    total = sum(c.tokens for c in out)
+    for i in sorted(range(len(out)), key=lambda i: -out[i].tokens):
+        if total <= budget:
+            break
+        total -= out[i].tokens - 1
+        out[i] = AR
+    return out
 
 
 def admit(reqs: Sequence[RequestView], max_tokens: int, min_tokens: int = 1) -> list[RequestView]:

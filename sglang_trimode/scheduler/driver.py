@@ -1,0 +1,103 @@
+"""The block loop's side of the scheduler: per step, which requests run and under which policy.
+
+:class:`ModeDriver` keeps one :class:`RequestView` per request, asks a :class:`Scheduler` for the
+step's plan and maps each entry's :class:`Choice` to a mode policy of :mod:`sglang_trimode.modes`
+(one policy object per mode and block size). A request changes policy only at a switch point of
+its current one (``switchable``); until then its choice is ``locked``. Requests with a fixed mode
+keep it; ``"auto"`` ones are the policy's. After each forward :meth:`observe` feeds the acceptance
+history back (drafts offered, drafts accepted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
+from sglang_trimode.scheduler.policy import AR, Choice, RequestView
+from sglang_trimode.scheduler.step import Budget, Policy, Scheduler
+
+
+@dataclass(frozen=True)
+class TraceRow:
+    """One request's part in one forward, as it ran."""
+
+    step: int
+    rid: int
+    choice: Choice
+    tokens: int  # the segment's query tokens
+    progress_before: tuple[int, bool, int]
+    progress_after: tuple[int, bool, int]
+
+
+class ModeDriver:
+    def __init__(
+        self,
+        modes: Sequence[str],
+        mode_cfg: ModeConfig,
+        policy: Policy | None = None,
+        budget: Budget | None = None,
+    ) -> None:
+        if policy is None and "auto" in modes:
+            raise ValueError('mode "auto" needs a scheduling policy (e.g. AutoPolicy)')
+        self.mode_cfg = mode_cfg
+        big = Budget(len(modes), 1 << 30, 1 << 30)
+        self.scheduler = Scheduler(policy or _NoPolicy(), budget or big)
+        self.views = [
+            RequestView(i, 0, running=True, fixed=None if m == "auto" else self._fixed(m))
+            for i, m in enumerate(modes)
+        ]
+        self.choice: list[Choice | None] = [v.fixed for v in self.views]
+        self._policies: dict[Choice, ARPolicy] = {}
+        self.trace: list[TraceRow] = []
+        self._step = 0
+        self._before: dict[int, tuple[int, bool, int]] = {}
+
+    def _fixed(self, mode: str) -> Choice:
+        return AR if mode == "ar" else Choice(mode, self.mode_cfg.block_size)
+
+    def policy(self, choice: Choice) -> ARPolicy:
+        if choice not in self._policies:
+            cfg = replace(self.mode_cfg, block_size=choice.block)
+            self._policies[choice] = get_policy(choice.mode, cfg)
+        return self._policies[choice]
+
+    def plan(
+        self, reqs: Sequence[RequestState], active: Sequence[int]
+    ) -> list[tuple[int, ARPolicy]]:
+        """The rows of the next forward: ``(request index, policy)`` for each admitted request."""
+        for i in active:
+            v, r, c = self.views[i], reqs[i], self.choice[i]
+            v.context = len(r.prompt) + len(r.out) - 1  # committed KV: all but the seed
+            v.locked = c if c is not None and not self.policy(c).switchable(r) else None
+        plan = self.scheduler.plan([self.views[i] for i in active])
+        rows = []
+        for e in plan.entries:
+            if e.choice is None:
+                raise ValueError("the reference engine prefills outside the scheduler")
+            old, r = self.choice[e.rid], reqs[e.rid]
+            if old != e.choice:
+                self.policy(e.choice).take_over(r, self.policy(old or AR))
+                self.choice[e.rid] = e.choice
+            self._before[e.rid] = r.progress
+            rows.append((e.rid, self.policy(e.choice)))
+        return rows
+
+    def observe(self, i: int, seg: Segment, r: RequestState, accepted_before: int) -> None:
+        """After request ``i``'s forward: record the trace and any verify's acceptance."""
+        c = self.choice[i]
+        self.trace.append(TraceRow(self._step, i, c, seg.desc.length, self._before[i], r.progress))
+        if len(r.stats.accept_lengths) > accepted_before and c.mode.startswith("self_spec"):
+            drafts = seg.desc.num_causal - 1 if seg.desc.num_causal else seg.desc.length - 1
+            if drafts:
+                self.views[i].observe(drafts, r.stats.accept_lengths[-1] - 1)
+
+    def end_step(self) -> None:
+        self._step += 1
+
+
+class _NoPolicy:
+    def choose(self, reqs, budget=None, base=None):  # noqa: ANN001, ANN201
+        if reqs:
+            raise ValueError('only requests with mode "auto" need a policy')
+        return []
