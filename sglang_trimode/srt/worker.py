@@ -1,11 +1,270 @@
-"""`TriModeWorker`: the TRIMODE speculative worker (in progress, see issue 4)."""
+"""`TriModeWorker`: the TRIMODE speculative worker inside SGLang's scheduler.
+
+Prefill (EXTEND) is the target model's own forward and sampler. Every decode step runs, for each
+request of the batch, one *cycle* of its mode with the reference engine's own policies
+(`sglang_trimode.modes`), so greedy outputs equal the reference engine's token for token:
+
+- `ar`: one causal forward of `[seed]`;
+- `self_spec_linear`: a bidirectional draft forward over `[seed, MASK x (B-1)]` against the paged
+  prefix, then a causal verify of `[seed, d_1..d_{B-1}]`; the longest greedy-matching prefix plus
+  the bonus token is accepted;
+- `diffusion`: draft forwards over the block until no mask is left, then a causal commit pass
+  (writes the block's KV, samples the next seed);
+- `self_spec_quadratic`: one forward verifies the pending drafts and pre-drafts the next block.
+
+Requests of different modes share each forward: every sub-forward is one TARGET_VERIFY forward of
+the whole batch with a uniform per-request width (shorter segments padded, requests whose cycle
+is complete ride along as one padding token). The attention of these forwards is
+`sglang_trimode.srt.attention.TriModeAttnBackend`. Segment KV goes to the request's reserved
+slots right after its committed prefix; only the tokens a policy commits advance the request
+(`accept_lens`), the rest is overwritten by later forwards and freed with the request (SGLang's
+spec-v2 over-allocation). Padding tokens write to the pool's padding slot 0.
+
+Per-request state (pending drafts, RNG, stats) lives in `self.states` keyed by request id and is
+dropped when a request leaves the batch.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
+import torch
+from sglang.srt.managers.schedule_batch import ScheduleBatch
+from sglang.srt.managers.utils import GenerationBatchResult
+from sglang.srt.model_executor.forward_batch_info import ForwardMode
 from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
+from sglang.srt.speculative.ngram_info import NgramVerifyInput
+
+from sglang_trimode import masks
+from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, get_policy
+from sglang_trimode.sampling import SamplingParams, get_accept_rule
+from sglang_trimode.srt import flags
+from sglang_trimode.srt.attention import TriModeForwardInput, install
+from sglang_trimode.srt.spec import settings_from_server_args, verify_width
+
+logger = logging.getLogger(__name__)
+
+PAD_SLOT = 0  # SGLang's KV pool keeps slot 0 for padded tokens
+
+
+class RequestModeError(ValueError):
+    """A request asked for a mode this server does not serve."""
+
+
+def request_mode(req, settings: flags.TriModeSettings) -> str:
+    """The request's mode: `custom_params["trimode_mode"]`, else the server default."""
+    custom = getattr(req.sampling_params, "custom_params", None) or {}
+    mode = custom.get(flags.REQUEST_MODE_KEY) if isinstance(custom, dict) else None
+    if mode is None:
+        mode = settings.mode
+        if mode == "auto":
+            mode = flags.DEFAULT_MODE
+    if mode not in flags.REQUEST_MODES:
+        raise RequestModeError(
+            f"unknown {flags.REQUEST_MODE_KEY} {mode!r}; expected one of "
+            f"{', '.join(flags.REQUEST_MODES)}"
+        )
+    if mode not in settings.serve_modes:
+        raise RequestModeError(
+            f"{flags.REQUEST_MODE_KEY} {mode!r} is not served here (--trimode-serve-modes "
+            f"{','.join(settings.serve_modes)})"
+        )
+    return mode
+
+
+@dataclass
+class _Req:
+    state: RequestState
+    policy: ARPolicy
+    mode: str
 
 
 class TriModeWorker(BaseSpecWorker):
     def __init__(self, server_args, gpu_id, nccl_port, target_worker):
         super().__init__()
-        raise NotImplementedError("TRIMODE worker: not written yet")
+        self.server_args = server_args
+        self._target_worker = target_worker
+        self.model_runner = target_worker.model_runner
+        self.device = self.model_runner.device
+        self.settings = settings_from_server_args(server_args)
+        self.width = verify_width(self.settings)
+        hf = self.model_runner.model_config.hf_config
+        self.mask_token_id = int(hf.mask_token_id)
+        self.mode_cfg = ModeConfig(
+            mask_token_id=self.mask_token_id,
+            block_size=self.settings.block_size,
+            threshold=self.settings.threshold,
+            accept_rule=get_accept_rule("lossless"),
+        )
+        self.policies = {m: get_policy(m, self.mode_cfg) for m in flags.REQUEST_MODES}
+        self.states: dict[str, _Req] = {}
+
+    # ---- BaseSpecWorker surface ------------------------------------------------------------
+
+    @property
+    def draft_worker(self):
+        return None  # the target drafts for itself (bidirectional mask over its own weights)
+
+    def alloc_memory_pool(self, **kwargs):
+        self.req_to_token_pool, self.token_to_kv_pool_allocator = (
+            self._target_worker.get_memory_pool()
+        )
+
+    def clear_cache_pool(self):
+        self.states.clear()
+
+    # ---- per-request state -------------------------------------------------------------------
+
+    def _state(self, req) -> _Req:
+        entry = self.states.get(req.rid)
+        out = list(req.output_ids)
+        if entry is not None and entry.state.out == out:
+            return entry
+        mode = request_mode(req, self.settings)
+        sp = req.sampling_params
+        greedy = sp.top_k == 1 or sp.temperature < 1e-6
+        params = SamplingParams(
+            temperature=0.0 if greedy else float(sp.temperature),
+            top_p=float(sp.top_p),
+            top_k=0 if greedy or sp.top_k < 0 else int(sp.top_k),
+        )
+        stops = set(sp.stop_token_ids or ())
+        if not sp.ignore_eos:
+            stops |= set(req.eos_token_ids or ())
+        seed = getattr(sp, "sampling_seed", None)
+        seed = int(seed) if seed is not None else hash(req.rid) % 2**31
+        gen = torch.Generator().manual_seed(seed)
+        state = RequestState(
+            prompt=list(req.origin_input_ids),
+            params=params,
+            max_new_tokens=int(sp.max_new_tokens),
+            stop_token_ids=frozenset(stops),
+            generator=gen,
+            out=out,
+            seed=out[-1],
+        )
+        entry = _Req(state, self.policies[mode], mode)
+        self.states[req.rid] = entry
+        return entry
+
+    # ---- forwards ----------------------------------------------------------------------------
+
+    def _forward(self, batch: ScheduleBatch, segs: list, prefix: list[int]) -> torch.Tensor:
+        """One TARGET_VERIFY forward: `segs[i]` (a `modes.Segment`, or None for a request that
+        only rides along) over `prefix[i]` committed tokens -> float32 logits [bs, n, V]."""
+        bs = len(segs)
+        n = max((s.desc.length for s in segs if s is not None), default=1)
+        tokens = torch.full((bs, n), self.mask_token_id, dtype=torch.int64)
+        pos = torch.zeros((bs, n), dtype=torch.int64)
+        seg_masks = torch.eye(n, dtype=torch.bool).repeat(bs, 1, 1)
+        locs = torch.full((bs, n), PAD_SLOT, dtype=torch.int64)
+        req_to_token = batch.req_to_token_pool.req_to_token
+        rows = batch.req_pool_indices.tolist()
+        for i, seg in enumerate(segs):
+            pos[i] = prefix[i]
+            if seg is None:
+                continue
+            m = seg.desc.length
+            tokens[i, :m] = torch.tensor(seg.tokens, dtype=torch.int64)
+            pos[i, :m] = masks.positions(seg.desc, prefix[i])
+            seg_masks[i, :m, :m] = masks.segment_mask(seg.desc)
+            locs[i, :m] = req_to_token[rows[i], prefix[i] : prefix[i] + m].to(torch.int64)
+        dev = self.device
+        batch.forward_mode = ForwardMode.TARGET_VERIFY
+        batch.input_ids = tokens.flatten().to(dev)
+        batch.out_cache_loc = locs.flatten().to(dev)
+        batch.spec_info = TriModeForwardInput(
+            positions=pos.flatten().to(dev), seg_masks=seg_masks, prefix_lens=prefix, width=n
+        )
+        result = self._target_worker.forward_batch_generation(batch, is_verify=True)
+        logits = result.logits_output.next_token_logits
+        return logits.float().cpu().view(bs, n, -1)
+
+    def _decode(self, batch: ScheduleBatch) -> tuple[list[list[int]], list[int]]:
+        install(self.model_runner)
+        entries = [self._state(req) for req in batch.reqs]
+        start = batch.seq_lens.tolist()
+        prefix = list(start)
+        emitted_from = [len(e.state.out) for e in entries]
+        done = [False] * len(entries)
+        while not all(done):
+            segs = []
+            for i, e in enumerate(entries):
+                segs.append(None if done[i] else e.policy.segment(e.state))
+            logits = self._forward(batch, segs, prefix)
+            for i, (e, seg) in enumerate(zip(entries, segs, strict=True)):
+                if seg is None:
+                    continue
+                r = e.state
+                r.stats.forwards += 1
+                keep = e.policy.consume(r, seg, logits[i, : seg.desc.length])
+                kept = int(keep.numel())
+                if kept:
+                    if not torch.equal(keep, torch.arange(kept)):
+                        raise RuntimeError(f"TRIMODE: non-prefix commit {keep.tolist()}")
+                    prefix[i] += kept
+                if r.done or (len(r.out) > emitted_from[i] and e.policy.switchable(r)):
+                    done[i] = True
+        new_tokens = [e.state.out[emitted_from[i] :] for i, e in enumerate(entries)]
+        return new_tokens, prefix
+
+    def forward_batch_generation(
+        self, batch: ScheduleBatch, on_publish=None, pp_proxy_tensors=None, **kwargs
+    ) -> GenerationBatchResult:
+        bs = len(batch.reqs)
+        stride = self.width
+        if not batch.forward_mode.is_decode():
+            result = self._target_worker.forward_batch_generation(batch)
+            new_seq_lens = batch.seq_lens.clone()
+            accept_tokens = torch.zeros(bs, stride, dtype=torch.int64, device=self.device)
+            accept_tokens[:, 0] = result.next_token_ids
+            accept_lens = torch.ones(bs, dtype=torch.int32, device=self.device)
+            if on_publish is not None:
+                on_publish(new_seq_lens)
+            result.accept_lens = accept_lens
+            result.new_seq_lens = new_seq_lens
+            result.next_draft_input = NgramVerifyInput(
+                draft_token_num=stride,
+                new_seq_lens=new_seq_lens,
+                accept_tokens=accept_tokens.flatten(),
+                accept_lens=accept_lens,
+            )
+            result.speculative_num_draft_tokens = stride
+            return result
+
+        self._drop_departed(batch)
+        new_tokens, _ = self._decode(batch)
+        accept_lens_l = [len(t) for t in new_tokens]
+        flat = torch.zeros(bs, stride, dtype=torch.int64)
+        for i, t in enumerate(new_tokens):
+            flat[i, : len(t)] = torch.tensor(t, dtype=torch.int64)
+        accept_lens = torch.tensor(accept_lens_l, dtype=torch.int32)
+        new_seq_lens = batch.seq_lens + accept_lens.to(batch.seq_lens.device, batch.seq_lens.dtype)
+        batch.forward_mode = ForwardMode.DECODE
+        if on_publish is not None:
+            on_publish(new_seq_lens)
+        next_draft_input = NgramVerifyInput(
+            draft_token_num=stride,
+            new_seq_lens=new_seq_lens,
+            accept_tokens=flat.flatten().to(self.device),
+            accept_lens=accept_lens.to(self.device),
+        )
+        return GenerationBatchResult(
+            logits_output=None,
+            next_token_ids=flat.flatten(),
+            can_run_cuda_graph=False,
+            accept_lens=accept_lens,
+            new_seq_lens=new_seq_lens,
+            next_draft_input=next_draft_input,
+            speculative_num_draft_tokens=stride,
+        )
+
+    def _drop_departed(self, batch: ScheduleBatch) -> None:
+        live = {req.rid for req in batch.reqs}
+        for rid in [rid for rid in self.states if rid not in live]:
+            del self.states[rid]
+
+    def request_stats(self, rid: str):
+        entry = self.states.get(rid)
+        return None if entry is None else (entry.mode, entry.state.stats)

@@ -6,10 +6,14 @@ serving through `python -m sglang.launch_server --device cpu` with SGLANG_USE_CP
 
 - `assign_req_to_token_pool_cpu`: writes each request's newly allocated KV slots into the
   `req_to_token` table (same semantics as SGLang's Triton `assign_req_to_token_pool`).
+- `copy_all_layer_kv_cache_cpu`: copies whole KV rows (`src_loc` -> `tgt_loc`) in every layer
+  buffer given by raw data pointers and row strides in bytes (SGLang's MHA pool warms it up at
+  start-up whenever speculative decoding is on; same semantics as its Triton
+  `copy_all_layer_kv_cache_tiled`: all source rows are read before any target row is written).
 
 Names that SGLang imports at module level but that these paths never call are defined and raise
-`NotImplementedError` when called (`copy_all_layer_kv_cache_cpu`: moving KV between pool slots
-through raw data pointers; and the speculative-decoding helpers `build_tree_kernel_efficient_cpu`,
+`NotImplementedError` when called (the speculative-decoding helpers
+`build_tree_kernel_efficient_cpu`,
 `verify_tree_greedy_cpu`, `fill_accept_out_cache_loc_cpu`, `fill_bonus_tokens_cpu`,
 `rotate_input_ids_cpu`, `assign_draft_cache_locs_contiguous_cpu`, `assign_extend_cache_locs_cpu`,
 `build_draft_decode_metadata_cpu`, imported by SGLang's scheduler modules). Every other attribute is
@@ -20,13 +24,14 @@ quantization, MoE, mamba, AMX layers) fail.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
 __version__ = "0.0.0+trimode.cpu.stand-in"
 
-IMPLEMENTED = ("assign_req_to_token_pool_cpu",)
+IMPLEMENTED = ("assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu")
 NOT_IMPLEMENTED = (
-    "copy_all_layer_kv_cache_cpu",
     "build_tree_kernel_efficient_cpu",
     "verify_tree_greedy_cpu",
     "fill_accept_out_cache_loc_cpu",
@@ -60,6 +65,24 @@ def assign_req_to_token_pool_cpu(
         if n > 0:
             req_to_token[row, start:end] = out_cache_loc[offset : offset + n].to(req_to_token.dtype)
         offset += n
+
+
+def copy_all_layer_kv_cache_cpu(
+    data_ptrs: torch.Tensor,
+    strides: torch.Tensor,
+    tgt_loc: torch.Tensor,
+    src_loc: torch.Tensor,
+) -> None:
+    """For every buffer `b`: row `tgt_loc[i]` := row `src_loc[i]` (rows of `strides[b]` bytes at
+    address `data_ptrs[b]`); all sources are read before any target is written."""
+    ptrs = data_ptrs.tolist()
+    row_bytes = strides.tolist()
+    tgt = tgt_loc.tolist()
+    src = src_loc.tolist()
+    for base, stride in zip(ptrs, row_bytes, strict=True):
+        rows = [ctypes.string_at(base + s * stride, stride) for s in src]
+        for t, data in zip(tgt, rows, strict=True):
+            ctypes.memmove(base + t * stride, data, stride)
 
 
 def _not_implemented(name: str):

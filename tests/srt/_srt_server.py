@@ -1,0 +1,138 @@
+"""Shared helpers of the srt tests: start one real `python -m sglang.launch_server` on a CPU.
+
+SGLANG_USE_CPU_ENGINE=1, `--device cpu`, `--attention-backend torch_native`, fp32, the plugin's
+`sgl_kernel` stand-in on PYTHONPATH, tiny memory settings. `start_server(tmp, extra_args)` yields
+a dict with `base` (URL), `log` (path) and `proc`; the process group is killed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sglang_trimode import default_model_path
+from sglang_trimode.srt.cpu_platform import PYTHONPATH_ENTRY
+
+STARTUP_TIMEOUT_S = float(os.environ.get("SGLANG_TRIMODE_STARTUP_TIMEOUT", "300"))
+TEXTS = [
+    "def main():\n",
+    "import os\nimport sys\n\n\nclass Path",
+    "    for i in range(len(items)):\n        if items[i] is None:\n",
+    '# Copyright (c) Python Software Foundation.\n"""Helpers for reading',
+]
+
+
+def prompts() -> list[list[int]]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(default_model_path()) / "tokenizer.json"))
+    out = [tok.encode(t, add_special_tokens=False).ids for t in TEXTS]
+    assert len({len(p) for p in out}) == len(out), "prompts must be ragged"
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, n: int = 60) -> str:
+    lines = path.read_text(errors="replace").splitlines()
+    lines = [ln for ln in lines if "Ignore import error" not in ln and "server_args=" not in ln]
+    return "\n".join(lines[-n:])
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["SGLANG_USE_CPU_ENGINE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHONPATH_ENTRY, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def request(url: str, body: dict | None = None, timeout: float = 300.0) -> tuple[int, object]:
+    """POST `body` (GET when None) -> (HTTP status, parsed JSON or text)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw)
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
+
+
+def post_ok(url: str, body: dict, timeout: float = 300.0):
+    status, out = request(url, body, timeout)
+    assert status == 200, f"{url} -> HTTP {status}: {out}"
+    return out
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):  # children may outlive the launcher
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def start_server(tmp: Path, extra_args: list[str]):
+    log_path = tmp / "server.log"
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "sglang.launch_server",
+        "--model-path", str(default_model_path()),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--device", "cpu", "--attention-backend", "torch_native",
+        "--disable-cuda-graph", "--skip-server-warmup",
+        "--mem-fraction-static", "0.05", "--max-total-tokens", "4096",
+        "--dtype", "float32", "--random-seed", "0",
+        *extra_args,
+    ]  # fmt: skip
+    log = open(log_path, "wb")  # noqa: SIM115  (closed below)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"sglang server exited with code {proc.returncode} during start-up; "
+                    f"last lines of {log_path}:\n{log_tail(log_path)}"
+                )
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"sglang server not healthy after {STARTUP_TIMEOUT_S:.0f} s; last lines of "
+                    f"{log_path}:\n{log_tail(log_path)}"
+                )
+            time.sleep(2)
+        yield {"base": base, "log": log_path, "proc": proc}
+    finally:
+        kill_group(proc)
+        log.close()

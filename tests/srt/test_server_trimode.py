@@ -1,0 +1,78 @@
+"""`--speculative-algorithm TRIMODE` through a real `python -m sglang.launch_server` on a CPU.
+
+One server per module (block size 4, default mode self_spec_linear); every mode is exercised on
+it through the per-request `custom_params: {"trimode_mode": ...}`. Greedy tokens through the
+native `/generate` API, a ragged batch of 4 and a single request, must equal the reference
+engine's (`TriModeEngine.generate(..., mode=...)`) token for token. Skipped without sglang.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip(
+    "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
+)
+
+import torch  # noqa: E402
+from _srt_server import post_ok, prompts, start_server  # noqa: E402
+
+from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
+from sglang_trimode.srt.flags import REQUEST_MODES  # noqa: E402
+
+BLOCK = 4
+MAX_NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sglang_trimode_server")
+    args = ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", str(BLOCK)]
+    with start_server(tmp, args) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def reference():
+    engine = TriModeEngine.from_pretrained(default_model_path(), device="cpu", dtype=torch.float32)
+    ps = prompts()
+    expected, steps = {}, {}
+    for mode in REQUEST_MODES:
+        outs = engine.generate(
+            ps, mode=mode, block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[]
+        )
+        expected[mode] = [list(o.token_ids) for o in outs]
+        steps[mode] = [len(o.stats.accept_lengths) for o in outs]
+        assert all(len(t) == MAX_NEW_TOKENS for t in expected[mode])
+    return ps, expected, steps
+
+
+def _body(input_ids, mode: str | None) -> dict:
+    sp = {"temperature": 0.0, "max_new_tokens": MAX_NEW_TOKENS, "ignore_eos": True}
+    if mode is not None:
+        sp["custom_params"] = {"trimode_mode": mode}
+    return {"input_ids": input_ids, "sampling_params": sp}
+
+
+@pytest.mark.parametrize("mode", REQUEST_MODES)
+def test_generate_batch_and_single_equal_reference(server, reference, mode):
+    ps, expected, steps = reference
+    out = post_ok(server["base"] + "/generate", _body(ps, mode))
+    assert [o["output_ids"] for o in out] == expected[mode]
+    # one scheduler step per verify / commit cycle of the reference
+    assert [o["meta_info"]["spec_verify_ct"] for o in out] == steps[mode]
+    one = post_ok(server["base"] + "/generate", _body(ps[1], mode))
+    assert one["output_ids"] == expected[mode][1]
+
+
+def test_server_default_mode_is_self_spec_linear(server, reference):
+    ps, expected, steps = reference
+    out = post_ok(server["base"] + "/generate", _body(ps[3], None))
+    assert out["output_ids"] == expected["self_spec_linear"][3]
+    assert out["meta_info"]["spec_verify_ct"] == steps["self_spec_linear"][3]
+
+
+def test_server_used_our_worker_and_model(server):
+    log = server["log"].read_text(errors="replace")
+    assert "type=NemotronLabsDiffusionModel" in log
+    assert "TRIMODE: mode=self_spec_linear block_size=4" in log
