@@ -195,3 +195,27 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
         ),
         serve_modes=tuple(serve),
     )
+
+
+def served_modes(values: dict[str, Any], speculative_algorithm: str | None) -> tuple[str, ...]:
+    """Request modes a server started with these flags can serve (plain servers: `ar` only)."""
+    if (speculative_algorithm or "").upper() != ALGORITHM:
+        return ("ar",)
+    return tuple(values.get("trimode_serve_modes") or REQUEST_MODES)
+
+
+def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
+    """An error message for a request's `trimode_mode` value, else None."""
+    if mode not in REQUEST_MODES:
+        return f"unknown {REQUEST_MODE_KEY} {mode!r}; expected one of {', '.join(REQUEST_MODES)}"
+    if served is not None and mode not in served:
+        hint = (
+            f"start it with --speculative-algorithm {ALGORITHM}"
+            if served == ("ar",)
+            else "see --trimode-serve-modes"
+        )
+        return (
+            f"{REQUEST_MODE_KEY} {mode!r} is not served by this server (it serves: "
+            f"{', '.join(served)}; {hint})"
+        )
+    return None

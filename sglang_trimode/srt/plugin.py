@@ -9,7 +9,9 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   `sglang_trimode.srt.worker.TriModeWorker`;
 - the `--trimode-*` flags (`sglang_trimode.srt.flags`): hooks on `ServerArgs.add_cli_args` add
   them to SGLang's parser, and on `ServerArgs.from_cli_args` keep their values on the record as
-  `_trimode_args` (checked: modes other than `ar` need `--speculative-algorithm TRIMODE`).
+  `_trimode_args` (checked: modes other than `ar` need `--speculative-algorithm TRIMODE`);
+- a check of each request's `custom_params["trimode_mode"]` (hook on `SamplingParams.verify`, in
+  the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from sglang_trimode.srt import flags
 
 _ADD_CLI_ARGS = "sglang.srt.server_args.ServerArgs.add_cli_args"
 _FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
+_VERIFY_SAMPLING = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
 _hooks_registered = False
+#: Modes requests may ask for on the server this process launched (None: not known here).
+_served_modes: tuple[str, ...] | None = None
 
 
 def _after_add_cli_args(result, parser, *args, **kwargs):
@@ -35,7 +40,20 @@ def _around_from_cli_args(original, cls, args, *rest, **kwargs):
         argparse.ArgumentParser(prog="sglang serve").error(msg)
     server_args = original(cls, args, *rest, **kwargs)
     setattr(server_args, flags.SERVER_ARGS_ATTR, values)
+    global _served_modes
+    _served_modes = flags.served_modes(values, getattr(args, "speculative_algorithm", None))
     return server_args
+
+
+def _after_verify_sampling(result, sampling_params, *args, **kwargs):
+    """Reject a request's `custom_params["trimode_mode"]` the server cannot serve (HTTP 400:
+    SGLang's tokenizer manager turns this ValueError into a 400 response)."""
+    custom = getattr(sampling_params, "custom_params", None)
+    if isinstance(custom, dict) and flags.REQUEST_MODE_KEY in custom:
+        msg = flags.check_request_mode(custom[flags.REQUEST_MODE_KEY], _served_modes)
+        if msg:
+            raise ValueError(msg)
+    return result
 
 
 def _register_flag_hooks() -> None:
@@ -46,6 +64,7 @@ def _register_flag_hooks() -> None:
 
     HookRegistry.register(_ADD_CLI_ARGS, _after_add_cli_args, HookType.AFTER)
     HookRegistry.register(_FROM_CLI_ARGS, _around_from_cli_args, HookType.AROUND)
+    HookRegistry.register(_VERIFY_SAMPLING, _after_verify_sampling, HookType.AFTER)
     _hooks_registered = True
 
 

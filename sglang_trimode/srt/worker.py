@@ -121,7 +121,17 @@ class TriModeWorker(BaseSpecWorker):
         out = list(req.output_ids)
         if entry is not None and entry.state.out == out:
             return entry
-        mode = request_mode(req, self.settings)
+        try:
+            mode = request_mode(req, self.settings)
+        except RequestModeError as e:
+            # Normally refused with HTTP 400 before it gets here (plugin hook); never let one
+            # request take the scheduler down: abort it after one AR step.
+            from http import HTTPStatus
+
+            from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+            req.to_finish = FINISH_ABORT(str(e), HTTPStatus.BAD_REQUEST, "BadRequestError")
+            mode = "ar"
         sp = req.sampling_params
         greedy = sp.top_k == 1 or sp.temperature < 1e-6
         params = SamplingParams(

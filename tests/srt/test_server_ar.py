@@ -20,7 +20,7 @@ pytest.importorskip(
 )
 
 import torch  # noqa: E402
-from _srt_server import post_ok, prompts, server_env, start_server  # noqa: E402
+from _srt_server import post_ok, prompts, request, server_env, start_server  # noqa: E402
 
 from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
 
@@ -126,3 +126,21 @@ print("RESULT " + json.dumps({
         "arch": "NemotronLabsDiffusionModel",
         "config": "sglang_trimode.config.NemotronLabsDiffusionConfig",
     }
+
+
+def test_plain_server_refuses_other_modes_with_400(server, reference):
+    prompts, expected = reference
+    body = {
+        "input_ids": prompts[0],
+        "sampling_params": {
+            "temperature": 0.0,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "ignore_eos": True,
+            "custom_params": {"trimode_mode": "diffusion"},
+        },
+    }
+    status, out = request(server["base"] + "/generate", body)
+    assert status == 400, out
+    assert "trimode_mode 'diffusion' is not served by this server" in json.dumps(out)
+    body["sampling_params"]["custom_params"] = {"trimode_mode": "ar"}
+    assert post_ok(server["base"] + "/generate", body)["output_ids"] == expected[0]

@@ -8,6 +8,8 @@ engine's (`TriModeEngine.generate(..., mode=...)`) token for token. Skipped with
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip(
@@ -15,7 +17,7 @@ pytest.importorskip(
 )
 
 import torch  # noqa: E402
-from _srt_server import post_ok, prompts, start_server  # noqa: E402
+from _srt_server import post_ok, prompts, request, start_server  # noqa: E402
 
 from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
 from sglang_trimode.srt.flags import REQUEST_MODES  # noqa: E402
@@ -76,3 +78,12 @@ def test_server_used_our_worker_and_model(server):
     log = server["log"].read_text(errors="replace")
     assert "type=NemotronLabsDiffusionModel" in log
     assert "TRIMODE: mode=self_spec_linear block_size=4" in log
+
+
+def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference):
+    ps, expected, _ = reference
+    status, out = request(server["base"] + "/generate", _body(ps[0], "turbo"))
+    assert status == 400, out
+    assert "unknown trimode_mode 'turbo'" in json.dumps(out)
+    one = post_ok(server["base"] + "/generate", _body(ps[0], "diffusion"))
+    assert one["output_ids"] == expected["diffusion"][0]
