@@ -11,18 +11,23 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   them to SGLang's parser, and on `ServerArgs.from_cli_args` keep their values on the record as
   `_trimode_args` (checked: modes other than `ar` need `--speculative-algorithm TRIMODE`);
 - a check of each request's `custom_params["trimode_mode"]` (hook on `SamplingParams.verify`, in
-  the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400.
+  the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
+- the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` in each
+  response's `meta_info` (hook on `TokenizerManager.update_request_meta_info`, `srt/stats.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from sglang_trimode.srt import flags
+from sglang_trimode.srt import flags, stats
 
 _ADD_CLI_ARGS = "sglang.srt.server_args.ServerArgs.add_cli_args"
 _FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
 _VERIFY_SAMPLING = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
+_UPDATE_META_INFO = (
+    "sglang.srt.managers.tokenizer_manager.TokenizerManager.update_request_meta_info"
+)
 _hooks_registered = False
 #: Modes requests may ask for on the server this process launched (None: not known here).
 _served_modes: tuple[str, ...] | None = None
@@ -65,6 +70,7 @@ def _register_flag_hooks() -> None:
     HookRegistry.register(_ADD_CLI_ARGS, _after_add_cli_args, HookType.AFTER)
     HookRegistry.register(_FROM_CLI_ARGS, _around_from_cli_args, HookType.AROUND)
     HookRegistry.register(_VERIFY_SAMPLING, _after_verify_sampling, HookType.AFTER)
+    HookRegistry.register(_UPDATE_META_INFO, stats.after_update_request_meta_info, HookType.AFTER)
     _hooks_registered = True
 
 

@@ -39,7 +39,7 @@ from sglang.srt.speculative.ngram_info import NgramVerifyInput
 from sglang_trimode import masks
 from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, get_policy
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
-from sglang_trimode.srt import flags
+from sglang_trimode.srt import flags, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.spec import settings_from_server_args, verify_width
 
@@ -226,6 +226,8 @@ class TriModeWorker(BaseSpecWorker):
         stride = self.width
         if not batch.forward_mode.is_decode():
             result = self._target_worker.forward_batch_generation(batch)
+            for req in batch.reqs:  # meta_info stats: the prefill token, no forwards yet
+                stats.record(req, self._mode_or_ar(req), 1)
             new_seq_lens = batch.seq_lens.clone()
             accept_tokens = torch.zeros(bs, stride, dtype=torch.int64, device=self.device)
             accept_tokens[:, 0] = result.next_token_ids
@@ -245,6 +247,9 @@ class TriModeWorker(BaseSpecWorker):
 
         self._drop_departed(batch)
         new_tokens, _ = self._decode(batch)
+        for req, toks in zip(batch.reqs, new_tokens, strict=True):
+            e = self.states[req.rid]
+            stats.record(req, e.mode, len(toks), e.state.stats)
         accept_lens_l = [len(t) for t in new_tokens]
         flat = torch.zeros(bs, stride, dtype=torch.int64)
         for i, t in enumerate(new_tokens):
@@ -274,6 +279,12 @@ class TriModeWorker(BaseSpecWorker):
         live = {req.rid for req in batch.reqs}
         for rid in [rid for rid in self.states if rid not in live]:
             del self.states[rid]
+
+    def _mode_or_ar(self, req) -> str:
+        try:
+            return request_mode(req, self.settings)
+        except RequestModeError:
+            return "ar"
 
     def request_stats(self, rid: str):
         entry = self.states.get(rid)

@@ -35,18 +35,35 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference():
-    engine = TriModeEngine.from_pretrained(default_model_path(), device="cpu", dtype=torch.float32)
+def engine():
+    return TriModeEngine.from_pretrained(default_model_path(), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(engine):
     ps = prompts()
-    expected, steps = {}, {}
+    expected, steps, stats = {}, {}, {}
     for mode in REQUEST_MODES:
         outs = engine.generate(
             ps, mode=mode, block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[]
         )
         expected[mode] = [list(o.token_ids) for o in outs]
         steps[mode] = [len(o.stats.accept_lengths) for o in outs]
+        stats[mode] = [
+            {
+                "trimode_mode": mode,
+                "trimode_forwards": o.stats.forwards,
+                "trimode_accept_lengths": list(o.stats.accept_lengths),
+            }
+            for o in outs
+        ]
         assert all(len(t) == MAX_NEW_TOKENS for t in expected[mode])
-    return ps, expected, steps
+    return ps, expected, steps, stats
+
+
+def _stats(out: dict) -> dict:
+    keys = ("trimode_mode", "trimode_forwards", "trimode_accept_lengths")
+    return {k: out["meta_info"].get(k) for k in keys}
 
 
 def _body(input_ids, mode: str | None) -> dict:
@@ -58,20 +75,24 @@ def _body(input_ids, mode: str | None) -> dict:
 
 @pytest.mark.parametrize("mode", REQUEST_MODES)
 def test_generate_batch_and_single_equal_reference(server, reference, mode):
-    ps, expected, steps = reference
+    ps, expected, steps, stats = reference
     out = post_ok(server["base"] + "/generate", _body(ps, mode))
     assert [o["output_ids"] for o in out] == expected[mode]
     # one scheduler step per verify / commit cycle of the reference
     assert [o["meta_info"]["spec_verify_ct"] for o in out] == steps[mode]
+    # meta_info stats == the reference engine's RequestStats
+    assert [_stats(o) for o in out] == stats[mode]
     one = post_ok(server["base"] + "/generate", _body(ps[1], mode))
     assert one["output_ids"] == expected[mode][1]
+    assert _stats(one) == stats[mode][1]
 
 
 def test_server_default_mode_is_self_spec_linear(server, reference):
-    ps, expected, steps = reference
+    ps, expected, steps, stats = reference
     out = post_ok(server["base"] + "/generate", _body(ps[3], None))
     assert out["output_ids"] == expected["self_spec_linear"][3]
     assert out["meta_info"]["spec_verify_ct"] == steps["self_spec_linear"][3]
+    assert _stats(out) == stats["self_spec_linear"][3]
 
 
 def test_server_used_our_worker_and_model(server):
@@ -81,7 +102,7 @@ def test_server_used_our_worker_and_model(server):
 
 
 def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference):
-    ps, expected, _ = reference
+    ps, expected, _, _ = reference
     status, out = request(server["base"] + "/generate", _body(ps[0], "turbo"))
     assert status == 400, out
     assert "unknown trimode_mode 'turbo'" in json.dumps(out)
