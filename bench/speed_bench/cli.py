@@ -47,8 +47,9 @@ def parser() -> argparse.ArgumentParser:
         "--mode",
         type=_csv(str),
         default=["ar", "self_spec_linear"],
-        help="modes to sweep (engine: ar, diffusion, self_spec_linear, "
-        "self_spec_quadratic; servers: labels substituted for {mode} in --extra-body)",
+        help="modes to sweep (engine, or a server with --trimode-server: ar, diffusion,\n"
+        "self_spec_linear, self_spec_quadratic; other servers: labels, substituted for\n"
+        "{mode} in --extra-body)",
     )
     ap.add_argument("--concurrency", type=_csv(int), default=[1])
     ap.add_argument("--max-concurrency", type=int, default=None, help="sweep 1, 2, 4, ... N")
@@ -73,6 +74,19 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help='JSON merged into each request body; "{mode}" becomes the mode',
     )
+    ap.add_argument(
+        "--trimode-server",
+        action="store_true",
+        help="the server runs our plugin with --speculative-algorithm TRIMODE: each request\n"
+        'asks for its --mode with custom_params {"trimode_mode": MODE} (native: in\n'
+        "sampling_params; openai/openai-chat: a body field; sglang-engine: starts the engine\n"
+        "with TRIMODE). Without it a server's modes are labels only (baselines)",
+    )
+    ap.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="always generate --max-new-tokens (servers: ignore_eos; engine: no stop tokens)",
+    )
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--num-gpus", type=int, default=1, help="divides Output TPS/gpu")
     ap.add_argument("--out", type=Path, default=Path("out/speed_bench"))
@@ -95,12 +109,23 @@ def make_backend(args: argparse.Namespace, gen: GenConfig) -> Backend:
         dtype = getattr(torch, args.dtype)
         return EngineBackend(path, tok, gen, args.device, dtype, measure_ttft=not args.no_ttft)
     if args.backend == "sglang-engine":
-        from bench.speed_bench.backends.sglang_engine import SGLangEngineBackend
+        from bench.speed_bench.backends.sglang_engine import SGLangEngineBackend, cpu_engine_args
+        from sglang_trimode.models import default_model_path
 
-        return SGLangEngineBackend(str(args.model), gen)
+        engine_args = cpu_engine_args() if args.device == "cpu" else {"dtype": args.dtype}
+        path = args.model or default_model_path()
+        return SGLangEngineBackend(str(path), gen, engine_args, trimode=args.trimode_server)
     from bench.speed_bench.backends.http import HttpBackend
 
-    return HttpBackend(args.backend, args.url, gen, args.model_name, args.extra_body, args.timeout)
+    return HttpBackend(
+        args.backend,
+        args.url,
+        gen,
+        args.model_name,
+        args.extra_body,
+        args.timeout,
+        trimode=args.trimode_server,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -117,8 +142,24 @@ def main(argv: list[str] | None = None) -> dict:
         bad = sorted(set(args.mode) - set(SUPPORTED_MODES))
         if bad:
             sys.exit(f"--mode: unknown {bad} for the engine backend; choose from {SUPPORTED_MODES}")
+    if args.backend != "engine" and args.block_size is not None:
+        sys.exit(
+            "--block-size is for --backend engine; a server's is its --trimode-block-size flag "
+            "(sglang-engine: the checkpoint's)"
+        )
+    labels_only = not args.trimode_server and "{mode}" not in json.dumps(args.extra_body or {})
+    if args.backend != "engine" and labels_only and len(args.mode) > 1:
+        print(
+            f"[speed_bench] --mode {','.join(args.mode)}: labels only (no --trimode-server, no "
+            '"{mode}" in --extra-body); every run uses what the server was started with'
+        )
     gen = GenConfig(
-        args.max_new_tokens, args.temperature, args.block_size, args.threshold, args.seed
+        args.max_new_tokens,
+        args.temperature,
+        args.block_size,
+        args.threshold,
+        args.seed,
+        args.ignore_eos,
     )
     backend = make_backend(args, gen)
     runs, raw = [], {}

@@ -26,6 +26,7 @@ def write_run(run_dir: Path, results: list[RequestResult], specbench: dict, timi
                 "turns": r.request.turns,
                 "acceptance_lengths": [t.accept_lengths for t in r.turns],
                 "choices": [{"index": 0, "turns": [t.text for t in r.turns]}],
+                "output_ids": [t.output_ids for t in r.turns],  # ours; null where not sent
             }
             f.write(json.dumps(line) + "\n")
 

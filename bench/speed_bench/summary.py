@@ -27,6 +27,9 @@ def request_row(r: RequestResult) -> dict:
     fwd = [t.forwards for t in r.turns]
     forwards = None if any(f is None for f in fwd) else sum(fwd)
     e2e = sum(t.e2e for t in r.turns)
+    counts = [
+        t.verify_steps if t.accept_lengths is None else len(t.accept_lengths) for t in r.turns
+    ]
     ttft = r.turns[0].ttft
     return {
         "question_id": r.request.question_id,
@@ -34,6 +37,7 @@ def request_row(r: RequestResult) -> dict:
         "turns": len(r.turns),
         "output_tokens": tokens,
         "forwards": forwards,
+        "steps": None if None in counts else sum(counts),  # verify/commit steps (no prefill)
         "tpf": (tokens - len(r.turns)) / forwards if forwards and tokens is not None else None,
         "al": request_al(r),
         "e2e_s": e2e,

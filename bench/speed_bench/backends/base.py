@@ -48,6 +48,7 @@ class GenConfig:
     block_size: int | None = None
     threshold: float | None = 0.9
     seed: int = 0
+    ignore_eos: bool = False  # generate max_new_tokens every time (engine: no stop tokens)
 
 
 Progress = Callable[[int], None]

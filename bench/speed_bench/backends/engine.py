@@ -48,6 +48,7 @@ class EngineBackend(Backend):
             threshold=g.threshold,
             temperature=g.temperature,
             seed=g.seed,
+            stop_token_ids=[] if g.ignore_eos else None,
         )
 
     def run(

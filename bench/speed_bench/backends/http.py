@@ -5,6 +5,13 @@ Per-request stats come from SGLang's ``meta_info`` when the server sends it: ``c
 ``spec_verify_ct`` (verify steps) and the fields the trimode plugin will add,
 ``trimode_forwards`` and ``trimode_accept_lengths``. What is not sent stays unavailable (None).
 Concurrency N = N client threads, each sending its requests (and their turns) one after another.
+
+The mode of a request: with ``trimode=True`` (CLI ``--trimode-server``) the client asks our server
+(``--speculative-algorithm TRIMODE``) for it with ``custom_params: {"trimode_mode": MODE}``, where
+SGLang reads it: in ``sampling_params`` for the native API, a top-level field for the OpenAI APIs.
+Otherwise the mode is only a label (a baseline server serves what it was started with), unless
+``extra_body`` carries ``"{mode}"``, which becomes the mode; ``extra_body`` is merged into the
+body recursively (native: ``{"sampling_params": {...}}`` adds sampling parameters).
 """
 
 from __future__ import annotations
@@ -46,6 +53,14 @@ def sse_events(resp: http.client.HTTPResponse) -> Iterator[dict]:
         yield json.loads(data)
 
 
+def merge(base: dict, extra: dict) -> dict:
+    """``base`` updated by ``extra``; nested dicts are merged, not replaced."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 class HttpBackend(Backend):
     def __init__(
         self,
@@ -55,6 +70,7 @@ class HttpBackend(Backend):
         model: str = "default",
         extra_body: dict | None = None,
         timeout: float = 600.0,
+        trimode: bool = False,
     ) -> None:
         if api not in ENDPOINTS:
             raise ValueError(f"api must be one of {sorted(ENDPOINTS)}, got {api!r}")
@@ -62,32 +78,36 @@ class HttpBackend(Backend):
         parts = urlsplit(url if "://" in url else f"http://{url}")
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.model, self.extra, self.timeout = model, extra_body or {}, timeout
+        self.trimode = trimode
 
     def _body(self, turns: list[str], answers: list[str], mode: str) -> dict:
         g = self.gen
         extra = json.loads(json.dumps(self.extra).replace("{mode}", mode))
+        custom = {"custom_params": {"trimode_mode": mode}} if self.trimode else {}
+        eos = {"ignore_eos": True} if g.ignore_eos else {}
         if self.name == "native":
             params = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature}
-            return {
+            body = {
                 "text": join_conversation(turns, answers),
-                "sampling_params": params,
+                "sampling_params": {**params, **eos, **custom},
                 "stream": True,
-                **extra,
             }
+            return merge(body, extra)
         body = {
             "model": self.model,
             "max_tokens": g.max_new_tokens,
             "temperature": g.temperature,
             "stream": True,
             "stream_options": {"include_usage": True},
-            **extra,
+            **eos,
+            **custom,
         }
         if self.name == "openai-chat":
             msgs = [{"role": "user", "content": turns[0]}]
             for a, t in zip(answers, turns[1:]):
                 msgs += [{"role": "assistant", "content": a}, {"role": "user", "content": t}]
-            return {**body, "messages": msgs}
-        return {**body, "prompt": join_conversation(turns, answers)}
+            return merge({**body, "messages": msgs}, extra)
+        return merge({**body, "prompt": join_conversation(turns, answers)}, extra)
 
     def _send(self, body: dict) -> TurnResult:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)

@@ -8,6 +8,8 @@ issue lands (it needs a machine with sglang).
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 from bench.speed_bench.backends.base import (
@@ -23,10 +25,29 @@ from bench.speed_bench.backends.http import HttpBackend
 from bench.speed_bench.dataset import Request
 
 
+def cpu_engine_args() -> dict:
+    """Set the environment SGLang's CPU engine needs (inherited by its processes) -> Engine args."""
+    from sglang_trimode.srt.cpu_platform import PYTHONPATH_ENTRY
+
+    os.environ["SGLANG_USE_CPU_ENGINE"] = "1"
+    path = [PYTHONPATH_ENTRY, *filter(None, [os.environ.get("PYTHONPATH")])]
+    os.environ["PYTHONPATH"] = os.pathsep.join(path)
+    if PYTHONPATH_ENTRY not in sys.path:
+        sys.path.insert(0, PYTHONPATH_ENTRY)
+    return dict(device="cpu", attention_backend="torch_native", disable_cuda_graph=True,
+                mem_fraction_static=0.05, max_total_tokens=4096, dtype="float32")  # fmt: skip
+
+
 class SGLangEngineBackend(Backend):
     name = "sglang-engine"
 
-    def __init__(self, model_path: str, gen: GenConfig, engine_args: dict | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        gen: GenConfig,
+        engine_args: dict | None = None,
+        trimode: bool = False,
+    ) -> None:
         try:
             import sglang
         except ImportError as e:
@@ -35,13 +56,21 @@ class SGLangEngineBackend(Backend):
                 "install sglang (0.5.23, with the trimode plugin) on a GPU machine, or use "
                 "--backend engine (reference engine) or --backend native/openai --url for a server"
             ) from None
-        self.engine = sglang.Engine(model_path=str(model_path), **(engine_args or {}))
-        self.gen = gen
+        args = dict(engine_args or {})
+        if trimode:
+            args.setdefault("speculative_algorithm", "TRIMODE")
+        self.engine = sglang.Engine(model_path=str(model_path), **args)
+        self.gen, self.trimode = gen, trimode
 
     def run(
         self, requests: list[Request], mode: str, concurrency: int, progress: Progress
     ) -> list[RequestResult]:
-        params = {"max_new_tokens": self.gen.max_new_tokens, "temperature": self.gen.temperature}
+        g = self.gen
+        params: dict = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature}
+        if g.ignore_eos:
+            params["ignore_eos"] = True
+        if self.trimode:
+            params["custom_params"] = {"trimode_mode": mode}
         results: list[RequestResult] = []
         for w in range(0, len(requests), concurrency):
             wave = requests[w : w + concurrency]
