@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sglang_trimode import TriModeEngine, default_model_path
 from sglang_trimode.reference.tiny import make_tiny_model
 from sglang_trimode.scheduler.cost import CostModel
-from sglang_trimode.scheduler.policy import AR, AutoPolicy, Choice
+from sglang_trimode.scheduler.policy import AR, AutoPolicy, Choice, LoadSchedule
 from tests.test_engine_greedy import ragged_prompts
 
 Q6, Q2 = Choice("self_spec_quadratic", 6), Choice("self_spec_quadratic", 2)
@@ -35,19 +35,6 @@ class RandomPolicy:
 
     def choose(self, reqs, budget=None, base=None):
         return [self.rng.choice(CHOICES) for _ in reqs]
-
-
-class LoadSchedule:
-    """The real auto policy under a token budget that follows a load schedule (crowded, then
-    quiet, then crowded ...), as when other requests come and go."""
-
-    def __init__(self, auto, budgets):
-        self.auto, self.budgets, self.step = auto, budgets, 0
-
-    def choose(self, reqs, budget=None, base=(0.0, 0, 0)):
-        cap = self.budgets[self.step % len(self.budgets)]
-        self.step += 1
-        return self.auto.choose(reqs, budget=min(cap, budget), base=base)
 
 
 def check_trace(trace, max_tokens=None):

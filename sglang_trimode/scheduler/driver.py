@@ -6,11 +6,15 @@ step's plan and maps each entry's :class:`Choice` to a mode policy of :mod:`sgla
 its current one (``switchable``); until then its choice is ``locked``. Requests with a fixed mode
 keep it; ``"auto"`` ones are the policy's. After each forward :meth:`observe` feeds the acceptance
 history back (drafts offered, drafts accepted).
+
+The reference engine builds one driver per ``generate`` call (requests ``0..n-1``); a server whose
+requests come and go :meth:`add` s and :meth:`remove` s them (``keep_trace=False`` there: the
+trace would grow without end).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
@@ -37,21 +41,37 @@ class ModeDriver:
         mode_cfg: ModeConfig,
         policy: Policy | None = None,
         budget: Budget | None = None,
+        keep_trace: bool = True,
     ) -> None:
         if policy is None and "auto" in modes:
             raise ValueError('mode "auto" needs a scheduling policy (e.g. AutoPolicy)')
         self.mode_cfg = mode_cfg
-        big = Budget(len(modes), 1 << 30, 1 << 30)
+        big = Budget(max(1, len(modes)), 1 << 30, 1 << 30)
         self.scheduler = Scheduler(policy or _NoPolicy(), budget or big)
-        self.views = [
-            RequestView(i, 0, running=True, fixed=None if m == "auto" else self._fixed(m))
-            for i, m in enumerate(modes)
-        ]
-        self.choice: list[Choice | None] = [v.fixed for v in self.views]
+        self.views: dict[int, RequestView] = {}
+        self.choice: dict[int, Choice | None] = {}
         self._policies: dict[Choice, ARPolicy] = {}
         self.trace: list[TraceRow] = []
+        self.keep_trace = keep_trace
         self._step = 0
+        self._next = 0
         self._before: dict[int, tuple[int, bool, int]] = {}
+        for m in modes:
+            self.add(m)
+
+    def add(self, mode: str) -> int:
+        """A new request (``mode``: a fixed mode or ``"auto"``) -> its index (its ``rid``)."""
+        i, self._next = self._next, self._next + 1
+        fixed = None if mode == "auto" else self._fixed(mode)
+        self.views[i] = RequestView(i, 0, running=True, fixed=fixed)
+        self.choice[i] = fixed
+        return i
+
+    def remove(self, i: int) -> None:
+        """Forget request ``i`` (finished or gone)."""
+        self.views.pop(i, None)
+        self.choice.pop(i, None)
+        self._before.pop(i, None)
 
     def _fixed(self, mode: str) -> Choice:
         return AR if mode == "ar" else Choice(mode, self.mode_cfg.block_size)
@@ -63,9 +83,10 @@ class ModeDriver:
         return self._policies[choice]
 
     def plan(
-        self, reqs: Sequence[RequestState], active: Sequence[int]
+        self, reqs: Sequence[RequestState] | Mapping[int, RequestState], active: Sequence[int]
     ) -> list[tuple[int, ARPolicy]]:
-        """The rows of the next forward: ``(request index, policy)`` for each admitted request."""
+        """The rows of the next forward: ``(request index, policy)`` for each admitted request
+        (``reqs[i]``: request ``i``'s state)."""
         for i in active:
             v, r, c = self.views[i], reqs[i], self.choice[i]
             v.context = len(r.prompt) + len(r.out) - 1  # committed KV: all but the seed
@@ -86,7 +107,9 @@ class ModeDriver:
     def observe(self, i: int, seg: Segment, r: RequestState, accepted_before: int) -> None:
         """After request ``i``'s forward: record the trace and any verify's acceptance."""
         c = self.choice[i]
-        self.trace.append(TraceRow(self._step, i, c, seg.desc.length, self._before[i], r.progress))
+        if self.keep_trace:
+            row = TraceRow(self._step, i, c, seg.desc.length, self._before[i], r.progress)
+            self.trace.append(row)
         if len(r.stats.accept_lengths) > accepted_before and c.mode.startswith("self_spec"):
             drafts = seg.desc.num_causal - 1 if seg.desc.num_causal else seg.desc.length - 1
             if drafts:

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sglang_trimode import masks
 from sglang_trimode.scheduler.cost import CostModel
+
+if TYPE_CHECKING:
+    from sglang_trimode.scheduler.step import Policy
 
 LOSSLESS_MODES = ("ar", "self_spec_linear", "self_spec_quadratic")
 
@@ -82,15 +86,26 @@ class RequestView:
         self.rejections += int(accepted < drafts)
 
 
+def default_candidates(
+    max_tokens: int | None = None, modes: Sequence[str] = LOSSLESS_MODES
+) -> list[Choice]:
+    """The choices :class:`AutoPolicy` weighs: AR (always), quadratic self-speculation with
+    blocks 2..16 and linear with 4..32; only ``modes``, and only those putting at most
+    ``max_tokens`` query tokens into a forward (a server's KV reservation per request)."""
+    every = [AR] + [Choice("self_spec_quadratic", b) for b in (2, 3, 4, 6, 8, 12, 16)]
+    every += [Choice("self_spec_linear", b) for b in (4, 8, 16, 32)]
+    return [
+        c
+        for c in every
+        if c == AR or (c.mode in modes and (max_tokens is None or c.tokens <= max_tokens))
+    ]
+
+
 @dataclass
 class AutoPolicy:
     cost: CostModel
     max_tokens_per_forward: int = 8192
-    candidates: Sequence[Choice] = field(
-        default_factory=lambda: [AR]
-        + [Choice("self_spec_quadratic", b) for b in (2, 3, 4, 6, 8, 12, 16)]
-        + [Choice("self_spec_linear", b) for b in (4, 8, 16, 32)]
-    )
+    candidates: Sequence[Choice] = field(default_factory=default_candidates)
     passes: int = 2
 
     def objective(
@@ -154,6 +169,28 @@ class AutoPolicy:
             if not improved:
                 break
         return choices
+
+
+@dataclass
+class LoadSchedule:
+    """``policy`` under a token budget that follows a load schedule (``budgets[step % n]``; 0:
+    no cap), as when other requests come and go: a load override for tests and simulations."""
+
+    policy: Policy
+    budgets: Sequence[int]
+    step: int = 0
+
+    def choose(
+        self,
+        reqs: Sequence[RequestView],
+        budget: int | None = None,
+        base: tuple[float, int, int] = (0.0, 0, 0),
+    ) -> list[Choice]:
+        cap = self.budgets[self.step % len(self.budgets)]
+        self.step += 1
+        if cap:
+            budget = cap if budget is None else min(cap, budget)
+        return self.policy.choose(reqs, budget=budget, base=base)
 
 
 @dataclass

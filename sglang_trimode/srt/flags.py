@@ -15,8 +15,11 @@ Flags (all optional):
   `block_size`).
 - `--trimode-threshold T` (0 < T <= 1): diffusion unmasking confidence threshold (default 0.9).
 - `--trimode-serve-modes M1,M2,...`: the modes this server accepts per request (default: all of
-  `ar,diffusion,self_spec_linear,self_spec_quadratic`); a request asking for another gets a
-  clear error (HTTP 400).
+  `ar,diffusion,self_spec_linear,self_spec_quadratic,auto`); a request asking for another gets a
+  clear error (HTTP 400). `auto` chooses among the served lossless modes (and `ar`).
+- `--trimode-cost-file PATH`: the forward-time model `auto` plans with, a calibration file
+  written by `bench/calibrate.py` (`scheduler.cost.CostModel`); without it the worker fits one
+  from its own timed forwards (AR until they span three shapes).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any
 
 #: Decoding modes a request can run in (those of the reference engine).
 REQUEST_MODES = ("ar", "diffusion", "self_spec_linear", "self_spec_quadratic")
-#: Choices of `--trimode-mode` (`auto`: the worker picks a mode per request).
+#: Choices of `--trimode-mode`, `--trimode-serve-modes` and a request's `trimode_mode` (`auto`:
+#: the scheduler picks each request's mode and draft length every step).
 MODES = (*REQUEST_MODES, "auto")
 DEFAULT_MODE = "self_spec_linear"
 DEFAULT_THRESHOLD = 0.9
@@ -61,13 +65,24 @@ def threshold(text: str) -> float:
 
 def mode_list(text: str) -> tuple[str, ...]:
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in modes if m not in REQUEST_MODES]
+    bad = [m for m in modes if m not in MODES]
     if not modes or bad:
         raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(REQUEST_MODES)}; "
+            f"expected a comma-separated list of {', '.join(MODES)}; "
             f"got {text!r}" + (f" (unknown: {', '.join(bad)})" if bad else "")
         )
     return modes
+
+
+def cost_file(text: str) -> str:
+    """A calibration file `scheduler.cost.CostModel.load` reads (checked at parse time)."""
+    from sglang_trimode.scheduler.cost import CostModel
+
+    try:
+        CostModel.load(text)
+    except (OSError, ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read a cost model from {text!r}: {e}") from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -122,9 +137,18 @@ FLAGS: tuple[Flag, ...] = (
         "trimode_serve_modes",
         None,
         "Comma-separated modes this server accepts per request (default: all of "
-        f"{','.join(REQUEST_MODES)}); other requests get HTTP 400.",
+        f"{','.join(MODES)}); other requests get HTTP 400.",
         type=mode_list,
         metavar="M1,M2",
+    ),
+    Flag(
+        "--trimode-cost-file",
+        "trimode_cost_file",
+        None,
+        "Forward-time model for mode 'auto': a calibration file written by bench/calibrate.py "
+        "(default: fitted from the server's own timed forwards).",
+        type=cost_file,
+        metavar="PATH",
     ),
 )
 
@@ -158,7 +182,7 @@ def check_combination(values: dict[str, Any], speculative_algorithm: str | None)
                 "(without it the server decodes plain AR only)"
             )
     serve = values.get("trimode_serve_modes")
-    if serve is not None and mode not in (None, "auto") and mode not in serve:
+    if serve is not None and mode is not None and mode not in serve:
         return f"--trimode-mode {mode} is not among --trimode-serve-modes {','.join(serve)}"
     return None
 
@@ -179,12 +203,13 @@ class TriModeSettings:
     block_size: int
     threshold: float
     serve_modes: tuple[str, ...]
+    cost_file: str | None = None
 
 
 def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSettings:
     values = values or {}
     mode = values.get("trimode_mode") or DEFAULT_MODE
-    serve = values.get("trimode_serve_modes") or REQUEST_MODES
+    serve = values.get("trimode_serve_modes") or MODES
     return TriModeSettings(
         mode=mode,
         block_size=values.get("trimode_block_size") or int(model_block_size),
@@ -194,6 +219,7 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
             else values["trimode_threshold"]
         ),
         serve_modes=tuple(serve),
+        cost_file=values.get("trimode_cost_file"),
     )
 
 
@@ -201,13 +227,13 @@ def served_modes(values: dict[str, Any], speculative_algorithm: str | None) -> t
     """Request modes a server started with these flags can serve (plain servers: `ar` only)."""
     if (speculative_algorithm or "").upper() != ALGORITHM:
         return ("ar",)
-    return tuple(values.get("trimode_serve_modes") or REQUEST_MODES)
+    return tuple(values.get("trimode_serve_modes") or MODES)
 
 
 def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
     """An error message for a request's `trimode_mode` value, else None."""
-    if mode not in REQUEST_MODES:
-        return f"unknown {REQUEST_MODE_KEY} {mode!r}; expected one of {', '.join(REQUEST_MODES)}"
+    if mode not in MODES:
+        return f"unknown {REQUEST_MODE_KEY} {mode!r}; expected one of {', '.join(MODES)}"
     if served is not None and mode not in served:
         hint = (
             f"start it with --speculative-algorithm {ALGORITHM}"

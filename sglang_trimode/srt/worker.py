@@ -10,7 +10,10 @@ request of the batch, one *cycle* of its mode with the reference engine's own po
   the bonus token is accepted;
 - `diffusion`: draft forwards over the block until no mask is left, then a causal commit pass
   (writes the block's KV, samples the next seed);
-- `self_spec_quadratic`: one forward verifies the pending drafts and pre-drafts the next block.
+- `self_spec_quadratic`: one forward verifies the pending drafts and pre-drafts the next block;
+- `auto`: before each forward the scheduler's auto policy (`srt/auto.py`, through the reference
+  engine's `ModeDriver`) picks the request's mode and draft length; it changes only at a switch
+  point, so each step still ends on a complete cycle.
 
 Requests of different modes share each forward: every sub-forward is one TARGET_VERIFY forward of
 the whole batch with a uniform per-request width (shorter segments padded, requests whose cycle
@@ -27,6 +30,7 @@ dropped when a request leaves the batch.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +45,7 @@ from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, get_policy
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
+from sglang_trimode.srt.auto import AutoModes
 from sglang_trimode.srt.spec import settings_from_server_args, verify_width
 
 logger = logging.getLogger(__name__)
@@ -58,12 +63,9 @@ def request_mode(req, settings: flags.TriModeSettings) -> str:
     mode = custom.get(flags.REQUEST_MODE_KEY) if isinstance(custom, dict) else None
     if mode is None:
         mode = settings.mode
-        if mode == "auto":
-            mode = flags.DEFAULT_MODE
-    if mode not in flags.REQUEST_MODES:
+    if mode not in flags.MODES:
         raise RequestModeError(
-            f"unknown {flags.REQUEST_MODE_KEY} {mode!r}; expected one of "
-            f"{', '.join(flags.REQUEST_MODES)}"
+            f"unknown {flags.REQUEST_MODE_KEY} {mode!r}; expected one of {', '.join(flags.MODES)}"
         )
     if mode not in settings.serve_modes:
         raise RequestModeError(
@@ -78,6 +80,7 @@ class _Req:
     state: RequestState
     policy: ARPolicy
     mode: str
+    auto: int | None = None  # mode auto: the request's index in `AutoModes` (its policy varies)
 
 
 class TriModeWorker(BaseSpecWorker):
@@ -99,6 +102,9 @@ class TriModeWorker(BaseSpecWorker):
         )
         self.policies = {m: get_policy(m, self.mode_cfg) for m in flags.REQUEST_MODES}
         self.states: dict[str, _Req] = {}
+        self.auto = None
+        if "auto" in self.settings.serve_modes or self.settings.mode == "auto":
+            self.auto = AutoModes(self.settings, self.mode_cfg, self.width)
 
     # ---- BaseSpecWorker surface ------------------------------------------------------------
 
@@ -112,7 +118,8 @@ class TriModeWorker(BaseSpecWorker):
         )
 
     def clear_cache_pool(self):
-        self.states.clear()
+        for rid in list(self.states):
+            self._forget(rid)
 
     # ---- per-request state -------------------------------------------------------------------
 
@@ -154,9 +161,32 @@ class TriModeWorker(BaseSpecWorker):
             out=out,
             seed=out[-1],
         )
-        entry = _Req(state, self.policies[mode], mode)
+        if entry is not None:
+            self._forget(req.rid)
+        entry = _Req(state, self.policies["ar" if mode == "auto" else mode], mode)
+        if mode == "auto":
+            entry.auto = self.auto.add()
         self.states[req.rid] = entry
         return entry
+
+    def _forget(self, rid) -> None:
+        entry = self.states.pop(rid, None)
+        if entry is not None and entry.auto is not None:
+            self.auto.remove(entry.auto, rid)
+
+    def _plan_auto(self, entries: list[_Req], done: list[bool]) -> list[bool]:
+        """Mode `auto`: set each running auto request's policy for the next forward; True for
+        the requests in it (an auto request the scheduler holds back this forward rides along)."""
+        runs = [not d for d in done]
+        active = [e.auto for e, d in zip(entries, done) if e.auto is not None and not d]
+        if not active:
+            return runs
+        rows = self.auto.plan({e.auto: e.state for e in entries if e.auto is not None}, active)
+        for i, e in enumerate(entries):
+            if e.auto is not None and runs[i]:
+                runs[i] = e.auto in rows
+                e.policy = rows.get(e.auto, e.policy)
+        return runs
 
     # ---- forwards ----------------------------------------------------------------------------
 
@@ -199,16 +229,24 @@ class TriModeWorker(BaseSpecWorker):
         emitted_from = [len(e.state.out) for e in entries]
         done = [False] * len(entries)
         while not all(done):
+            runs = self._plan_auto(entries, done)
             segs = []
             for i, e in enumerate(entries):
-                segs.append(None if done[i] else e.policy.segment(e.state))
+                segs.append(e.policy.segment(e.state) if runs[i] else None)
+            t0 = time.perf_counter()
             logits = self._forward(batch, segs, prefix)
+            if self.auto is not None:
+                width = max((s.desc.length for s in segs if s is not None), default=1)
+                self.auto.timed(len(segs) * width, sum(prefix), time.perf_counter() - t0)
             for i, (e, seg) in enumerate(zip(entries, segs, strict=True)):
                 if seg is None:
                     continue
                 r = e.state
                 r.stats.forwards += 1
+                accepted_before = len(r.stats.accept_lengths)
                 keep = e.policy.consume(r, seg, logits[i, : seg.desc.length])
+                if e.auto is not None:
+                    self.auto.observe(e.auto, seg, r, accepted_before)
                 kept = int(keep.numel())
                 if kept:
                     if not torch.equal(keep, torch.arange(kept)):
@@ -216,6 +254,10 @@ class TriModeWorker(BaseSpecWorker):
                     prefix[i] += kept
                 if r.done or (len(r.out) > emitted_from[i] and e.policy.switchable(r)):
                     done[i] = True
+                if r.done and e.auto is not None:
+                    self.auto.remove(e.auto, batch.reqs[i].rid)  # logs its modes
+            if self.auto is not None:
+                self.auto.end_step()
         new_tokens = [e.state.out[emitted_from[i] :] for i, e in enumerate(entries)]
         return new_tokens, prefix
 
@@ -278,7 +320,7 @@ class TriModeWorker(BaseSpecWorker):
     def _drop_departed(self, batch: ScheduleBatch) -> None:
         live = {req.rid for req in batch.reqs}
         for rid in [rid for rid in self.states if rid not in live]:
-            del self.states[rid]
+            self._forget(rid)
 
     def _mode_or_ar(self, req) -> str:
         try:

@@ -3,6 +3,7 @@
 SGLANG_USE_CPU_ENGINE=1, `--device cpu`, `--attention-backend torch_native`, fp32, the plugin's
 `sgl_kernel` stand-in on PYTHONPATH, tiny memory settings. `start_server(tmp, extra_args)` yields
 a dict with `base` (URL), `log` (path) and `proc`; the process group is killed afterwards.
+`env`: extra environment variables for the server.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def start_server(tmp: Path, extra_args: list[str]):
+def start_server(tmp: Path, extra_args: list[str], env: dict[str, str] | None = None):
     log_path = tmp / "server.log"
     port = free_port()
     cmd = [
@@ -110,7 +111,7 @@ def start_server(tmp: Path, extra_args: list[str]):
     ]  # fmt: skip
     log = open(log_path, "wb")  # noqa: SIM115  (closed below)
     proc = subprocess.Popen(
-        cmd, cwd=tmp, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+        cmd, cwd=tmp, env=server_env() | (env or {}), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

@@ -45,6 +45,7 @@ def test_flags_module_is_consistent():
         "--trimode-block-size",
         "--trimode-threshold",
         "--trimode-serve-modes",
+        "--trimode-cost-file",
     ]
     assert flags.parse_trimode_args(["--x", "1", "--trimode-mode", "ar"])["trimode_mode"] == "ar"
     s = flags.resolve({"trimode_block_size": 4}, model_block_size=32)
@@ -52,6 +53,30 @@ def test_flags_module_is_consistent():
     assert flags.check_combination({"trimode_mode": "diffusion"}, None)
     assert flags.check_combination({"trimode_mode": "ar"}, None) is None
     assert flags.check_combination({"trimode_mode": "diffusion"}, "trimode") is None
+    # auto: a request mode and a serve mode like the others (served by default)
+    assert flags.check_request_mode("auto", flags.served_modes({}, "TRIMODE")) is None
+    assert "not served" in flags.check_request_mode("auto", ("ar", "self_spec_linear"))
+    assert "not served" in flags.check_request_mode("auto", flags.served_modes({}, None))
+    assert flags.mode_list("ar,auto") == ("ar", "auto")
+    assert "not among" in flags.check_combination(
+        {"trimode_mode": "auto", "trimode_serve_modes": ("ar",)}, "TRIMODE"
+    )
+
+
+def test_cost_file_flag_reads_a_calibration_file(tmp_path):
+    from sglang_trimode.scheduler.cost import CostModel
+
+    good, bad = tmp_path / "cost.json", tmp_path / "bad.json"
+    CostModel(0.01, 1e-4, source="test").save(good)
+    bad.write_text('{"fixed": 1}')
+    assert flags.parse_trimode_args(["--trimode-cost-file", str(good)])["trimode_cost_file"] == (
+        str(good)
+    )
+    assert flags.resolve({"trimode_cost_file": str(good)}, 4).cost_file == str(good)
+    for path in (bad, tmp_path / "missing.json"):
+        with pytest.raises(SystemExit):
+            flags.parse_trimode_args(["--trimode-cost-file", str(path)])
+    assert flags.check_combination({"trimode_cost_file": str(good)}, None)  # needs TRIMODE
 
 
 def test_launch_server_help_lists_flags(tmp_path):
@@ -123,6 +148,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
         "trimode_block_size": 8,
         "trimode_threshold": 0.5,
         "trimode_serve_modes": None,
+        "trimode_cost_file": None,
     }
     assert got["plain_ar"] == dict.fromkeys(flags.DESTS)
     assert got["overlap_disabled"] is True

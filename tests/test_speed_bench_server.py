@@ -1,0 +1,148 @@
+"""SPEED-Bench CLI against a real `python -m sglang.launch_server` on a CPU (issue 3, must-show 2).
+
+One server for the module: the tiny default model with the plugin, `--speculative-algorithm
+TRIMODE --trimode-block-size 4`, serving every request mode (the default `--trimode-serve-modes`).
+`bench.speed_bench.main` runs in-process with `--backend native` and `--backend openai`,
+`--trimode-server` (each request asks for its mode), every mode, concurrency 1 and 4, greedy,
+`--ignore-eos` (fixed lengths). Checked: the files of every run; the CLI's own check that greedy
+self-speculation equals AR; every output equal to the reference engine's (`--backend engine`, same
+prompts and flags): token ids over the native API, text over OpenAI; per-request stats.
+
+Stats: SGLang's `meta_info` has `spec_verify_ct` (verify/commit steps), which must equal the
+reference engine's step count per request. `trimode_forwards` / `trimode_accept_lengths` (the
+plugin's, for TPF and per-step AL; being added) are checked equal to the engine's when the server
+sends them (probed with one request), and otherwise must be reported unavailable, never estimated.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
+)
+
+sys.path.insert(0, str(Path(__file__).parent / "srt"))
+from _srt_server import post_ok, start_server  # noqa: E402
+from test_speed_bench import _check_run_files  # noqa: E402
+
+from bench.speed_bench.cli import main  # noqa: E402
+from sglang_trimode.srt.flags import REQUEST_MODES  # noqa: E402
+
+MODES = list(REQUEST_MODES)  # what the server offers: --trimode-serve-modes defaults to all
+BLOCK, MAX_NEW, REQUESTS, CONCS = 4, 12, 4, [1, 4]
+COMMON = ["--dataset", "sample", "--num-requests", str(REQUESTS), "--max-new-tokens", str(MAX_NEW),
+          "--ignore-eos", "--mode", ",".join(MODES), "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("speed_bench_server")
+    args = ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", str(BLOCK)]
+    with start_server(tmp, args) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def runs(server, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
+    """backend -> (main's result, out dir); the engine backend is the reference."""
+    out: dict[str, tuple[dict, Path]] = {}
+    base = tmp_path_factory.mktemp("runs")
+    argv = [*COMMON, "--backend", "engine", "--block-size", str(BLOCK), "--concurrency", "4",
+            "--no-ttft", "--out", str(base / "engine")]  # fmt: skip
+    out["engine"] = main(argv), base / "engine"
+    for backend in ("native", "openai"):
+        argv = [*COMMON, "--backend", backend, "--url", server["base"], "--trimode-server",
+                "--concurrency", ",".join(map(str, CONCS)),
+                "--out", str(base / backend)]  # fmt: skip
+        out[backend] = main(argv), base / backend
+    return out
+
+
+@pytest.fixture(scope="module")
+def sends_forwards(server) -> bool:
+    """Whether the server's meta_info carries the plugin's trimode_forwards (one probe request)."""
+    sp = {"max_new_tokens": 4, "custom_params": {"trimode_mode": "self_spec_linear"}}
+    out = post_ok(server["base"] + "/generate", {"text": "def f():", "sampling_params": sp})
+    return "trimode_forwards" in out["meta_info"]
+
+
+def responses(out: Path, mode: str, conc: int) -> dict[str, dict]:
+    lines = (out / mode / f"c{conc}" / "specbench_responses.jsonl").read_text().splitlines()
+    return {r["question_id"]: r for r in map(json.loads, lines)}
+
+
+def per_request(res: dict, mode: str, conc: int) -> dict[str, dict]:
+    (run,) = [r for r in res["runs"] if r["mode"] == mode and r["concurrency"] == conc]
+    return {row["question_id"]: row for row in run["per_request"]}
+
+
+@pytest.mark.parametrize("backend", ["native", "openai"])
+def test_files_of_every_mode_and_concurrency(runs, backend):
+    res, out = runs[backend]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["backend"] == backend and saved["ttft_method"] == "first streamed chunk"
+    assert {(r["mode"], r["concurrency"]) for r in saved["runs"]} == {
+        (m, c) for m in MODES for c in CONCS
+    }
+    assert _check_run_files(out, MODES, CONCS) == saved
+    for mode in MODES:
+        for c in CONCS:
+            (tim,) = json.loads((out / mode / f"c{c}" / "timing.json").read_text())
+            assert tim["Output TPS"] > 0 and float(tim["TTFT Time"]["mean"]) > 0
+            assert float(tim["E2E Request Time"]["min"]) > 0
+            assert len(responses(out, mode, c)) == REQUESTS
+    for run in saved["runs"]:
+        assert run["requests"] == REQUESTS and run["output_tokens"] == REQUESTS * MAX_NEW
+
+
+@pytest.mark.parametrize("backend", ["native", "openai"])
+def test_greedy_self_spec_equals_ar_by_the_cli_check(runs, backend):
+    res, _ = runs[backend]
+    assert res["greedy_mismatches"] == {}
+    checks = res["agreement_with_ar"]
+    assert set(checks) == {f"{m}@{c}" for m in MODES if m != "ar" for c in CONCS}
+    for c in CONCS:
+        for mode in ("self_spec_linear", "self_spec_quadratic"):
+            assert checks[f"{mode}@{c}"]["exact_match"] == REQUESTS, (mode, c)
+        assert 0.0 <= checks[f"diffusion@{c}"]["token_agreement"] <= 1.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_outputs_equal_reference_engine(runs, mode):
+    want = responses(runs["engine"][1], mode, 4)
+    assert all(len(r["output_ids"][0]) == MAX_NEW for r in want.values())
+    for c in CONCS:
+        native = responses(runs["native"][1], mode, c)
+        assert {q: r["output_ids"] for q, r in native.items()} == {
+            q: r["output_ids"] for q, r in want.items()
+        }, (mode, c)
+        openai = responses(runs["openai"][1], mode, c)
+        assert {q: r["choices"] for q, r in openai.items()} == {
+            q: r["choices"] for q, r in want.items()
+        }, (mode, c)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_request_stats_equal_reference_engine(runs, sends_forwards, mode):
+    want = per_request(runs["engine"][0], mode, 4)
+    assert all(row["steps"] > 0 and row["forwards"] > 0 for row in want.values())
+    for c in CONCS:
+        got = per_request(runs["native"][0], mode, c)
+        assert {q: r["output_tokens"] for q, r in got.items()} == {q: MAX_NEW for q in want}
+        # SGLang's spec_verify_ct: one scheduler step per verify / commit cycle of the reference
+        assert {q: r["steps"] for q, r in got.items()} == {q: r["steps"] for q, r in want.items()}
+        if sends_forwards:
+            for key in ("forwards", "tpf", "al"):
+                assert {q: r[key] for q, r in got.items()} == {
+                    q: r[key] for q, r in want.items()
+                }, (mode, c, key)
+        else:  # not sent yet: unavailable, never estimated
+            assert all(r["forwards"] is None and r["tpf"] is None for r in got.values())
+        for row in per_request(runs["openai"][0], mode, c).values():  # no meta_info over OpenAI
+            assert row["output_tokens"] == MAX_NEW and row["steps"] is None
+            assert row["forwards"] is None and row["al"] is None and row["ttft_s"] > 0

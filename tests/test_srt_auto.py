@@ -1,0 +1,48 @@
+"""The TRIMODE worker's `auto` side without sglang: online cost fit, candidates, cost source."""
+
+import pytest
+
+from sglang_trimode.modes import ModeConfig
+from sglang_trimode.scheduler.calibrate import OnlineCalibration
+from sglang_trimode.scheduler.cost import CostModel
+from sglang_trimode.scheduler.policy import AR, Choice, LoadSchedule, RequestView
+from sglang_trimode.srt import flags
+from sglang_trimode.srt.auto import AutoModes, _MeasuredAuto
+
+CFG = ModeConfig(mask_token_id=0, block_size=4)
+
+
+def test_online_calibration_fits_after_three_shapes():
+    cal = OnlineCalibration(refit=2)
+    for tokens in (4, 4, 8):
+        cal.add(tokens, 100, 0.01 + 1e-3 * tokens + 1e-5 * 100)
+    assert cal.model() is None  # two shapes only
+    cal.add(20, 300, 0.01 + 1e-3 * 20 + 1e-5 * 300)
+    cal.add(12, 50, 0.01 + 1e-3 * 12 + 1e-5 * 50)
+    m = cal.model()
+    assert m.source == "measured online"
+    assert m.fixed_s == pytest.approx(0.01, rel=1e-6)
+    assert m.per_token_s == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_auto_modes_candidates_and_cost_source(tmp_path):
+    served = flags.resolve({"trimode_block_size": 4}, 32)
+    auto = AutoModes(served, CFG, width=20)
+    assert auto.candidates == [AR] + [Choice("self_spec_quadratic", b) for b in (2, 3, 4)] + [
+        Choice("self_spec_linear", b) for b in (4, 8, 16)
+    ]
+    assert auto.cost() is None  # no file: measured online, nothing timed yet
+    views = [RequestView(i, 10, accepted=30) for i in range(3)]  # drafts accepted
+    assert _MeasuredAuto(auto).choose(views) == [AR] * 3
+    cost = tmp_path / "cost.json"
+    CostModel(0.01, 1e-4, source="file").save(cost)
+    linear_only = flags.resolve(
+        {"trimode_serve_modes": ("ar", "self_spec_linear", "auto"), "trimode_cost_file": cost}, 4
+    )
+    auto = AutoModes(linear_only, CFG, width=4)
+    assert auto.candidates == [AR, Choice("self_spec_linear", 4)]
+    assert auto.cost().source == "file"
+    assert _MeasuredAuto(auto).choose(views) == [Choice("self_spec_linear", 4)] * 3
+    capped = LoadSchedule(_MeasuredAuto(auto), [3, 0])
+    assert capped.choose(views) == [AR] * 3  # 3 tokens for 3 requests: AR only
+    assert capped.choose(views) == [Choice("self_spec_linear", 4)] * 3
