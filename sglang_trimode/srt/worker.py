@@ -41,7 +41,7 @@ from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.ngram_info import NgramVerifyInput
 
 from sglang_trimode import masks
-from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, get_policy
+from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
@@ -288,7 +288,8 @@ class TriModeWorker(BaseSpecWorker):
             return result
 
         self._drop_departed(batch)
-        new_tokens, _ = self._decode(batch)
+        new_tokens, prefix = self._decode(batch)
+        self._commit_kv(batch, new_tokens, prefix)
         for req, toks in zip(batch.reqs, new_tokens, strict=True):
             e = self.states[req.rid]
             stats.record(req, e.mode, len(toks), e.state.stats)
@@ -321,6 +322,23 @@ class TriModeWorker(BaseSpecWorker):
         live = {req.rid for req in batch.reqs}
         for rid in [rid for rid in self.states if rid not in live]:
             self._forget(rid)
+
+    def _commit_kv(self, batch: ScheduleBatch, new_tokens: list, prefix: list[int]) -> None:
+        """Causal KV for every token SGLang now counts as cached. A request that stops inside a
+        diffusion draft (its last block emitted with no commit pass) holds bidirectional draft KV
+        there, which the radix cache would hand to later requests sharing the prefix: one causal
+        pass writes the true KV. Not a reference-engine forward: not in `trimode_forwards`."""
+        segs = []
+        for i, (req, seq_len) in enumerate(zip(batch.reqs, batch.seq_lens.tolist(), strict=True)):
+            need = seq_len + len(new_tokens[i])  # the newest token is the next seed: no KV yet
+            if prefix[i] >= need:
+                segs.append(None)
+                continue
+            r = self.states[req.rid].state
+            tokens = (r.prompt + r.out)[prefix[i] : need]
+            segs.append(Segment(tokens, masks.commit(len(tokens))))
+        if any(s is not None for s in segs):
+            self._forward(batch, segs, prefix)
 
     def _mode_or_ar(self, req) -> str:
         try:

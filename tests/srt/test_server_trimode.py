@@ -108,3 +108,25 @@ def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference)
     assert "unknown trimode_mode 'turbo'" in json.dumps(out)
     one = post_ok(server["base"] + "/generate", _body(ps[0], "diffusion"))
     assert one["output_ids"] == expected["diffusion"][0]
+
+
+def test_radix_cache_holds_no_draft_kv_after_diffusion_stopped_mid_block(server, engine):
+    """A diffusion request whose last block is cut by max_new_tokens ends without the causal
+    commit pass; its tokens must not reach the radix cache with their bidirectional draft KV.
+    Follow-up requests extending them (prefix-cache hits) must decode exactly like the reference."""
+    ps = prompts()
+    n = 1 + BLOCK + BLOCK - 1  # prefill token, one full block, then the last block's draft
+    body = _body(ps, "diffusion")
+    body["sampling_params"]["max_new_tokens"] = n
+    first = [o["output_ids"] for o in post_ok(server["base"] + "/generate", body)]
+    want = engine.generate(
+        ps, mode="diffusion", block_size=BLOCK, max_new_tokens=n, stop_token_ids=[]
+    )
+    assert first == [list(o.token_ids) for o in want]
+    follow = [p + o for p, o in zip(ps, first, strict=True)]
+    out = post_ok(server["base"] + "/generate", _body(follow, "ar"))
+    # the follow-ups reused cached KV beyond their prompts (else this test proves nothing)
+    for o, p in zip(out, ps, strict=True):
+        assert o["meta_info"]["cached_tokens"] > len(p) + 1 + BLOCK, o["meta_info"]
+    ref = engine.generate(follow, mode="ar", max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[])
+    assert [o["output_ids"] for o in out] == [list(o.token_ids) for o in ref]
