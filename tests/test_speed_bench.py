@@ -1,7 +1,7 @@
 """SPEED-Bench runner: dataset loading and refusals, reference-format metrics, every backend we can
-run on a CPU. The HTTP test is a PROTOCOL test against ``protocol_server`` (the reference engine
-behind OpenAI/native endpoints); the test against a real ``sglang.launch_server`` comes with the
-SGLang plugin issue."""
+run on a CPU. The HTTP test here is a PROTOCOL test against ``protocol_server`` (the reference
+engine behind OpenAI/native endpoints); the test against a real ``sglang.launch_server`` is
+``tests/test_speed_bench_server.py``."""
 
 from __future__ import annotations
 
@@ -206,6 +206,26 @@ def test_http_clients_protocol_against_engine_backed_server(tiny, tmp_path):
             assert run["output_tokens"] > 0 and run["ttft_s"]["mean"] > 0
     (spec_oa,) = json.loads((tmp_path / "oa/ar/c2/specbench.json").read_text())
     assert spec_oa["Average_AL"] is None and spec_oa["Request_AL"] == {}
+
+
+def test_trimode_server_bodies_carry_the_mode_where_sglang_reads_it():
+    from bench.speed_bench.backends.http import HttpBackend
+
+    gen = GenConfig(max_new_tokens=5, ignore_eos=True)
+    extra = {"sampling_params": {"top_k": 1}, "rid": "{mode}"}
+    native = HttpBackend("native", "h:1", gen, extra_body=extra, trimode=True)
+    body = native._body(["q"], [], "diffusion")
+    assert body["sampling_params"] == {"max_new_tokens": 5, "temperature": 0.0, "top_k": 1,
+                                       "ignore_eos": True,
+                                       "custom_params": {"trimode_mode": "diffusion"}}  # fmt: skip
+    assert body["rid"] == "diffusion" and body["text"] == "q" and "custom_params" not in body
+    openai = HttpBackend("openai", "h:1", gen, trimode=True)._body(["q"], [], "ar")
+    assert openai["custom_params"] == {"trimode_mode": "ar"} and openai["ignore_eos"] is True
+    plain = HttpBackend("openai-chat", "h:1", GenConfig())._body(["q", "r"], ["a"], "ar")
+    assert "custom_params" not in plain and "ignore_eos" not in plain
+    assert [m["role"] for m in plain["messages"]] == ["user", "assistant", "user"]
+    with pytest.raises(SystemExit, match="--trimode-block-size"):
+        main(["--backend", "native", "--block-size", "4", "--no-progress"])
 
 
 def test_unavailable_backends_fail_clearly():

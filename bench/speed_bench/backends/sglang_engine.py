@@ -1,9 +1,13 @@
-"""SGLang's offline ``sglang.Engine`` in-process (needs sglang; not installed on CPU dev machines).
+"""SGLang's offline ``sglang.Engine`` in-process (needs sglang).
 
 Like the reference-engine backend, concurrency N = waves of N prompts per ``generate`` call, so
 every request of a wave gets the wave's wall time; TTFT is unavailable (no stream). Stats come
-from each output's ``meta_info`` as for the native HTTP API. Untested until the SGLang plugin
-issue lands (it needs a machine with sglang).
+from each output's ``meta_info`` as for the native HTTP API. With ``trimode=True`` the engine
+starts with ``speculative_algorithm="TRIMODE"`` and each request asks for its mode with
+``custom_params: {"trimode_mode": MODE}``; the block size is the checkpoint's (``sglang.Engine``
+keyword arguments cannot carry ``--trimode-*`` flags). ``cpu_engine_args()``: SGLang's CPU engine
+with the plugin's ``sgl_kernel`` stand-in, as in ``examples/offline_engine.py``. Not covered by
+the test suite (the server tests cover the same plugin through ``launch_server``).
 """
 
 from __future__ import annotations
