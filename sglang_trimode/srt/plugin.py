@@ -12,6 +12,8 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   `_trimode_args` (checked: modes other than `ar` need `--speculative-algorithm TRIMODE`);
 - a check of each request's `custom_params["trimode_mode"]` (hook on `SamplingParams.verify`, in
   the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
+- a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding the
+  checkpoint's mask token is a clear HTTP 400 naming the field;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` in each
   response's `meta_info` (hook on `TokenizerManager.update_request_meta_info`, `srt/stats.py`).
 """
@@ -25,6 +27,7 @@ from sglang_trimode.srt import flags, stats
 _ADD_CLI_ARGS = "sglang.srt.server_args.ServerArgs.add_cli_args"
 _FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
 _VERIFY_SAMPLING = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
+_VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 _UPDATE_META_INFO = (
     "sglang.srt.managers.tokenizer_manager.TokenizerManager.update_request_meta_info"
 )
@@ -61,6 +64,32 @@ def _after_verify_sampling(result, sampling_params, *args, **kwargs):
     return result
 
 
+def mask_token_error(input_ids, mask_token_id: int, from_text: bool) -> str | None:
+    """The 400 message for a prompt holding the mask token (None when it does not)."""
+    if mask_token_id is None or input_ids is None or mask_token_id not in input_ids:
+        return None
+    field = "text (OpenAI: prompt / messages)" if from_text else "input_ids"
+    return (
+        f"the prompt ({field}) contains the mask token id {mask_token_id} at position "
+        f"{list(input_ids).index(mask_token_id)}; it is reserved for diffusion drafts: remove it "
+        "(or replace it) before sending the request"
+    )
+
+
+def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs):
+    """Refuse a prompt that holds the checkpoint's mask token (HTTP 400 via ValueError)."""
+    from sglang_trimode.config import ARCHITECTURE
+
+    hf = getattr(getattr(manager, "model_config", None), "hf_config", None)
+    ours = ARCHITECTURE in (getattr(hf, "architectures", None) or ())
+    mask = getattr(hf, "mask_token_id", None) if ours else None
+    from_text = getattr(obj, "input_ids", None) is None
+    msg = mask_token_error(input_ids, mask, from_text)
+    if msg:
+        raise ValueError(msg)
+    return result
+
+
 def _register_flag_hooks() -> None:
     global _hooks_registered
     if _hooks_registered:
@@ -70,6 +99,7 @@ def _register_flag_hooks() -> None:
     HookRegistry.register(_ADD_CLI_ARGS, _after_add_cli_args, HookType.AFTER)
     HookRegistry.register(_FROM_CLI_ARGS, _around_from_cli_args, HookType.AROUND)
     HookRegistry.register(_VERIFY_SAMPLING, _after_verify_sampling, HookType.AFTER)
+    HookRegistry.register(_VALIDATE_REQUEST, _after_validate_one_request, HookType.AFTER)
     HookRegistry.register(_UPDATE_META_INFO, stats.after_update_request_meta_info, HookType.AFTER)
     _hooks_registered = True
 

@@ -9,6 +9,9 @@ engine's (`TriModeEngine.generate(..., mode=...)`) token for token. Skipped with
 from __future__ import annotations
 
 import json
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -130,3 +133,170 @@ def test_radix_cache_holds_no_draft_kv_after_diffusion_stopped_mid_block(server,
         assert o["meta_info"]["cached_tokens"] > len(p) + 1 + BLOCK, o["meta_info"]
     ref = engine.generate(follow, mode="ar", max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[])
     assert [o["output_ids"] for o in out] == [list(o.token_ids) for o in ref]
+
+
+def _sse(url: str, body: dict) -> list[dict]:
+    """POST with `stream: true`; the parsed `data:` events up to `[DONE]`."""
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    events = []
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        assert resp.status == 200
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[len("data:") :].strip()
+            if data == "[DONE]":
+                break
+            events.append(json.loads(data))
+    return events
+
+
+@pytest.mark.parametrize("mode", REQUEST_MODES)
+def test_streaming_and_openai_completions_equal_reference(server, reference, mode):
+    """Per-request mode through the OpenAI API's extra body (`custom_params`) and native
+    `custom_params`, streamed and not: every text equals the reference engine's greedy text; the
+    last native stream event carries the reference stats. (The tiny model has no chat template,
+    so /v1/chat/completions is not exercised.)"""
+    from transformers import AutoTokenizer
+
+    ps, expected, _, stats = reference
+    i = 1
+    want_text = AutoTokenizer.from_pretrained(str(default_model_path())).decode(
+        expected[mode][i], skip_special_tokens=True
+    )
+    native = post_ok(server["base"] + "/generate", _body(ps[i], mode))
+    assert native["output_ids"] == expected[mode][i]
+    assert native["text"] == want_text
+
+    body = _body(ps[i], mode) | {"stream": True}
+    events = _sse(server["base"] + "/generate", body)
+    assert len(events) > 1
+    texts = [e["text"] for e in events]  # cumulative text per event
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
+    assert texts[-1] == want_text
+    assert _stats(events[-1]) == stats[mode][i]
+
+    oai = {
+        "model": "default",
+        "prompt": ps[i],
+        "max_tokens": MAX_NEW_TOKENS,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "custom_params": {"trimode_mode": mode},  # what `extra_body=` of the openai client sends
+    }
+    out = post_ok(server["base"] + "/v1/completions", oai | {"return_token_ids": True})
+    (choice,) = out["choices"]
+    assert choice["token_ids"] == expected[mode][i]
+    assert choice["text"] == want_text
+    deltas = _sse(server["base"] + "/v1/completions", oai | {"stream": True})
+    assert "".join(c["text"] for e in deltas for c in e["choices"]) == want_text
+
+
+def test_openai_client_extra_body_selects_mode(server, reference):
+    """The official openai client's `extra_body` reaches SGLang's custom_params."""
+    openai = pytest.importorskip("openai")
+    ps, expected, _, _ = reference
+    # a prompt whose diffusion output differs from the server default's (self_spec_linear): an
+    # ignored extra_body would show
+    diff, linear = expected["diffusion"], expected["self_spec_linear"]
+    i = next(i for i in range(len(ps)) if diff[i] != linear[i])
+    client = openai.OpenAI(base_url=server["base"] + "/v1", api_key="none")
+    out = client.completions.create(
+        model="default",
+        prompt=ps[i],
+        max_tokens=MAX_NEW_TOKENS,
+        temperature=0.0,
+        extra_body={"ignore_eos": True, "custom_params": {"trimode_mode": "diffusion"}},
+    )
+    native = post_ok(server["base"] + "/generate", _body(ps[i], "diffusion"))
+    assert out.choices[0].text == native["text"]
+    assert native["output_ids"] == expected["diffusion"][i]
+    stream = client.completions.create(
+        model="default",
+        prompt=ps[i],
+        max_tokens=MAX_NEW_TOKENS,
+        temperature=0.0,
+        stream=True,
+        extra_body={"ignore_eos": True, "custom_params": {"trimode_mode": "diffusion"}},
+    )
+    assert "".join(c.choices[0].text for c in stream if c.choices) == native["text"]
+
+
+LEAK_MARKERS = ("memory leak detected", "KV double free", "use-after-free")
+
+
+def _open_stream(url: str, body: dict):
+    req = urllib.request.Request(
+        url, data=json.dumps(body | {"stream": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    resp = urllib.request.urlopen(req, timeout=300)
+    for raw in resp:  # wait for the first streamed tokens: the request is running
+        if raw.startswith(b"data:"):
+            return resp
+    raise AssertionError("stream ended before its first event")
+
+
+def test_mixed_batch_with_aborts_and_bad_input_frees_every_kv_slot(server, reference):
+    """Concurrent requests of every mode and ragged lengths, two long ones aborted mid-flight
+    (`/abort_request`, client disconnect) and three bad ones (mask token in the prompt,
+    max_new_tokens beyond the context, unknown mode): the bad ones get a clear 400 naming the
+    field, the good ones equal the reference, and once idle SGLang's own pool check (run by the
+    scheduler whenever it is idle, logging on any leaked KV or request slot) reports nothing."""
+    ps, expected, _, stats = reference
+    base = server["base"]
+    log_start = server["log"].stat().st_size
+    mask = json.loads((default_model_path() / "config.json").read_text())["mask_token_id"]
+    victims = []
+    for k, mode in enumerate(("diffusion", "self_spec_quadratic")):
+        body = _body(ps[k], mode) | {"rid": f"victim-{k}"}
+        # long enough to be aborted mid-flight, short enough that both fit the 4096-token pool
+        body["sampling_params"]["max_new_tokens"] = 500
+        victims.append(_open_stream(base + "/generate", body))
+
+    bad_mask = _body(ps[0][:2] + [mask] + ps[0][2:], "self_spec_linear")
+    bad_len = _body(ps[1], "diffusion")
+    bad_len["sampling_params"]["max_new_tokens"] = 100_000
+    jobs = [("good", m, i) for m in REQUEST_MODES for i in range(len(ps))]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        good = {
+            (m, i): pool.submit(request, base + "/generate", _body(ps[i], m)) for _, m, i in jobs
+        }
+        bad = [pool.submit(request, base + "/generate", b) for b in (bad_mask, bad_len)]
+        bad.append(pool.submit(request, base + "/generate", _body(ps[2], "warp")))
+        status, out = request(base + "/abort_request", {"rid": "victim-0"})
+        assert status == 200, out
+        victims[1].close()  # client disconnect: SGLang aborts the request
+        results = {key: f.result() for key, f in good.items()}
+        bad_results = [f.result() for f in bad]
+
+    for (mode, i), (status, out) in results.items():
+        assert status == 200, (mode, i, out)
+        assert out["output_ids"] == expected[mode][i], (mode, i)
+        assert _stats(out) == stats[mode][i]
+    (s_mask, o_mask), (s_len, o_len), (s_mode, o_mode) = bad_results
+    assert s_mask == 400 and "mask token id" in json.dumps(o_mask), o_mask
+    assert "input_ids" in json.dumps(o_mask) and "position 2" in json.dumps(o_mask), o_mask
+    assert s_len == 400 and "context length" in json.dumps(o_len), o_len
+    assert s_mode == 400 and "unknown trimode_mode 'warp'" in json.dumps(o_mode), o_mode
+    tail = b"".join(victims[0])  # the aborted stream ends, finish reason abort
+    assert b'"abort"' in tail, tail[-500:]
+    victims[0].close()
+
+    deadline = time.monotonic() + 120
+    while True:  # every request (aborted ones included) has left the scheduler
+        status, out = request(base + "/flush_cache", None)
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert status == 200, out
+    time.sleep(3)  # idle: the scheduler's pool check runs on every idle pass
+    log = server["log"].read_bytes()[log_start:].decode(errors="replace")
+    leaks = [ln for ln in log.splitlines() if any(m in ln for m in LEAK_MARKERS)]
+    assert not leaks, "\n".join(leaks[:5])
+    # the server still serves correctly
+    one = post_ok(base + "/generate", _body(ps[3], "self_spec_quadratic"))
+    assert one["output_ids"] == expected["self_spec_quadratic"][3]
