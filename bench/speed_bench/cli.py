@@ -1,4 +1,4 @@
-"""SPEED-Bench sweep: modes x concurrency on one backend; reference-format files and our table.
+r"""SPEED-Bench sweep: modes x concurrency on one backend; reference-format files and our table.
 
     python -m bench.speed_bench --backend engine --dataset sample --mode ar,self_spec_linear \
         --concurrency 1,2,4 --out out/speed_bench
