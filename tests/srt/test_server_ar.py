@@ -144,3 +144,15 @@ def test_plain_server_refuses_other_modes_with_400(server, reference):
     assert "trimode_mode 'diffusion' is not served by this server" in json.dumps(out)
     body["sampling_params"]["custom_params"] = {"trimode_mode": "ar"}
     assert post_ok(server["base"] + "/generate", body)["output_ids"] == expected[0]
+
+
+def test_prompt_with_mask_token_is_a_clear_400(server, reference):
+    prompts, expected = reference
+    mask = json.loads((default_model_path() / "config.json").read_text())["mask_token_id"]
+    body = {
+        "input_ids": [mask, *prompts[0]],
+        "sampling_params": {"temperature": 0.0, "max_new_tokens": 4, "ignore_eos": True},
+    }
+    status, out = request(server["base"] + "/generate", body)
+    assert status == 400, out
+    assert f"input_ids) contains the mask token id {mask} at position 0" in json.dumps(out)
