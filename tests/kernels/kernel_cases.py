@@ -13,7 +13,7 @@ from sglang_trimode.kernels import PageTable, SegmentBatch
 from sglang_trimode import masks
 from sglang_trimode.masks import MaskDescriptor, MaskKind
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # set by conftest.py on a CPU
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # set by tests/conftest.py on a CPU
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 
