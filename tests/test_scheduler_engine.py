@@ -37,7 +37,7 @@ class RandomPolicy:
         return [self.rng.choice(CHOICES) for _ in reqs]
 
 
-def check_trace(trace, max_tokens=None):
+def check_trace(trace, max_tokens=None, every_request_changes=True):
     """Every scheduled request advanced; the budget held; modes changed mid-request."""
     steps = {}
     for row in trace:
@@ -54,7 +54,8 @@ def check_trace(trace, max_tokens=None):
                 assert b.choice == a.choice, (a, b)
     choices = [[r.choice for r in rows] for rows in per_request.values()]
     changes = [sum(a != b for a, b in zip(cs, cs[1:])) for cs in choices]
-    assert min(changes) >= 1, f"a request never changed mode: {changes}"
+    if every_request_changes:
+        assert min(changes) >= 1, f"a request never changed mode: {changes}"
     return choices, changes
 
 
@@ -131,7 +132,8 @@ def test_tiny_random_choices_under_a_token_budget_equal_ar(tiny, budget, seed, n
         max_tokens_per_forward=budget,
     )
     assert [o.token_ids for o in outs] == [a[:16] for a in ar[:n]]
-    check_trace(engine.last_trace, max_tokens=budget)
+    # a random policy may keep one request's mode for a whole run (hypothesis found [8, 6, 0])
+    check_trace(engine.last_trace, max_tokens=budget, every_request_changes=False)
 
 
 def test_default_model_auto_with_mode_changes_equals_ar():
