@@ -11,12 +11,14 @@ prompts and flags): token ids over the native API, text over OpenAI; per-request
 Stats over the native API come from `meta_info`: the plugin's `trimode_forwards` and
 `trimode_accept_lengths` must give the reference engine's forwards, per-step acceptance lengths,
 TPF and AL, request by request. The OpenAI APIs send no `meta_info`: there the stats must be
-reported unavailable, never estimated. Concurrency 4 must overlap the requests on the server.
+reported unavailable, never estimated. Concurrency 4 must batch the requests on the server (its
+decode-step log shows all of them running), checked without any wall-time threshold.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -27,7 +29,7 @@ pytest.importorskip(
 )
 
 sys.path.insert(0, str(Path(__file__).parent / "srt"))
-from _srt_server import start_server  # noqa: E402
+from _srt_server import trimode_server  # noqa: E402
 from test_speed_bench import _check_run_files  # noqa: E402
 
 from bench.speed_bench.cli import main  # noqa: E402
@@ -41,9 +43,9 @@ COMMON = ["--dataset", "sample", "--num-requests", str(REQUESTS), "--max-new-tok
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("speed_bench_server")
-    args = ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", str(BLOCK)]
-    with start_server(tmp, args) as srv:
+    # every decode step logged: test_concurrency_4_batches_requests_on_the_server reads it
+    extra = ["--decode-log-interval", "1"]
+    with trimode_server(tmp_path_factory, "speed_bench_server", BLOCK, extra) as srv:
         yield srv
 
 
@@ -140,12 +142,13 @@ def test_per_request_stats_equal_reference_engine(runs, mode):
             assert row["forwards"] is None and row["al"] is None and row["ttft_s"] > 0
 
 
-@pytest.mark.parametrize("backend", ["native", "openai"])
-def test_concurrency_4_overlaps_requests_on_the_server(runs, backend):
-    for run in runs[backend][0]["runs"]:
-        span = run["output_tokens"] / run["output_tps"]  # first send to last token
-        busy = sum(row["e2e_s"] for row in run["per_request"])
-        if run["concurrency"] == 1:
-            assert span >= busy * 0.99, run["mode"]
-        else:  # 4 requests at once: the span is about the longest, not the sum
-            assert span < 0.6 * busy, (run["mode"], span, busy)
+def test_concurrency_4_batches_requests_on_the_server(server, runs):
+    """Concurrency 4 puts the 4 requests into one running batch of the TRIMODE worker.
+
+    A logical check, not a timing one: with `--decode-log-interval 1` the scheduler logs every
+    decode step's `#running-req`; the concurrency-1 runs never exceed 1, so a step with all
+    REQUESTS running can only come from the concurrent runs."""
+    text = Path(server["log"]).read_text(errors="replace")
+    running = [int(m) for m in re.findall(r"#running-req: (\d+)", text)]
+    assert running, "no decode-step log lines: was --decode-log-interval 1 dropped?"
+    assert max(running) == REQUESTS, sorted(set(running))
