@@ -3,7 +3,9 @@
 SGLANG_USE_CPU_ENGINE=1, `--device cpu`, `--attention-backend torch_native`, fp32, the plugin's
 `sgl_kernel` stand-in on PYTHONPATH, tiny memory settings. `start_server(tmp, extra_args)` yields
 a dict with `base` (URL), `log` (path) and `proc`; the process group is killed afterwards.
-`env`: extra environment variables for the server.
+`env`: extra environment variables for the server. `trimode_server(tmp_path_factory, name, block,
+extra)` is the same with `--speculative-algorithm TRIMODE --trimode-block-size BLOCK` (the shared
+start of every TRIMODE test server).
 """
 
 from __future__ import annotations
@@ -137,3 +139,20 @@ def start_server(tmp: Path, extra_args: list[str], env: dict[str, str] | None = 
     finally:
         kill_group(proc)
         log.close()
+
+
+@contextlib.contextmanager
+def trimode_server(
+    tmp_path_factory,
+    name: str,
+    block: int,
+    extra: tuple[str, ...] | list[str] = (),
+    env: dict[str, str] | None = None,
+):
+    """A TRIMODE server (`--speculative-algorithm TRIMODE --trimode-block-size BLOCK`, then
+    `extra`) in a fresh `tmp_path_factory` folder `name`; yields `start_server`'s dict."""
+    tmp = tmp_path_factory.mktemp(name)
+    args = ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", str(block), *extra]
+    with start_server(tmp, args, env) as srv:
+        yield srv
+

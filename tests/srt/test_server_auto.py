@@ -22,7 +22,7 @@ pytest.importorskip(
 )
 
 import torch  # noqa: E402
-from _srt_server import post_ok, prompts, request, start_server  # noqa: E402
+from _srt_server import post_ok, prompts, request, trimode_server  # noqa: E402
 
 from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
 from sglang_trimode.scheduler.cost import CostModel  # noqa: E402
@@ -35,12 +35,11 @@ LOG_LINE = re.compile(r"TRIMODE auto rid=(\S+) switches=(\d+): (.*)")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sglang_trimode_auto")
-    cost = tmp / "cost.json"
+    cost = tmp_path_factory.mktemp("auto_cost") / "cost.json"
     CostModel(fixed_s=0.01, per_token_s=1e-4, source="test: fixed cost dominates").save(cost)
-    args = ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", str(BLOCK)]
-    args += ["--trimode-mode", "auto", "--trimode-cost-file", str(cost)]
-    with start_server(tmp, args, env={"SGLANG_TRIMODE_AUTO_BUDGETS": BUDGETS}) as srv:
+    extra = ["--trimode-mode", "auto", "--trimode-cost-file", str(cost)]
+    env = {"SGLANG_TRIMODE_AUTO_BUDGETS": BUDGETS}
+    with trimode_server(tmp_path_factory, "sglang_trimode_auto", BLOCK, extra, env) as srv:
         yield srv
 
 

@@ -20,7 +20,7 @@ pytest.importorskip(
 )
 
 import torch  # noqa: E402
-from _srt_server import post_ok, prompts, request, start_server  # noqa: E402
+from _srt_server import post_ok, prompts, request, trimode_server  # noqa: E402
 
 from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
 from sglang_trimode.srt.flags import REQUEST_MODES  # noqa: E402
@@ -31,9 +31,7 @@ MAX_NEW_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sglang_trimode_server")
-    args = ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", str(BLOCK)]
-    with start_server(tmp, args) as srv:
+    with trimode_server(tmp_path_factory, "sglang_trimode_server", BLOCK) as srv:
         yield srv
 
 
