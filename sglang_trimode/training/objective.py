@@ -13,6 +13,21 @@ loss = w_diff * L_diff + w_ar * L_ar, where L_diff = sum over masked positions o
 divided by the number of noisy tokens (the BD3-LM / LLaDA ELBO estimator, BD3-LM eq. 8).
 Masking the first token of a block too trains the TiDAR pre-draft case, whose mask group starts
 with a mask at the unknown bonus position.
+
+Two optional levers (off by default; with both off the loss is computed exactly as above):
+
+* ``early_weight = G`` weights the diffusion terms by the token's position ``j`` inside its block
+  (``j = i mod B``): ``w_j = G**(-j) / mean_k(G**(-k))``, ``k = 0..B-1``, so the weights of a full
+  block average 1 and, for ``G > 1``, early positions count more. Greedy self-speculation accepts
+  a prefix of the draft, so a wrong early token wastes every later one.
+* ``distill = W`` adds ``W * KL(p_AR || p_diff)`` averaged over the masked noisy positions (each
+  with its ``w_j``): self-distillation of the drafter toward the verifier, as in speculative
+  decoding's draft distillation (DistillSpec, Zhou et al., ICLR 2024; Medusa-2's
+  self-distillation, Cai et al., 2024). Greedy acceptance needs the draft to match the AR argmax,
+  not the data. ``p_AR`` is the clean stream's detached distribution for the *same* token: the
+  noisy position ``i`` predicts ``x_i`` and the clean logits that predict ``x_i`` sit at ``i - 1``
+  (position 0 has no AR prediction in the crop and is left out). The teacher comes from the same
+  forward (so it sees the same dropout, if any); the KL is not divided by ``t``.
 """
 
 from __future__ import annotations
@@ -61,12 +76,35 @@ def noise_blocks(
     return Noised(x.masked_fill(masked, mask_id), masked, ratio)
 
 
+def position_weights(seq_len: int, block_size: int, early_weight: float) -> torch.Tensor:
+    """``[T]`` weights ``G**(-j) / mean_k(G**(-k))`` with ``j = i mod B`` (mean 1 over a block)."""
+    if early_weight <= 0:
+        raise ValueError(f"early_weight must be > 0, got {early_weight}")
+    per_block = torch.tensor(float(early_weight), dtype=torch.float64) ** -torch.arange(block_size)
+    per_block = per_block / per_block.mean()
+    return per_block[torch.arange(seq_len) % block_size].float()
+
+
+def ar_to_diffusion_kl(logits: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """``[N, T]`` ``KL(p_AR || p_diff)`` per noisy position of a dual-stream forward.
+
+    ``logits [N, 2T, V]``: clean stream first. Entry ``i`` compares the diffusion head at noisy
+    position ``i`` (predicting ``x_i``) with the detached clean logits at ``i - 1`` (which predict
+    ``x_i`` too); entry 0 has no AR counterpart and is 0."""
+    t = seq_len
+    teacher = F.log_softmax(logits[:, : t - 1].detach(), -1)  # predicts x_1..x_{T-1}
+    student = F.log_softmax(logits[:, t + 1 :], -1)  # noisy 1..T-1 predicts x_1..x_{T-1}
+    kl = (teacher.exp() * (teacher - student)).sum(-1)
+    return F.pad(kl, (1, 0))
+
+
 @dataclass(frozen=True)
 class LossParts:
     total: torch.Tensor
     ar: torch.Tensor
     diffusion: torch.Tensor
     ar_accuracy: torch.Tensor
+    distill: torch.Tensor | None = None  # mean KL(p_AR || p_diff) on masked positions, if on
 
 
 def joint_loss(
@@ -78,8 +116,10 @@ def joint_loss(
     w_diff: float = 0.3,
     w_ar: float = 1.0,
     attn_mask: torch.Tensor | None = None,
+    distill: float = 0.0,
+    early_weight: float = 1.0,
 ) -> LossParts:
-    """Joint objective on a batch of token sequences ``x [N, T]``."""
+    """Joint objective on a batch of token sequences ``x [N, T]`` (levers: module docstring)."""
     n, t = x.shape
     noised = noise_blocks(x, block_size, mask_id, generator)
     ids = torch.cat([x, noised.tokens], 1)  # [N, 2T]
@@ -95,5 +135,18 @@ def joint_loss(
     ce = F.cross_entropy(
         noisy_logits.reshape(-1, noisy_logits.shape[-1]), x.reshape(-1), reduction="none"
     ).view(n, t)
-    diff = (ce * noised.masked / noised.ratio).sum() / (n * t)
-    return LossParts(w_diff * diff + w_ar * ar, ar.detach(), diff.detach(), ar_acc.detach())
+    if early_weight == 1.0 and not distill:  # today's recipe, bit for bit
+        diff = (ce * noised.masked / noised.ratio).sum() / (n * t)
+        return LossParts(w_diff * diff + w_ar * ar, ar.detach(), diff.detach(), ar_acc.detach())
+    w_pos = position_weights(t, block_size, early_weight).to(x.device)
+    diff = (ce * noised.masked / noised.ratio * w_pos).sum() / (n * t)
+    total = w_diff * diff + w_ar * ar
+    kl_mean = None
+    if distill:
+        masked = noised.masked.clone()
+        masked[:, 0] = False  # no AR prediction for the first token of the crop
+        kl = ar_to_diffusion_kl(logits, t)
+        kl_mean = (kl * masked * w_pos).sum() / masked.sum().clamp(min=1)
+        total = total + distill * kl_mean
+        kl_mean = kl_mean.detach()
+    return LossParts(total, ar.detach(), diff.detach(), ar_acc.detach(), kl_mean)

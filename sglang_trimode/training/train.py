@@ -4,6 +4,15 @@
 
 Writes DIR/{config.json, model.safetensors, tokenizer files, training_log.json}: the layout of the
 real checkpoints, loadable by ``TriModeEngine.from_pretrained`` and ``AutoTokenizer``.
+
+Levers beyond the shipped recipe (all off by default; with them off a run is today's, bit for
+bit): ``--distill W`` (KL of the diffusion head toward the detached AR head), ``--early-weight G``
+(diffusion loss weight ``G**(-j)``, mean 1, by position ``j`` in the block) — both defined in
+``objective.py`` —, ``--dropout P`` (training only: attention dropout plus dropout on the
+embeddings and on each attention / MLP output before the residual add; the saved config has
+``attention_dropout`` 0), ``--tf32`` (TF32 matmuls on a GPU) and ``--budget-minutes M`` (shrink
+the step count, and with it the cosine schedule, when the measured pace would overrun ``M``
+minutes; used by the concurrent sweep, ``bench/train_sweep.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from sglang_trimode.config import NemotronLabsDiffusionConfig
@@ -47,6 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--w-diff", type=float, default=0.3, help="diffusion loss weight")
     ap.add_argument("--w-ar", type=float, default=1.0, help="AR loss weight")
+    ap.add_argument(
+        "--distill", type=float, default=0.0, help="weight of KL(p_AR || p_diff) (0 = off)"
+    )
+    ap.add_argument(
+        "--early-weight",
+        type=float,
+        default=1.0,
+        help="diffusion loss weight G**(-j) by position j in the block, mean 1 (1 = off)",
+    )
+    ap.add_argument(
+        "--dropout", type=float, default=0.0, help="attention + hidden dropout, training only"
+    )
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
+    ap.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="fewer steps (cosine refit) when the measured pace would overrun this",
+    )
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-batches", type=int, default=4, help="held-out batches of 8 crops")
     ap.add_argument("--seed", type=int, default=0)
@@ -58,6 +87,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--corpus-files", type=int, default=None, help="first N files only (smoke)")
     return ap
+
+
+def add_dropout(model: NemotronLabsDiffusionModel, p: float) -> list:
+    """Training-only dropout on the embeddings and on each attention / MLP output (before the
+    residual add), as forward hooks: nothing of it is saved and ``model.eval()`` turns it off.
+    Returns the hook handles."""
+    if not p:
+        return []
+
+    def hook(module, _inputs, out):
+        return F.dropout(out, p, module.training)
+
+    enc = model.encoder
+    mods = [enc.embed_tokens]
+    for layer in enc.layers:
+        mods += [layer.self_attn.o_proj, layer.mlp.down_proj]
+    return [m.register_forward_hook(hook) for m in mods]
+
+
+class StepPlan:
+    """The step count, shrunk when the measured pace would overrun ``budget_minutes``.
+
+    Checked every ``every`` steps from ``first`` on, with the pace of the steps since the previous
+    check; never grows. ``--steps N`` with the final count redoes the run up to lr differences
+    of the cosine factor before the last change (tiny while the changes come early)."""
+
+    def __init__(self, steps: int, budget_minutes: float | None, first: int = 40, every: int = 100):
+        self.steps, self.budget, self.first, self.every = steps, budget_minutes, first, every
+        self.changes: list[dict] = []
+        self._mark: tuple[int, float] | None = None
+
+    def update(self, done: int, minutes: float) -> None:
+        if self.budget is None or done < self.first:
+            return
+        if self._mark is None or done - self._mark[0] >= self.every:
+            if self._mark is not None:
+                pace = (minutes - self._mark[1]) / (done - self._mark[0])
+                fit = done + int(0.97 * max(0.0, self.budget - minutes) / max(pace, 1e-9))
+                if fit < self.steps:
+                    self.steps = max(done + 1, fit)
+                    self.changes.append({"at_step": done, "steps": self.steps})
+            self._mark = (done, minutes)
 
 
 def make_config(args: argparse.Namespace, vocab_size: int) -> NemotronLabsDiffusionConfig:
@@ -127,15 +198,22 @@ def main(argv: list[str] | None = None) -> dict:
     held = torch.tensor(corpus.token_stream(tokenizer, "heldout", limit))
     print(f"[train] corpus: {len(train):,} train tokens, {len(held):,} held-out tokens")
 
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     cfg = make_config(args, len(tokenizer))
+    if args.dropout:
+        cfg.attention_dropout = args.dropout
     model = NemotronLabsDiffusionModel(cfg).to(args.device).train()
+    add_dropout(model, args.dropout)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train] model: {n_params / 1e6:.2f}M parameters, block sizes {args.block_sizes}")
+    plan = StepPlan(args.steps, args.budget_minutes)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: min(1.0, (s + 1) / args.warmup)
-        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))),
+        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan.steps)))),
     )
     masks = {
         b: model.additive_mask(dual_stream_mask(args.seq_len, b), torch.float32).to(args.device)
@@ -148,7 +226,16 @@ def main(argv: list[str] | None = None) -> dict:
         x = batches(train, args.batch, args.seq_len, gen).to(args.device)
         block = args.block_sizes[step % len(args.block_sizes)]
         parts = joint_loss(
-            model, x, block, corpus.MASK_ID, gen, args.w_diff, args.w_ar, masks[block]
+            model,
+            x,
+            block,
+            corpus.MASK_ID,
+            gen,
+            args.w_diff,
+            args.w_ar,
+            masks[block],
+            distill=args.distill,
+            early_weight=args.early_weight,
         )
         opt.zero_grad(set_to_none=True)
         parts.total.backward()
@@ -165,7 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
             "diffusion_loss": float(parts.diffusion),
             "minutes": minutes,
         }
-        last = step + 1 == args.steps or minutes > args.max_minutes
+        if parts.distill is not None:
+            row["distill_kl"] = float(parts.distill)
+        plan.update(step + 1, minutes)
+        last = step + 1 >= plan.steps or minutes > args.max_minutes
         if (step + 1) % args.eval_every == 0 or last:
             row["heldout"] = evaluate(model, held, args, masks[args.block_sizes[0]])
             bar.write(f"[train] step {step + 1}: held-out {row['heldout']}")
@@ -174,6 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
                 save_checkpoint(model, snap)
                 tokenizer.save_pretrained(str(snap))
         log.append(row)
+        if step + 1 >= plan.steps:
+            if plan.steps < args.steps:
+                bar.write(f"[train] stopping at step {step + 1}: --budget-minutes plan")
+            break
         if minutes > args.max_minutes:
             bar.write(
                 f"[train] stopping at step {step + 1}: --max-minutes {args.max_minutes} reached"
@@ -181,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
             break
     bar.close()
     model.eval()
+    model.config.attention_dropout = 0.0  # training-only: not part of the exported model
     save_checkpoint(model.cpu(), args.out)
     summary = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -188,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_tokens": len(train),
         "heldout_tokens": len(held),
         "steps_done": len(log),
+        "step_plan_changes": plan.changes,
         "minutes": (time.perf_counter() - t_start) / 60,
         "final_heldout": log[-1].get("heldout"),
         "log": log,

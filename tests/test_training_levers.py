@@ -1,0 +1,190 @@
+"""Training levers (train.py --distill / --early-weight / --dropout / --budget-minutes).
+
+Off, they leave the recipe bit for bit (the old loss formula is restated below and compared
+exactly); on, the KL term and the position weights follow their formulas, the KL's one-position
+shift is the right one, and a few steps still lower both losses.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sglang_trimode.reference.tiny import make_tiny_model
+from sglang_trimode.training.objective import (
+    ar_to_diffusion_kl,
+    dual_stream_mask,
+    dual_stream_positions,
+    joint_loss,
+    noise_blocks,
+    position_weights,
+)
+from sglang_trimode.training.train import StepPlan
+from sglang_trimode.training.train import main as train_main
+
+MASK = 3
+
+
+def old_joint_loss(model, x, block_size, mask_id, generator, w_diff=0.3, w_ar=1.0):
+    """The objective as shipped before the levers (commit b6eb4df), restated."""
+    n, t = x.shape
+    noised = noise_blocks(x, block_size, mask_id, generator)
+    ids = torch.cat([x, noised.tokens], 1)
+    pos = dual_stream_positions(t).expand(n, -1)
+    mask = model.additive_mask(dual_stream_mask(t, block_size), torch.float32)
+    logits = model(ids, pos, mask)
+    ar_logits = logits[:, : t - 1]
+    ar = F.cross_entropy(ar_logits.reshape(-1, ar_logits.shape[-1]), x[:, 1:].reshape(-1))
+    noisy = logits[:, t:]
+    ce = F.cross_entropy(noisy.reshape(-1, noisy.shape[-1]), x.reshape(-1), reduction="none")
+    diff = (ce.view(n, t) * noised.masked / noised.ratio).sum() / (n * t)
+    return w_diff * diff + w_ar * ar
+
+
+def _batch(seed=0, n=3, t=16, vocab=128):
+    return torch.randint(4, vocab, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def test_defaults_are_the_old_objective_bit_for_bit():
+    x = _batch()
+    grads = []
+    for fn in ("old", "default", "explicit_off"):
+        model = make_tiny_model(seed=1).train()
+        gen = torch.Generator().manual_seed(7)
+        if fn == "old":
+            loss = old_joint_loss(model, x, 8, MASK, gen)
+        elif fn == "default":
+            loss = joint_loss(model, x, 8, MASK, gen).total
+        else:
+            parts = joint_loss(model, x, 8, MASK, gen, distill=0.0, early_weight=1.0)
+            assert parts.distill is None
+            loss = parts.total
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (l0, g0), *rest = grads
+    for loss, g in rest:
+        assert torch.equal(loss, l0)
+        assert all(torch.equal(a, b) for a, b in zip(g, g0, strict=True))
+
+
+def test_position_weights_formula():
+    w = position_weights(10, 4, 2.0)
+    per_block = torch.tensor([1, 1 / 2, 1 / 4, 1 / 8]) / (15 / 8 / 4)
+    assert torch.allclose(w[:4], per_block) and abs(float(w[:4].mean()) - 1) < 1e-6
+    assert torch.equal(w[4:8], w[:4]) and torch.equal(w[8:], w[:2])  # j = i mod B
+    assert torch.equal(position_weights(16, 8, 1.0), torch.ones(16))
+    assert (position_weights(8, 8, 1.3).diff() < 0).all()  # G > 1 favours early positions
+    with pytest.raises(ValueError, match="early_weight"):
+        position_weights(8, 8, 0.0)
+
+
+def _dual_logits(clean, noisy):
+    return torch.cat([clean, noisy], 1)
+
+
+def test_kl_zero_when_the_heads_agree_positive_otherwise():
+    n, t, v = 2, 6, 11
+    clean = torch.randn(n, t, v, generator=torch.Generator().manual_seed(0))
+    noisy = torch.zeros(n, t, v)
+    noisy[:, 1:] = clean[:, :-1]  # noisy i predicts x_i, like clean i-1
+    kl = ar_to_diffusion_kl(_dual_logits(clean, noisy), t)
+    assert kl.shape == (n, t) and kl.abs().max() < 1e-6
+    other = noisy + torch.randn(n, t, v, generator=torch.Generator().manual_seed(1))
+    kl = ar_to_diffusion_kl(_dual_logits(clean, other), t)
+    assert (kl[:, 1:] > 1e-4).all() and (kl[:, 0] == 0).all()
+
+
+def test_kl_shift_pairs_noisy_i_with_clean_i_minus_1():
+    """Clean i == noisy i (the wrong pairing) gives a non-zero KL; the explicit formula matches."""
+    n, t, v = 2, 6, 11
+    clean = torch.randn(n, t, v, generator=torch.Generator().manual_seed(2))
+    noisy = clean.clone()
+    kl = ar_to_diffusion_kl(_dual_logits(clean, noisy), t)
+    assert (kl[:, 1:] > 1e-3).all()  # an unshifted implementation would give 0 here
+    for b in range(n):
+        for i in range(1, t):
+            p = clean[b, i - 1].softmax(-1)
+            want = (p * (p.log() - noisy[b, i].log_softmax(-1))).sum()
+            assert torch.allclose(kl[b, i], want, atol=1e-5)
+
+
+def test_distill_term_is_the_masked_mean_kl_and_has_gradient():
+    x = _batch(seed=3)
+    model = make_tiny_model(seed=2).train()
+    base = joint_loss(model, x, 8, MASK, torch.Generator().manual_seed(5), early_weight=1.5)
+    on = joint_loss(
+        model, x, 8, MASK, torch.Generator().manual_seed(5), distill=2.0, early_weight=1.5
+    )
+    assert on.distill is not None and float(on.distill) > 0
+    assert torch.allclose(on.total, base.total + 2.0 * on.distill, atol=1e-5)
+    # by hand: the same noise, the same forward
+    n, t = x.shape
+    noised = noise_blocks(x, 8, MASK, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = model(
+            torch.cat([x, noised.tokens], 1),
+            dual_stream_positions(t).expand(n, -1),
+            model.additive_mask(dual_stream_mask(t, 8), torch.float32),
+        )
+    masked = noised.masked.clone()
+    masked[:, 0] = False
+    w = position_weights(t, 8, 1.5)
+    want = (ar_to_diffusion_kl(logits, t) * masked * w).sum() / masked.sum()
+    assert torch.allclose(on.distill, want, atol=1e-5)
+    on.total.backward()
+    assert model.diffusion_head.weight.grad.abs().sum() > 0
+
+
+def test_early_weight_changes_only_the_diffusion_term():
+    x = _batch(seed=4)
+    model = make_tiny_model(seed=3).eval()
+    a = joint_loss(model, x, 8, MASK, torch.Generator().manual_seed(9))
+    b = joint_loss(model, x, 8, MASK, torch.Generator().manual_seed(9), early_weight=1.5)
+    assert torch.equal(a.ar, b.ar) and not torch.allclose(a.diffusion, b.diffusion)
+
+
+def test_step_plan_shrinks_to_the_budget_and_never_grows():
+    plan = StepPlan(1000, budget_minutes=1.0, first=10, every=10)
+    for done in range(1, 400):
+        plan.update(done, done * 0.004)  # 0.004 min per step: 1000 steps need 4 min
+        if done >= plan.steps:
+            break
+    assert plan.changes and 230 <= plan.steps <= 250  # about 1.0 / 0.004, with a 3 % margin
+    assert StepPlan(1000, None).steps == 1000
+    fast = StepPlan(100, budget_minutes=10.0, first=5, every=5)
+    for done in range(1, 100):
+        fast.update(done, done * 0.001)
+    assert fast.steps == 100 and not fast.changes
+
+
+TINY = (
+    "--corpus-files 8 --vocab-size 300 --hidden 32 --intermediate 64 --layers 1 --heads 2"
+    " --kv-heads 1 --batch 4 --seq-len 64 --block-sizes 4,8 --lr 1e-2 --warmup 5 --eval-batches 1"
+).split()
+
+
+def test_off_flags_give_the_default_run(tmp_path):
+    a = train_main(["--out", str(tmp_path / "a"), "--steps", "3", "--eval-every", "3", *TINY])
+    b = train_main(
+        ["--out", str(tmp_path / "b"), "--steps", "3", "--eval-every", "3", *TINY]
+        + ["--distill", "0", "--early-weight", "1", "--dropout", "0", "--budget-minutes", "99"]
+    )
+    strip = lambda log: [{k: v for k, v in r.items() if k != "minutes"} for r in log]  # noqa: E731
+    assert strip(a["log"]) == strip(b["log"])
+
+
+def test_a_few_steps_with_the_levers_on_lower_both_losses(tmp_path):
+    out = tmp_path / "m"
+    summary = train_main(
+        ["--out", str(out), "--steps", "40", "--eval-every", "20", *TINY]
+        + ["--distill", "1.0", "--early-weight", "1.2", "--dropout", "0.1"]
+    )
+    log = summary["log"]
+    for key in ("ar_loss", "diffusion_loss"):
+        before = sum(r[key] for r in log[:5]) / 5
+        after = sum(r[key] for r in log[-5:]) / 5
+        assert after < before - 0.5, (key, before, after)
+    assert all(r["distill_kl"] >= 0 for r in log)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg.get("attention_dropout", 0.0) == 0.0  # training-only setting not exported
