@@ -5,39 +5,72 @@ backend on a GPU). Forwards whose `spec_info` is a `TriModeForwardInput` (every 
 forward of the worker: diffusion drafts, commits, linear verifies, quadratic steps, AR steps) are
 computed here; everything else (prefill, plain AR serving) goes to the wrapped backend unchanged.
 
-Each request of such a forward has a segment of `n` query tokens (padded to the forward's
-uniform width) over its committed prefix of `seq_lens[i]` tokens: the segment's K/V are written
-to `out_cache_loc` (padding tokens write to the pool's padding slot 0), then every real segment
-token attends to the whole prefix and to the segment under the mask of
-`sglang_trimode.masks.segment_mask` (BLOCK / QUADRATIC). The math is plain
-`scaled_dot_product_attention` per request with a boolean mask, the same call SGLang's
-`torch_native` backend makes, so the causal rows reproduce plain AR serving.
+The worker lays such a forward out as `bs` rows of `n` tokens (each request's segment padded to
+the widest; a request with no segment rides along as padding only). The plan carries one
+`sglang_trimode.masks.MaskDescriptor` per request (None: rides along) and the committed prefix
+`prefix_lens[i]` of each. Per layer the backend
 
-Not here yet: dispatch to the Triton kernels of `sglang_trimode.kernels` on a GPU (this path is
-the CPU / correctness path; it loops over requests in Python).
+1. writes every token's K/V to `out_cache_loc` (padding tokens write to the pool's slot 0);
+2. gathers the real (non-padding) rows of q/k/v into one packed batch (`SegmentBatch` of the
+   segments' descriptors, `PageTable` over SGLang's `req_to_token` with the committed prefixes);
+   requests that only ride along are left out;
+3. runs ONE attention call for the whole batch: each segment token attends to its request's
+   whole prefix (read through the page table) and to its segment (passed as k/v) under the
+   descriptor's mask;
+4. scatters the result back to the padded layout (padding rows: zeros).
+
+The call (`--trimode-attention-impl`, `srt/flags.py`) is `sglang_trimode.kernels.extend_attention`
+(`triton`: compiled on a CUDA device, or the Triton interpreter on a CPU with
+`TRITON_INTERPRET=1`) or its pure-torch reference `sglang_trimode.kernels.reference` (`torch`,
+the CPU default); both have one signature. The kernels need q, k, v and the cache in one dtype:
+when the pool stores another dtype than q (e.g. an fp8 or bf16 KV cache), the prefix slots are
+gathered and cast to q's dtype into a packed buffer (page table over it), as the plain-torch
+path did before. Scaling: `sm_scale = layer.scaling`; no `q_scale`: SGLang's `Ministral3Attention`
+multiplies q by the Llama-4 per-position factor before calling attention (the reference engine
+does the same in transformers' model), so the kernels must not scale again.
+
+Not run yet: the compiled-GPU path inside a server (the GPU machine lacks sglang); the kernels
+themselves are tested compiled on a GPU by `bench/gpu_check.sh`, and this backend with the
+interpreted kernel on a CPU (`tests/srt/test_attention_backend.py`,
+`tests/srt/test_server_trimode_triton.py`).
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import torch
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
-from torch.nn.functional import scaled_dot_product_attention
+
+from sglang_trimode.kernels import PageTable, SegmentBatch
+from sglang_trimode.masks import MaskDescriptor
+from sglang_trimode.srt import flags
+
+logger = logging.getLogger(__name__)
+
+#: Impls that have logged their first use in this process (`attention_fn`).
+_announced: set[str] = set()
 
 
 class TriModeForwardInput:
     """Per-forward plan, riding on `ForwardBatch.spec_info` (duck-typed SpecInput).
 
-    `positions` [bs * n]; `seg_masks` bool [bs, n, n] (rows of padding tokens see themselves
-    only); `prefix_lens` list[int] (committed KV per request).
+    `positions` [bs * n]; `descs` list of `MaskDescriptor` or None (rides along) per request;
+    `prefix_lens` list[int] (committed KV per request); `width` n (tokens per request row).
     """
 
-    def __init__(self, positions, seg_masks, prefix_lens, width):
+    def __init__(self, positions, descs: list[MaskDescriptor | None], prefix_lens, width):
         from sglang.srt.speculative.spec_info import SpecInputType
 
+        if len(descs) != len(prefix_lens):
+            raise ValueError(f"descs ({len(descs)}) and prefix_lens ({len(prefix_lens)}) differ")
+        if any(d is not None and d.length > width for d in descs):
+            raise ValueError(f"a segment is longer than the forward's width {width}")
         self.spec_input_type = SpecInputType.NGRAM_VERIFY
         self.positions = positions
-        self.seg_masks = seg_masks
-        self.prefix_lens = prefix_lens
+        self.descs = list(descs)
+        self.prefix_lens = list(prefix_lens)
         self.num_tokens_per_req = width
         self.num_tokens_for_logprob_per_req = width
         self.draft_token_num = width
@@ -49,6 +82,7 @@ class TriModeForwardInput:
         self.dsa_seed_topk_capture = None
         self.window_kv_indptr = None
         self.window_kv_indices = None
+        self.attn_metadata: _Metadata | None = None  # built once per forward by the backend
 
     def is_draft_input(self) -> bool:
         return False
@@ -60,20 +94,96 @@ class TriModeForwardInput:
         return None
 
 
-class TriModeAttnBackend:
-    """Delegates to `inner` except for forwards carrying a `TriModeForwardInput`."""
+@dataclass(frozen=True)
+class _Metadata:
+    """What every layer of one forward shares: the packed rows and their layouts."""
 
-    def __init__(self, inner) -> None:
+    rows: torch.Tensor  # int64 [T]: indices of the real tokens in the padded [bs * n] layout
+    segments: SegmentBatch | None  # None: no request has a segment (nothing to attend)
+    pages: PageTable | None
+
+
+def build_metadata(plan: TriModeForwardInput, req_to_token, req_pool_indices, device) -> _Metadata:
+    """Packed rows, `SegmentBatch` and `PageTable` of the requests with a segment."""
+    n = plan.num_tokens_per_req
+    active = [i for i, d in enumerate(plan.descs) if d is not None]
+    lens = torch.tensor([0 if d is None else d.length for d in plan.descs], dtype=torch.int64)
+    real = torch.arange(n, dtype=torch.int64)[None, :] < lens[:, None]  # [bs, n]
+    rows = real.flatten().nonzero().squeeze(1).to(device)
+    if not active:
+        return _Metadata(rows, None, None)
+    segments = SegmentBatch.from_descriptors([plan.descs[i] for i in active], device=device)
+    idx = torch.tensor(active, dtype=torch.int64, device=req_pool_indices.device)
+    prefix = torch.tensor([plan.prefix_lens[i] for i in active], dtype=torch.int32)
+    pages = PageTable.from_req_to_token(
+        req_to_token, req_pool_indices.index_select(0, idx).to(device), prefix.to(device)
+    )
+    return _Metadata(rows, segments, pages)
+
+
+def attention_fn(impl: str):
+    """`extend_attention` of impl `triton` (kernels) or `torch` (reference); logs the first use
+    of each impl in this process (a server log line tests look for)."""
+    if impl == "triton":
+        from sglang_trimode.kernels import extend_attention
+    elif impl == "torch":
+        from sglang_trimode.kernels.reference import extend_attention
+    else:
+        raise ValueError(f"attention impl must be 'triton' or 'torch', got {impl!r}")
+    if impl not in _announced:
+        _announced.add(impl)
+        logger.info(
+            "TRIMODE attention: impl=%s (%s.%s)",
+            impl,
+            extend_attention.__module__,
+            extend_attention.__name__,
+        )
+    return extend_attention
+
+
+def _packed_prefix(cache: torch.Tensor, pages: PageTable, dtype: torch.dtype):
+    """The prefix slots of `pages` gathered and cast to `dtype`, with a page table over them
+    (the kernels read one dtype; used when the pool stores another)."""
+    lengths = pages.lengths.to(torch.int64)
+    indptr = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=lengths.device)
+    indptr[1:] = torch.cumsum(lengths, 0)
+    total = int(indptr[-1])
+    # token t of request b lives at table[row_start[b] + t] (page size 1: req_to_token)
+    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+    t = torch.arange(total, device=lengths.device) - indptr[:-1][owner]
+    slots = pages.flat()[pages.row_start[owner] + t].to(torch.int64)
+    packed = PageTable.from_indptr(indptr, torch.arange(total, device=lengths.device))
+    return slots, packed
+
+
+class TriModeAttnBackend:
+    """Delegates to `inner` except for forwards carrying a `TriModeForwardInput`.
+
+    `impl`: `auto`, `triton` or `torch` (`--trimode-attention-impl`); `auto` resolves on the
+    first TRIMODE forward from the device of its tensors."""
+
+    def __init__(self, inner, impl: str = flags.DEFAULT_ATTENTION_IMPL) -> None:
         object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "impl", impl)
 
     def __getattr__(self, name):
         return getattr(object.__getattribute__(self, "inner"), name)
 
     def __setattr__(self, name, value):
-        setattr(self.inner, name, value)
+        if name == "impl":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.inner, name, value)
 
     def init_forward_metadata(self, forward_batch):
-        if isinstance(forward_batch.spec_info, TriModeForwardInput):
+        plan = forward_batch.spec_info
+        if isinstance(plan, TriModeForwardInput):
+            plan.attn_metadata = build_metadata(
+                plan,
+                self.inner.req_to_token_pool.req_to_token,
+                forward_batch.req_pool_indices,
+                forward_batch.out_cache_loc.device,
+            )
             return None
         return self.inner.init_forward_metadata(forward_batch)
 
@@ -83,47 +193,67 @@ class TriModeAttnBackend:
             return self.inner.forward(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
         return self._forward_trimode(q, k, v, layer, forward_batch, plan)
 
+    def resolved_impl(self, device: torch.device) -> str:
+        """`triton` or `torch` for tensors on `device` (clear error for an impossible pair)."""
+        impl = flags.resolve_attention_impl(self.impl, device.type)
+        if impl == "triton" and device.type == "cpu":
+            from sglang_trimode.kernels.attention import INTERPRETED
+
+            msg = flags.attention_impl_error(impl, device.type, INTERPRETED)
+            if msg:
+                raise ValueError(msg)
+        return impl
+
     def _forward_trimode(self, q, k, v, layer, forward_batch, plan: TriModeForwardInput):
         pool = self.inner.token_to_kv_pool
-        req_to_token = self.inner.req_to_token_pool.req_to_token
-        loc = forward_batch.out_cache_loc
+        hq, hkv = layer.tp_q_head_num, layer.tp_k_head_num
+        dq, dv = layer.qk_head_dim, layer.v_head_dim
         if k is not None and v is not None:
-            pool.set_kv_buffer(layer, KVWriteLoc(loc, None), k, v)
+            pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v)
+        else:
+            raise ValueError("TRIMODE forwards need the segment's k and v (got None)")
+        q_ = q.reshape(-1, hq, dq)
+        out = q.new_zeros((q_.shape[0], hq, dv))
+        meta = plan.attn_metadata
+        if meta is None:
+            meta = build_metadata(
+                plan,
+                self.inner.req_to_token_pool.req_to_token,
+                forward_batch.req_pool_indices,
+                q.device,
+            )
+            plan.attn_metadata = meta
+        if meta.segments is None:
+            return out.reshape(q_.shape[0], hq * dv)
+        if dq != dv:
+            raise ValueError(
+                f"TRIMODE attention needs one head dim for q/k and v, got {dq} and {dv}"
+            )
+        if getattr(layer, "logit_cap", 0.0) or getattr(layer, "sliding_window_size", -1) > 0:
+            raise ValueError("TRIMODE attention supports no logit cap and no sliding window")
+        dtype = q.dtype
+        rows = meta.rows
+        q_r = q_.index_select(0, rows)
+        k_r = k.reshape(-1, hkv, dq).index_select(0, rows).to(dtype)
+        v_r = v.reshape(-1, hkv, dv).index_select(0, rows).to(dtype)
         k_cache = pool.get_key_buffer(layer.layer_id)
         v_cache = pool.get_value_buffer(layer.layer_id)
-        hq, hkv = layer.tp_q_head_num, layer.tp_k_head_num
-        q_ = q.reshape(-1, hq, layer.qk_head_dim)
-        out = q.new_empty((q_.shape[0], hq, layer.v_head_dim))
-        n = plan.num_tokens_per_req
-        rows = forward_batch.req_pool_indices.tolist()
-        for i, (row, prefix) in enumerate(zip(rows, plan.prefix_lens, strict=True)):
-            s = i * n
-            slots = torch.cat([req_to_token[row, :prefix].to(loc.dtype), loc[s : s + n]])
-            keys = k_cache[slots].movedim(0, 1).to(q_.dtype)  # [Hkv, L, D]
-            values = v_cache[slots].movedim(0, 1).to(q_.dtype)
-            mask = torch.cat(
-                [
-                    torch.ones(n, prefix, dtype=torch.bool, device=q.device),
-                    plan.seg_masks[i].to(q.device),
-                ],
-                dim=1,
-            )
-            o = scaled_dot_product_attention(
-                q_[s : s + n].movedim(0, 1).unsqueeze(0),
-                keys.unsqueeze(0),
-                values.unsqueeze(0),
-                attn_mask=mask,
-                scale=layer.scaling,
-                enable_gqa=hq != hkv,
-            )
-            out[s : s + n] = o.squeeze(0).movedim(1, 0)
-        return out.reshape(q_.shape[0], hq * layer.v_head_dim)
+        pages = meta.pages
+        if k_cache.dtype != dtype or v_cache.dtype != dtype:
+            slots, pages = _packed_prefix(k_cache, meta.pages, dtype)
+            k_cache = k_cache.index_select(0, slots).to(dtype)
+            v_cache = v_cache.index_select(0, slots).to(dtype)
+        fn = attention_fn(self.resolved_impl(q.device))
+        o = fn(q_r, k_r, v_r, k_cache, v_cache, pages, meta.segments, sm_scale=layer.scaling)
+        out.index_copy_(0, rows, o)
+        return out.reshape(q_.shape[0], hq * dv)
 
 
-def install(model_runner) -> TriModeAttnBackend:
-    """Wrap `model_runner.attn_backend` once (idempotent); returns the wrapper."""
+def install(model_runner, impl: str = flags.DEFAULT_ATTENTION_IMPL) -> TriModeAttnBackend:
+    """Wrap `model_runner.attn_backend` once (idempotent; sets `impl`); returns the wrapper."""
     backend = model_runner.attn_backend
     if not isinstance(backend, TriModeAttnBackend):
-        backend = TriModeAttnBackend(backend)
+        backend = TriModeAttnBackend(backend, impl)
         model_runner.attn_backend = backend
+    backend.impl = impl
     return backend

@@ -20,11 +20,17 @@ Flags (all optional):
 - `--trimode-cost-file PATH`: the forward-time model `auto` plans with, a calibration file
   written by `bench/calibrate.py` (`scheduler.cost.CostModel`); without it the worker fits one
   from its own timed forwards (AR until they span three shapes).
+- `--trimode-attention-impl {auto,triton,torch}`: the attention of the worker's structural-mask
+  forwards (`srt/attention.py`): `triton` is `sglang_trimode.kernels.extend_attention` (compiled
+  on a CUDA device; on a CPU only under the Triton interpreter, `TRITON_INTERPRET=1` in the
+  server's environment), `torch` its pure-torch reference `sglang_trimode.kernels.reference`
+  (same signature). Default `auto`: triton on a CUDA device, torch otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +47,9 @@ ALGORITHM = "TRIMODE"
 SERVER_ARGS_ATTR = "_trimode_args"
 #: Per-request override key in `custom_params` (native API) / the OpenAI extra body.
 REQUEST_MODE_KEY = "trimode_mode"
+#: Choices of `--trimode-attention-impl` (`auto`: triton on a CUDA device, torch otherwise).
+ATTENTION_IMPLS = ("auto", "triton", "torch")
+DEFAULT_ATTENTION_IMPL = "auto"
 
 
 def positive_int(text: str) -> int:
@@ -150,6 +159,15 @@ FLAGS: tuple[Flag, ...] = (
         type=cost_file,
         metavar="PATH",
     ),
+    Flag(
+        "--trimode-attention-impl",
+        "trimode_attention_impl",
+        None,
+        "Attention of the TRIMODE worker's forwards: 'triton' (sglang_trimode.kernels; on a CPU "
+        "only with TRITON_INTERPRET=1), 'torch' (the kernels' pure-torch reference) or 'auto' "
+        "(default: triton on a CUDA device, torch otherwise).",
+        choices=ATTENTION_IMPLS,
+    ),
 )
 
 DESTS = tuple(f.dest for f in FLAGS)
@@ -204,6 +222,7 @@ class TriModeSettings:
     threshold: float
     serve_modes: tuple[str, ...]
     cost_file: str | None = None
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
 
 def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSettings:
@@ -220,7 +239,42 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
         ),
         serve_modes=tuple(serve),
         cost_file=values.get("trimode_cost_file"),
+        attention_impl=values.get("trimode_attention_impl") or DEFAULT_ATTENTION_IMPL,
     )
+
+
+def triton_interpret_env(environ=None) -> bool:
+    """Whether `TRITON_INTERPRET` asks for Triton's interpreter (Triton's own truthy values)."""
+    value = (os.environ if environ is None else environ).get("TRITON_INTERPRET", "")
+    return value.strip().lower() in ("1", "true", "on", "yes")
+
+
+def resolve_attention_impl(impl: str | None, device_type: str) -> str:
+    """`triton` or `torch` for `--trimode-attention-impl` on a device of type `device_type`."""
+    impl = impl or DEFAULT_ATTENTION_IMPL
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(
+            f"--trimode-attention-impl {impl!r}: expected one of {', '.join(ATTENTION_IMPLS)}"
+        )
+    if impl == "auto":
+        return "triton" if device_type == "cuda" else "torch"
+    return impl
+
+
+def attention_impl_error(impl: str | None, device_type: str, interpreted: bool) -> str | None:
+    """An error message when `--trimode-attention-impl` cannot run on this device, else None.
+    `interpreted`: Triton runs in interpreter mode (`TRITON_INTERPRET=1`)."""
+    try:
+        resolved = resolve_attention_impl(impl, device_type)
+    except ValueError as e:
+        return str(e)
+    if resolved == "triton" and device_type == "cpu" and not interpreted:
+        return (
+            "--trimode-attention-impl triton on a CPU needs the Triton "
+            "interpreter: set TRITON_INTERPRET=1 in the server's environment (slow; for tests), "
+            "or use --trimode-attention-impl torch (or auto) on this device"
+        )
+    return None
 
 
 def served_modes(values: dict[str, Any], speculative_algorithm: str | None) -> tuple[str, ...]:

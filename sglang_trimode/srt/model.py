@@ -7,7 +7,9 @@ Weight names map `encoder.*` -> `model.*` and `diffusion_head.weight` -> `lm_hea
 stacked `qkv_proj` / `gate_up_proj` shards are handled by the Llama loader.
 
 Only causal attention is served here; the diffusion / self-speculation masks need the TRIMODE
-worker and attention backend (issue 4, not written yet).
+worker and its attention backend (`srt/worker.py`, `srt/attention.py`). The Llama-4 query scaling
+happens in SGLang's `Ministral3Attention.forward` (q times the per-position factor) before
+attention is called, so no attention backend scales q again.
 """
 
 from __future__ import annotations

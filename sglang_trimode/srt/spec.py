@@ -93,17 +93,36 @@ class TriModeSpecAlgo(CustomSpecAlgo):
         server_args.speculative_num_draft_tokens = width
         server_args.speculative_num_steps = max(1, settings.block_size - 1)
         logger.info(
-            "TRIMODE: mode=%s block_size=%d threshold=%s serve_modes=%s (%d tokens/step)",
+            "TRIMODE: mode=%s block_size=%d threshold=%s serve_modes=%s attention_impl=%s "
+            "(%d tokens/step)",
             settings.mode,
             settings.block_size,
             settings.threshold,
             ",".join(settings.serve_modes),
+            settings.attention_impl,
             width,
         )
 
 
+def device_type(server_args: Any) -> str:
+    """The server's device type (`--device`, else CUDA when available, as SGLang defaults)."""
+    device = getattr(server_args, "device", None)
+    if device:
+        return str(device).split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _validate(server_args) -> None:
-    msg = flags.check_combination(trimode_values(server_args), server_args.speculative_algorithm)
+    values = trimode_values(server_args)
+    msg = flags.check_combination(values, server_args.speculative_algorithm)
+    if msg is None:
+        msg = flags.attention_impl_error(
+            values.get("trimode_attention_impl"),
+            device_type(server_args),
+            flags.triton_interpret_env(),
+        )
     if msg:
         raise ValueError(msg)
 

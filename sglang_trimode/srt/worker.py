@@ -17,8 +17,12 @@ request of the batch, one *cycle* of its mode with the reference engine's own po
 
 Requests of different modes share each forward: every sub-forward is one TARGET_VERIFY forward of
 the whole batch with a uniform per-request width (shorter segments padded, requests whose cycle
-is complete ride along as one padding token). The attention of these forwards is
-`sglang_trimode.srt.attention.TriModeAttnBackend`. Segment KV goes to the request's reserved
+is complete ride along as one padding token). The plan (`TriModeForwardInput`) carries each
+request's `MaskDescriptor` (None: rides along) and committed prefix, no dense masks; the
+attention of these forwards is `sglang_trimode.srt.attention.TriModeAttnBackend`, which packs the
+real tokens into one `extend_attention` call per layer (`--trimode-attention-impl`). Building a
+forward loops over requests only (tokens, positions), never over tokens; the KV slots are one
+gather from `req_to_token`. Segment KV goes to the request's reserved
 slots right after its committed prefix; only the tokens a policy commits advance the request
 (`accept_lens`), the rest is overwritten by later forwards and freed with the request (SGLang's
 spec-v2 over-allocation). Padding tokens write to the pool's padding slot 0.
@@ -92,6 +96,13 @@ class TriModeWorker(BaseSpecWorker):
         self.device = self.model_runner.device
         self.settings = settings_from_server_args(server_args)
         self.width = verify_width(self.settings)
+        msg = flags.attention_impl_error(
+            self.settings.attention_impl,
+            torch.device(self.device).type,
+            flags.triton_interpret_env(),
+        )
+        if msg:
+            raise ValueError(msg)
         hf = self.model_runner.model_config.hf_config
         self.mask_token_id = int(hf.mask_token_id)
         self.mode_cfg = ModeConfig(
@@ -192,37 +203,41 @@ class TriModeWorker(BaseSpecWorker):
 
     def _forward(self, batch: ScheduleBatch, segs: list, prefix: list[int]) -> torch.Tensor:
         """One TARGET_VERIFY forward: `segs[i]` (a `modes.Segment`, or None for a request that
-        only rides along) over `prefix[i]` committed tokens -> float32 logits [bs, n, V]."""
+        only rides along) over `prefix[i]` committed tokens -> float32 logits [bs, n, V].
+
+        Rows of `n` tokens per request (the widest segment); the plan carries each request's
+        `MaskDescriptor` (the attention backend packs the real tokens). Padding tokens are the
+        mask token at position `prefix[i]`, writing K/V to the pool's padding slot."""
         bs = len(segs)
-        n = max((s.desc.length for s in segs if s is not None), default=1)
+        descs = [None if s is None else s.desc for s in segs]
+        lens = [0 if d is None else d.length for d in descs]
+        n = max(max(lens, default=0), 1)
         tokens = torch.full((bs, n), self.mask_token_id, dtype=torch.int64)
-        pos = torch.zeros((bs, n), dtype=torch.int64)
-        seg_masks = torch.eye(n, dtype=torch.bool).repeat(bs, 1, 1)
-        locs = torch.full((bs, n), PAD_SLOT, dtype=torch.int64)
-        req_to_token = batch.req_to_token_pool.req_to_token
-        rows = batch.req_pool_indices.tolist()
+        pos = torch.tensor(prefix, dtype=torch.int64)[:, None].repeat(1, n)
         for i, seg in enumerate(segs):
-            pos[i] = prefix[i]
-            if seg is None:
-                continue
-            m = seg.desc.length
-            tokens[i, :m] = torch.tensor(seg.tokens, dtype=torch.int64)
-            pos[i, :m] = masks.positions(seg.desc, prefix[i])
-            seg_masks[i, :m, :m] = masks.segment_mask(seg.desc)
-            locs[i, :m] = req_to_token[rows[i], prefix[i] : prefix[i] + m].to(torch.int64)
+            if seg is not None:
+                tokens[i, : lens[i]] = torch.tensor(seg.tokens, dtype=torch.int64)
+                pos[i, : lens[i]] = masks.positions(seg.desc, prefix[i])
         dev = self.device
+        # slots: request i's token t goes to req_to_token[row_i, prefix_i + t]; padding: PAD_SLOT
+        real = torch.arange(n)[None, :] < torch.tensor(lens)[:, None]
+        cols = torch.where(real, torch.tensor(prefix)[:, None] + torch.arange(n)[None, :], 0)
+        req_to_token = batch.req_to_token_pool.req_to_token
+        rows = batch.req_pool_indices.to(req_to_token.device)
+        locs = req_to_token[rows[:, None], cols.to(req_to_token.device)].to(torch.int64)
+        locs = torch.where(real.to(locs.device), locs, PAD_SLOT)
         batch.forward_mode = ForwardMode.TARGET_VERIFY
         batch.input_ids = tokens.flatten().to(dev)
         batch.out_cache_loc = locs.flatten().to(dev)
         batch.spec_info = TriModeForwardInput(
-            positions=pos.flatten().to(dev), seg_masks=seg_masks, prefix_lens=prefix, width=n
+            positions=pos.flatten().to(dev), descs=descs, prefix_lens=prefix, width=n
         )
         result = self._target_worker.forward_batch_generation(batch, is_verify=True)
         logits = result.logits_output.next_token_logits
         return logits.float().cpu().view(bs, n, -1)
 
     def _decode(self, batch: ScheduleBatch) -> tuple[list[list[int]], list[int]]:
-        install(self.model_runner)
+        install(self.model_runner, self.settings.attention_impl)
         entries = [self._state(req) for req in batch.reqs]
         start = batch.seq_lens.tolist()
         prefix = list(start)

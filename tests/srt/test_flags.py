@@ -46,6 +46,7 @@ def test_flags_module_is_consistent():
         "--trimode-threshold",
         "--trimode-serve-modes",
         "--trimode-cost-file",
+        "--trimode-attention-impl",
     ]
     assert flags.parse_trimode_args(["--x", "1", "--trimode-mode", "ar"])["trimode_mode"] == "ar"
     s = flags.resolve({"trimode_block_size": 4}, model_block_size=32)
@@ -122,6 +123,7 @@ for name, extra in {
     "block_0": ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", "0"],
     "threshold_2": ["--speculative-algorithm", "TRIMODE", "--trimode-threshold", "2"],
     "bad_serve": ["--speculative-algorithm", "TRIMODE", "--trimode-serve-modes", "ar,turbo"],
+    "bad_impl": ["--speculative-algorithm", "TRIMODE", "--trimode-attention-impl", "flash"],
     "no_algo": ["--trimode-mode", "diffusion"],
     "mode_not_served": ["--speculative-algorithm", "TRIMODE", "--trimode-mode", "diffusion",
                         "--trimode-serve-modes", "ar"],
@@ -149,6 +151,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
         "trimode_threshold": 0.5,
         "trimode_serve_modes": None,
         "trimode_cost_file": None,
+        "trimode_attention_impl": None,
     }
     assert got["plain_ar"] == dict.fromkeys(flags.DESTS)
     assert got["overlap_disabled"] is True
@@ -161,5 +164,6 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
     assert "--trimode-block-size: must be a positive integer" in errors["block_0"][1]
     assert "--trimode-threshold: must be in (0, 1]" in errors["threshold_2"][1]
     assert "unknown: turbo" in errors["bad_serve"][1]
+    assert "--trimode-attention-impl: invalid choice: 'flash'" in errors["bad_impl"][1]
     assert "need --speculative-algorithm TRIMODE" in errors["no_algo"][1]
     assert "not among --trimode-serve-modes" in errors["mode_not_served"][1]
