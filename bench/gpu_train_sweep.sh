@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One prepared command for a GPU machine (torch + transformers + tokenizers, no sglang): train the
+# default grid of bench/train_sweep.py concurrently on the one GPU (baseline, --distill 1,
+# --early-weight 1.15, --w-diff 1, --dropout 0.1 with 1.6x steps, a 6-layer model with dropout;
+# 5000 base steps, TF32, each run's steps shrunk to fit --budget-minutes, default 5), evaluate
+# each (held-out TPF, greedy self-spec == AR) and copy the best to $OUT/best (bf16, ready for
+# `python -m sglang_trimode.training.export $OUT/best`). About 7 minutes on an H200.
+#
+#   bash bench/gpu_train.sh --prepare                   # here, once: the Python 3.11 stdlib in .stdlib311/
+#   OUT=$OUT bash bench/gpu_train_sweep.sh [DRIVER ARGS] # there (carry .stdlib311)
+#   bash bench/gpu_train_sweep.sh --cpu-smoke           # here: the whole path, tiny, ~2-3 min
+#
+# Env: PYTHON (default .venv/bin/python if present, else python3), OUT (default out/train_sweep).
+# Writes $OUT/train_sweep.json, $OUT/train_sweep.txt, $OUT/best/ (7 files, each under 16 MB).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-}
+if [[ -z $PY ]]; then
+    if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+smoke=0
+for a in "$@"; do [[ $a == --cpu-smoke ]] && smoke=1; done
+if [[ -d .stdlib311 ]]; then
+    export SGLANG_TRIMODE_STDLIB=$PWD/.stdlib311
+elif [[ $smoke == 0 ]]; then
+    echo "no .stdlib311/: run 'bash bench/gpu_train.sh --prepare' on the CPU machine and carry it" >&2
+    exit 2
+fi
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [[ $smoke == 0 ]] && command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+fi
+"$PY" -c 'import sys, torch, transformers, tokenizers; print("python", sys.version.split()[0],
+    "torch", torch.__version__, "transformers", transformers.__version__,
+    "tokenizers", tokenizers.__version__, "cuda", torch.cuda.is_available())'
+exec "$PY" bench/train_sweep.py --out "${OUT:-out/train_sweep}" "$@"
