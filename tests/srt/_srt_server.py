@@ -156,3 +156,55 @@ def trimode_server(
     with start_server(tmp, args, env) as srv:
         yield srv
 
+
+#: Lines SGLang's idle pool check (`scheduler_components/invariant_checker.py`) writes on a
+#: leaked KV token, leaked request slot, double free or freed-but-owned page.
+LEAK_MARKERS = ("memory leak detected", "KV double free", "use-after-free")
+
+
+def leak_lines(log_text: str) -> list[str]:
+    """The lines of a server log that report a KV / request-slot leak."""
+    return [ln for ln in log_text.splitlines() if any(m in ln for m in LEAK_MARKERS)]
+
+
+def kv_load(base: str) -> dict:
+    """The scheduler's counters (`GET /v1/loads`): `num_used_tokens` (KV slots neither free nor
+    held by the radix cache), `num_running_reqs` / `num_waiting_reqs` (a snapshot: a request in
+    the middle of its forward may be missing from `num_running_reqs`), ..."""
+    status, out = request(base + "/v1/loads?include=core", None, timeout=30)
+    assert status == 200, f"/v1/loads -> HTTP {status}: {out}"
+    (load,) = out["loads"]
+    return load
+
+
+def kv_pool_problems(server: dict, log_start: int = 0, timeout_s: float = 120.0) -> list[str]:
+    """Why not every KV slot of `server` is free; [] when all are.
+
+    Waits up to `timeout_s` until the radix cache can be emptied (`/flush_cache`, refused while
+    a request is in the scheduler), then requires `num_used_tokens == 0` (after
+    the flush: every slot back in the allocator's free list) and no leak report of SGLang's own
+    idle pool check in the log written since byte `log_start`."""
+    base, problems = server["base"], []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        load = kv_load(base)
+        busy = load["num_running_reqs"] + load["num_waiting_reqs"]
+        status, out = request(base + "/flush_cache", None) if busy == 0 else (None, "busy")
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if busy:
+        problems.append(
+            f"{load['num_running_reqs']} running / {load['num_waiting_reqs']} waiting requests "
+            f"after {timeout_s:.0f} s"
+        )
+    if status != 200:
+        problems.append(f"/flush_cache refused (HTTP {status}): {out}")
+    time.sleep(3)  # idle: the scheduler's pool check runs on every idle pass
+    load = kv_load(base)
+    if load["num_used_tokens"]:
+        problems.append(
+            f"{load['num_used_tokens']} KV slots in use (of {load['max_total_num_tokens']})"
+        )
+    problems += leak_lines(server["log"].read_bytes()[log_start:].decode(errors="replace"))
+    return problems
