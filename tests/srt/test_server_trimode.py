@@ -9,6 +9,7 @@ engine's (`TriModeEngine.generate(..., mode=...)`) token for token. Skipped with
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -340,3 +341,60 @@ def test_kv_pool_check_reports_sglang_leak_lines(server, tmp_path):
     assert leak_lines(log.read_text()) == leaks
     # the whole check on the live server's counters (all free) but the leaky log
     assert kv_pool_problems({"base": server["base"], "log": log}, timeout_s=5) == leaks
+
+
+def _events(resp, n: int) -> list[dict]:
+    """The next `n` parsed `data:` events of an open SSE response."""
+    out = []
+    for raw in resp:
+        if raw.startswith(b"data:") and raw[5:].strip() != b"[DONE]":
+            out.append(json.loads(raw[5:]))
+            if len(out) == n:
+                break
+    return out
+
+
+def test_client_disconnect_mid_stream_aborts_request_and_frees_every_kv_slot(server, reference):
+    """Two long greedy streams, one native `/generate` and one OpenAI `/v1/completions`, whose
+    clients close the connection mid-stream while requests of every mode run beside them: the
+    server aborts both (they leave the scheduler long before they could have generated their
+    tokens), the other requests equal the reference engine, and afterwards every KV slot is free
+    (`kv_pool_problems`)."""
+    ps, expected, _, stats = reference
+    base = server["base"]
+    log_start = server["log"].stat().st_size
+    native_n, oai_n = 2000, 1000  # both fit the 4096-token pool next to the other requests
+    native = _open_stream(base + "/generate", _long_body(ps[0], "ar", native_n))
+    # the fastest this server generates for one request alone (greedy AR, 1 token per forward):
+    # a bound on how soon the victims could have finished by themselves
+    t0, first = time.monotonic(), _events(native, 1)[0]["meta_info"]["completion_tokens"]
+    last = _events(native, 30)[-1]["meta_info"]["completion_tokens"]
+    rate = (last - first) / (time.monotonic() - t0)
+    oai_body = {"model": "default", "prompt": ps[1], "max_tokens": oai_n, "temperature": 0.0,
+                "ignore_eos": True, "custom_params": {"trimode_mode": "ar"}}  # fmt: skip
+    oai = _open_stream(base + "/v1/completions", oai_body)
+    least_left = min(native_n - last, oai_n - 1) - 2 * 30  # tokens still to go, with slack
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        good = {
+            (m, i): pool.submit(request, base + "/generate", _body(ps[i], m))
+            for m in REQUEST_MODES
+            for i in range(len(ps))
+        }
+        native.close()  # client disconnects: SGLang must abort both requests
+        oai.close()
+        t_closed = time.monotonic()
+        results = {key: f.result() for key, f in good.items()}
+    for (mode, i), (status, out) in results.items():
+        assert status == 200, (mode, i, out)
+        assert out["output_ids"] == expected[mode][i], (mode, i)
+        assert _stats(out) == stats[mode][i]
+    while request(base + "/flush_cache", None)[0] != 200:  # refused while a request runs
+        assert time.monotonic() - t_closed < least_left / rate, (
+            f"requests still in the scheduler {time.monotonic() - t_closed:.1f} s after the "
+            f"disconnect: not aborted (alone they would need >= {least_left / rate:.1f} s)"
+        )
+        time.sleep(0.2)
+    assert kv_pool_problems(server, log_start) == []
+    # the server still serves correctly
+    one = post_ok(base + "/generate", _body(ps[2], "self_spec_linear"))
+    assert one["output_ids"] == expected["self_spec_linear"][2]
