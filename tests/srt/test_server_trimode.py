@@ -164,8 +164,8 @@ def _sse(url: str, body: dict) -> list[dict]:
 def test_streaming_and_openai_completions_equal_reference(server, reference, mode):
     """Per-request mode through the OpenAI API's extra body (`custom_params`) and native
     `custom_params`, streamed and not: every text equals the reference engine's greedy text; the
-    last native stream event carries the reference stats. (The tiny model has no chat template,
-    so /v1/chat/completions is not exercised.)"""
+    last native stream event carries the reference stats. (/v1/chat/completions:
+    test_chat_completions_equal_reference.)"""
     from transformers import AutoTokenizer
 
     ps, expected, _, stats = reference
@@ -398,3 +398,64 @@ def test_client_disconnect_mid_stream_aborts_request_and_frees_every_kv_slot(ser
     # the server still serves correctly
     one = post_ok(base + "/generate", _body(ps[2], "self_spec_linear"))
     assert one["output_ids"] == expected["self_spec_linear"][2]
+
+
+CHAT = [
+    {"role": "system", "content": "# Helpers for reading configuration files."},
+    {"role": "user", "content": "def read_lines(path):\n"},
+]
+
+
+@pytest.mark.parametrize("mode", REQUEST_MODES)
+def test_chat_completions_equal_reference(server, engine, mode):
+    """`/v1/chat/completions` with the per-request mode in the extra body (`custom_params`),
+    streamed and not. The shipped model's minimal chat template (the messages' contents, one
+    per line; `tokenizer_config.json`) renders the prompt ids; the server must use exactly those
+    (`return_prompt_token_ids`) and answer the reference engine's greedy tokens and text on
+    them, with `usage` counting them and `meta_info` carrying the reference stats."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    rendered = tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
+    ids = list(rendered["input_ids"])
+    assert tok.decode(ids) == CHAT[0]["content"] + "\n" + CHAT[1]["content"]
+    (want,) = engine.generate(
+        [ids], mode=mode, block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[]
+    )
+    want_text = tok.decode(want.token_ids, skip_special_tokens=True)
+    body = {
+        "model": "default",
+        "messages": CHAT,
+        "max_tokens": MAX_NEW_TOKENS,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "custom_params": {"trimode_mode": mode},  # what `extra_body=` of the openai client sends
+    }
+    url = server["base"] + "/v1/chat/completions"
+    extra = {"return_prompt_token_ids": True, "return_token_ids": True, "return_meta_info": True}
+    out = post_ok(url, body | extra)
+    (choice,) = out["choices"]
+    assert choice["prompt_token_ids"] == ids
+    assert choice["response_token_ids"] == list(want.token_ids)
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == want_text
+    assert choice["finish_reason"] == "length"
+    assert out["usage"]["prompt_tokens"] == len(ids)
+    assert out["usage"]["completion_tokens"] == MAX_NEW_TOKENS
+    assert out["usage"]["total_tokens"] == len(ids) + MAX_NEW_TOKENS
+    meta = choice["meta_info"]
+    assert meta["trimode_mode"] == mode
+    assert meta["trimode_forwards"] == want.stats.forwards
+    assert meta["trimode_accept_lengths"] == list(want.stats.accept_lengths)
+    assert meta["spec_verify_ct"] == len(want.stats.accept_lengths)
+
+    stream = body | {"stream": True, "stream_options": {"include_usage": True}}
+    events = _sse(url, stream)
+    deltas = [c["delta"] for e in events for c in e["choices"]]
+    assert deltas[0].get("role") == "assistant"
+    assert "".join(d.get("content") or "" for d in deltas) == want_text
+    finish = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
+    assert finish == ["length"]
+    usage = [e["usage"] for e in events if e.get("usage")]
+    assert usage[-1]["prompt_tokens"] == len(ids)
+    assert usage[-1]["completion_tokens"] == MAX_NEW_TOKENS
