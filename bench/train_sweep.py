@@ -246,10 +246,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def write_report(args, runs: list[dict], samples: list, t0: float, final: bool) -> dict:
+    """``OUT/train_sweep.json`` and ``.txt`` (rewritten as runs finish); at the end ``OUT/best``."""
+    best = pick_best(runs)
+    table = format_sweep(runs, best)
+    if final:
+        print(table)
+        best_dir = args.out / "best"
+        shutil.rmtree(best_dir, ignore_errors=True)
+        if best is not None:
+            best_dir.mkdir()
+            for f in (*OUT_FILES, "training_log.json"):
+                src = best["dir"] / ("bf16" if f in OUT_FILES else "") / f
+                if src.is_file():
+                    shutil.copy2(src, best_dir / f)
+            print(f"[sweep] best: {best['name']} -> {best_dir}")
+    result = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "cpu_smoke": args.cpu_smoke,
+        "complete": final,
+        "wall_minutes": (time.perf_counter() - t0) / 60,
+        "budget_minutes": args.budget_minutes,
+        "best": best["name"] if best else None,
+        "best_rule": "max quad8 TPF, then quad16, then min held-out AR loss; greedy spec == AR",
+        "gpu_samples": samples,
+        "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in runs],
+    }
+    for r in result["runs"]:
+        if r.get("eval"):
+            r["eval"] = {k: v for k, v in r["eval"].items() if k != "table"}
+    (args.out / "train_sweep.json").write_text(json.dumps(result, indent=1))
+    logs = [
+        f"== {r['name']} {kind}\n" + "\n".join(tail(args.work / f"{r['name']}.{kind}.log"))
+        for r in runs
+        for kind in ("train", "eval")
+    ]
+    (args.out / "train_sweep.txt").write_text(table + "\n\n" + "\n".join(logs) + "\n")
+    if final:
+        for p in args.out.rglob("*"):
+            if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+                print(f"[sweep] warning: {p} is over 16 MiB: a device call will not return it")
+        minutes = result["wall_minutes"]
+        print(f"[sweep] wrote {args.out}/train_sweep.json, train_sweep.txt in {minutes:.1f} min")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    smoke = args.cpu_smoke
-
     if args.eval_one is not None:  # the per-run evaluation process
         torch.set_num_threads(args.eval_threads)
         res = evaluate(args.eval_one, args.num_prompts, args.max_new_tokens, args.eval_device)
@@ -295,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
             if proc.returncode or not summary.is_file():
                 r["error"] = f"training exit {proc.returncode}"
                 print(f"[sweep] {name}: {r['error']}", flush=True)
+                write_report(args, runs, samples, t0, final=False)
                 continue
             s = json.loads(summary.read_text())
             r["train"] = {k: v for k, v in s.items() if k not in ("log", "args")}
@@ -317,50 +361,11 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 r["eval"] = json.loads((r["dir"] / "eval.json").read_text())
             print(f"[sweep] {name}: {r.get('error', 'evaluated')}", flush=True)
+            write_report(args, runs, samples, t0, final=False)  # partial results, if cut off
         time.sleep(0.5)
     stop.set()
 
-    best = pick_best(runs)
-    table = format_sweep(runs, best)
-    print(table)
-    best_dir = args.out / "best"
-    shutil.rmtree(best_dir, ignore_errors=True)
-    if best is not None:
-        best_dir.mkdir()
-        for f in (*OUT_FILES, "training_log.json"):
-            src = best["dir"] / ("bf16" if f in OUT_FILES else "") / f
-            if src.is_file():
-                shutil.copy2(src, best_dir / f)
-        print(f"[sweep] best: {best['name']} -> {best_dir}")
-    result = {
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "cpu_smoke": smoke,
-        "wall_minutes": (time.perf_counter() - t0) / 60,
-        "budget_minutes": args.budget_minutes,
-        "best": best["name"] if best else None,
-        "best_rule": "max quad8 TPF, then quad16, then min held-out AR loss; greedy spec == AR",
-        "gpu_samples": samples,
-        "runs": [
-            {k: (str(v) if isinstance(v, Path) else v) for k, v in r.items() if k != "proc"}
-            for r in runs
-        ],
-    }
-    for r in result["runs"]:
-        if r.get("eval"):
-            r["eval"] = {k: v for k, v in r["eval"].items() if k != "table"}
-    (args.out / "train_sweep.json").write_text(json.dumps(result, indent=1))
-    logs = [
-        f"== {r['name']} {kind}\n" + "\n".join(tail(args.work / f"{r['name']}.{kind}.log"))
-        for r in runs
-        for kind in ("train", "eval")
-    ]
-    (args.out / "train_sweep.txt").write_text(table + "\n\n" + "\n".join(logs) + "\n")
-    for p in args.out.rglob("*"):
-        if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
-            print(f"[sweep] warning: {p} is over 16 MiB and will not come back from a device call")
-    minutes = result["wall_minutes"]
-    print(f"[sweep] wrote {args.out}/train_sweep.json, train_sweep.txt in {minutes:.1f} min")
-    return result
+    return write_report(args, runs, samples, t0, final=True)
 
 
 if __name__ == "__main__":
