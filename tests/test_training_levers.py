@@ -20,7 +20,7 @@ from sglang_trimode.training.objective import (
     noise_blocks,
     position_weights,
 )
-from sglang_trimode.training.train import StepPlan
+from sglang_trimode.training.train import StepPlan, add_dropout
 from sglang_trimode.training.train import main as train_main
 
 MASK = 3
@@ -188,3 +188,20 @@ def test_a_few_steps_with_the_levers_on_lower_both_losses(tmp_path):
     assert all(r["distill_kl"] >= 0 for r in log)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg.get("attention_dropout", 0.0) == 0.0  # training-only setting not exported
+
+
+def test_dropout_is_training_only_and_not_in_the_config():
+    x = _batch(seed=5)
+    pos = dual_stream_positions(8)[:16].expand(3, -1)
+    mask = make_tiny_model().additive_mask(torch.ones(16, 16, dtype=torch.bool), torch.float32)
+    plain = make_tiny_model(seed=4)
+    model = make_tiny_model(seed=4)
+    hooks = add_dropout(model, 0.3)
+    assert len(hooks) == 1 + 2 * model.config.num_hidden_layers
+    with torch.no_grad():
+        model.train()
+        a, b = model(x, pos, mask), model(x, pos, mask)
+        assert not torch.allclose(a, b)  # dropout draws differ in training
+        model.eval()
+        assert torch.equal(model(x, pos, mask), plain(x, pos, mask))  # off at inference
+    assert add_dropout(model, 0.0) == []

@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dropout:
         cfg.attention_dropout = args.dropout
     model = NemotronLabsDiffusionModel(cfg).to(args.device).train()
+    # the attention layers keep their rate from construction; no saved config (snapshots, the
+    # final checkpoint) carries this training-only setting
+    cfg.attention_dropout = 0.0
     add_dropout(model, args.dropout)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train] model: {n_params / 1e6:.2f}M parameters, block sizes {args.block_sizes}")
@@ -275,7 +278,6 @@ def main(argv: list[str] | None = None) -> dict:
             break
     bar.close()
     model.eval()
-    model.config.attention_dropout = 0.0  # training-only: not part of the exported model
     save_checkpoint(model.cpu(), args.out)
     summary = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
