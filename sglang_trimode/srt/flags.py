@@ -299,3 +299,33 @@ def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
             f"{', '.join(served)}; {hint})"
         )
     return None
+
+
+def values_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The `--trimode-*` values from Python keywords named like the flags' dests
+    (`trimode_mode="diffusion"`, `trimode_block_size=4`, `trimode_serve_modes=["ar", "auto"]`,
+    ...), checked exactly as the command line checks them; absent or None: not given.
+    `sglang.Engine(**kwargs)` / `ServerArgs(**kwargs)` take these (plugin hook); a bad value is a
+    ValueError naming the keyword."""
+    unknown = sorted(set(kwargs) - set(DESTS))
+    if unknown:
+        raise ValueError(f"unknown tri-mode keyword(s) {', '.join(unknown)}; known: {DESTS}")
+    values: dict[str, Any] = dict.fromkeys(DESTS)
+    for flag in FLAGS:
+        value = kwargs.get(flag.dest)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, list, tuple)):
+            raise ValueError(f"{flag.dest}={value!r}: expected {flag.metavar or 'a string'}")
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        try:
+            parsed = text if flag.type is str else flag.type(text)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{flag.dest}={value!r}: {e}") from None
+        if flag.choices is not None and parsed not in flag.choices:
+            raise ValueError(
+                f"{flag.dest}={value!r}: expected one of {', '.join(flag.choices)} "
+                f"(the choices of {flag.name})"
+            )
+        values[flag.dest] = parsed
+    return values

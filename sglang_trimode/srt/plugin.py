@@ -53,6 +53,12 @@ def _around_from_cli_args(original, cls, args, *rest, **kwargs):
     return server_args
 
 
+def set_served_modes(modes: tuple[str, ...] | None) -> None:
+    """The modes requests may ask for in this process (`srt/offline.py`: an offline engine)."""
+    global _served_modes
+    _served_modes = modes
+
+
 def _after_verify_sampling(result, sampling_params, *args, **kwargs):
     """Reject a request's `custom_params["trimode_mode"]` the server cannot serve (HTTP 400:
     SGLang's tokenizer manager turns this ValueError into a 400 response)."""

@@ -167,3 +167,70 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
     assert "--trimode-attention-impl: invalid choice: 'flash'" in errors["bad_impl"][1]
     assert "need --speculative-algorithm TRIMODE" in errors["no_algo"][1]
     assert "not among --trimode-serve-modes" in errors["mode_not_served"][1]
+
+
+_KEYWORDS_PROBE = """
+import json, pickle, sys
+from sglang.srt.server_args import resolving_view
+from sglang_trimode.srt import plugin
+from sglang_trimode.srt.offline import server_args
+
+model = sys.argv[1]
+out = {}
+sa = server_args(model_path=model, device="cpu", speculative_algorithm="TRIMODE",
+                 trimode_mode="diffusion", trimode_block_size=4, trimode_threshold=0.5,
+                 trimode_serve_modes=["ar", "diffusion", "self_spec_quadratic"])
+out["values"] = pickle.loads(pickle.dumps(sa))._trimode_args
+out["served"] = list(plugin._served_modes)
+out["log_level"] = sa.log_level
+sa.resolve_once()
+out["num_draft_tokens"] = resolving_view(sa).speculative_num_draft_tokens  # 4 * (4 + 1)
+errors = {}
+for name, kw in {
+    "bad_mode": dict(trimode_mode="fast"),
+    "block_0": dict(trimode_block_size=0),
+    "block_float": dict(trimode_block_size=2.5),
+    "threshold_2": dict(trimode_threshold=2),
+    "bad_serve": dict(trimode_serve_modes=["ar", "turbo"]),
+    "no_algo": dict(speculative_algorithm=None, trimode_mode="diffusion"),
+    "mode_not_served": dict(trimode_mode="diffusion", trimode_serve_modes="ar"),
+    "unknown": dict(trimode_turbo=1),
+}.items():
+    kw = {"speculative_algorithm": "TRIMODE", **kw}
+    try:
+        server_args(model_path=model, device="cpu", **kw)
+        errors[name] = None
+    except (ValueError, TypeError) as e:
+        errors[name] = str(e)
+out["errors"] = errors
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_offline_server_args_take_the_flags_as_keywords(tmp_path):
+    """`sglang_trimode.srt.offline.server_args(...)`: the record `sglang.Engine(server_args=...)`
+    takes, with the flags as keywords (`trimode_block_size=4`): parsed as the command line parses
+    them, kept through pickling, resolved by TRIMODE (verify width from the keyword block size),
+    bad values a ValueError naming the keyword."""
+    res = _run(["-c", _KEYWORDS_PROBE, str(default_model_path())], tmp_path)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert res.returncode == 0 and lines, f"rc={res.returncode}\n{res.stderr[-3000:]}"
+    got = json.loads(lines[-1][len("RESULT ") :])
+    assert got["values"] == dict.fromkeys(flags.DESTS) | {
+        "trimode_mode": "diffusion",
+        "trimode_block_size": 4,
+        "trimode_threshold": 0.5,
+        "trimode_serve_modes": ["ar", "diffusion", "self_spec_quadratic"],  # a tuple, via JSON
+    }
+    assert got["served"] == ["ar", "diffusion", "self_spec_quadratic"]
+    assert got["log_level"] == "error"  # as sglang.Engine(**kwargs) defaults it
+    assert got["num_draft_tokens"] == 20
+    errors = got["errors"]
+    assert "trimode_mode='fast': expected one of ar, diffusion" in errors["bad_mode"]
+    assert "trimode_block_size=0: must be a positive integer" in errors["block_0"]
+    assert "trimode_block_size=2.5: expected a positive integer" in errors["block_float"]
+    assert "trimode_threshold=2: must be in (0, 1]" in errors["threshold_2"]
+    assert "unknown: turbo" in errors["bad_serve"]
+    assert "trimode_mode need speculative_algorithm=TRIMODE" in errors["no_algo"]
+    assert "trimode_mode diffusion is not among trimode_serve_modes ar" in errors["mode_not_served"]
+    assert "trimode_turbo" in errors["unknown"]
