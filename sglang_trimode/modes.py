@@ -31,11 +31,18 @@ from sglang_trimode.sampling import (
 class RequestStats:
     """``forwards``: model forwards after the prefill that this request took part in (draft,
     verify and commit passes count one each). ``accept_lengths``: tokens emitted per verify or
-    commit step (the bonus token included)."""
+    commit step (the bonus token included). ``step_modes``: the mode that ran each of those
+    steps (aligned with ``accept_lengths``; varies only under ``auto``)."""
 
     forwards: int = 0
     accept_lengths: list[int] = field(default_factory=list)
     num_tokens: int = 0
+    step_modes: list[str] = field(default_factory=list)
+
+    def step(self, accepted: int, mode: str) -> None:
+        """One verify / commit step of ``mode`` emitted ``accepted`` tokens."""
+        self.accept_lengths.append(accepted)
+        self.step_modes.append(mode)
 
     @property
     def tokens_per_forward(self) -> float:
@@ -128,6 +135,8 @@ _NONE = torch.zeros(0, dtype=torch.long)
 class ARPolicy:
     """Causal decoding, one token per forward."""
 
+    name = "ar"
+
     def __init__(self, cfg: ModeConfig) -> None:
         self.cfg = cfg
 
@@ -145,7 +154,7 @@ class ARPolicy:
 
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
         self._next_seed(r, logits)
-        r.stats.accept_lengths.append(1)
+        r.stats.step(1, self.name)
         return _all(seg.desc.length)
 
     @staticmethod
@@ -157,6 +166,8 @@ class ARPolicy:
 class DiffusionPolicy(ARPolicy):
     """Block diffusion: denoise ``[seed, MASK x (B-1)]`` bidirectionally, then a causal commit pass
     writes the block's KV and samples the next seed. Block size 1 is exactly AR."""
+
+    name = "diffusion"
 
     def switchable(self, r: RequestState) -> bool:
         return r.block is None
@@ -174,7 +185,7 @@ class DiffusionPolicy(ARPolicy):
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
         if seg.desc.is_causal:  # commit pass: keep the block's causal KV, sample the next seed
             self._next_seed(r, logits)
-            r.stats.accept_lengths.append(len(r.block))  # B-1 diffused tokens + this one
+            r.stats.step(len(r.block), self.name)  # B-1 diffused tokens + this one
             r.block = r.masked = None
             return _all(seg.desc.length)
         idx = torch.tensor([i for i, m in enumerate(r.masked) if m])
@@ -205,12 +216,14 @@ class DiffusionPolicy(ARPolicy):
         else:
             r.emit(r.block[1:])
         if r.done:  # no commit pass follows: record the partial cycle here
-            r.stats.accept_lengths.append(len(r.out) - before)
+            r.stats.step(len(r.out) - before, self.name)
 
 
 class LinearSpecPolicy(ARPolicy):
     """Linear self-speculation: a bidirectional draft forward over ``[seed, MASK x (L-1)]``, then a
     causal verify of ``[seed, d_1..d_{L-1}]`` (two forwards per step)."""
+
+    name = "self_spec_linear"
 
     def switchable(self, r: RequestState) -> bool:
         return r.q is None
@@ -238,7 +251,7 @@ class LinearSpecPolicy(ARPolicy):
         drafts = torch.tensor(r.drafts, dtype=torch.long)
         a, bonus = self.cfg.accept_rule(drafts, r.q, p, r.generator, r.params.greedy)
         r.emit(r.drafts[:a] + [bonus])
-        r.stats.accept_lengths.append(a + 1)
+        r.stats.step(a + 1, self.name)
         r.seed = bonus
         return a
 
@@ -246,6 +259,8 @@ class LinearSpecPolicy(ARPolicy):
 class QuadraticSpecPolicy(LinearSpecPolicy):
     """TiDAR-style self-speculation: one forward verifies the previous drafts and, through one
     mask group per acceptance length, pre-drafts the next block."""
+
+    name = "self_spec_quadratic"
 
     def switchable(self, r: RequestState) -> bool:
         return True
@@ -282,6 +297,9 @@ POLICIES: dict[str, type[ARPolicy]] = {
     "self_spec_linear": LinearSpecPolicy,
     "self_spec_quadratic": QuadraticSpecPolicy,
 }
+
+
+assert all(cls.name == mode for mode, cls in POLICIES.items())
 
 
 def get_policy(mode: str, cfg: ModeConfig) -> ARPolicy:

@@ -160,3 +160,29 @@ def test_default_model_auto_with_mode_changes_equals_ar():
     # the measured-cost auto policy drafts on the trained model (its drafts are accepted)
     assert any(r.choice != AR for r in engine.last_trace)
     assert sum(o.stats.forwards for o in outs) < sum(o.stats.forwards for o in ar)
+
+
+def _collapse(modes):
+    return [m for k, m in enumerate(modes) if k == 0 or modes[k - 1] != m]
+
+
+def test_step_modes_record_the_mode_of_every_step(tiny):
+    """`RequestStats.step_modes`: one entry per `accept_lengths` entry, the mode that ran that
+    step. Fixed modes: that mode throughout. Forced changes under auto: the per-request sequence
+    of modes is the trace's (what ran each forward), an AR step emits one token."""
+    engine, prompts, ar = tiny
+    for mode in ("ar", "diffusion", "self_spec_linear", "self_spec_quadratic"):
+        outs = engine.generate(prompts, mode=mode, max_new_tokens=20, stop_token_ids=[])
+        for o in outs:
+            assert o.stats.step_modes == [mode] * len(o.stats.accept_lengths) != [], mode
+    outs = engine.generate(
+        prompts, mode="auto", auto_policy=CyclePolicy(), max_new_tokens=40, stop_token_ids=[]
+    )
+    assert [o.token_ids for o in outs] == ar
+    for i, o in enumerate(outs):
+        modes, lengths = o.stats.step_modes, o.stats.accept_lengths
+        assert len(modes) == len(lengths)
+        assert all(n == 1 for m, n in zip(modes, lengths, strict=True) if m == "ar")
+        ran = [row.choice.mode for row in engine.last_trace if row.rid == i]
+        assert _collapse(modes) == _collapse(ran)
+        assert len(_collapse(modes)) >= 4, modes  # the forced changes show

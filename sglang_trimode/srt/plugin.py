@@ -14,8 +14,9 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
 - a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding the
   checkpoint's mask token is a clear HTTP 400 naming the field;
-- the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` in each
-  response's `meta_info` (hook on `TokenizerManager.update_request_meta_info`, `srt/stats.py`).
+- the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
+  `trimode_step_modes` in each response's `meta_info` (hook on
+  `TokenizerManager.update_request_meta_info`, `srt/stats.py`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ makes drafting pay, and the test-only load override `SGLANG_TRIMODE_AUTO_BUDGETS
 policy's token budget per forward cycles uncapped x3, then 5 tokens x4, as if other requests came
 and went). Uncapped, the scheduler's real `AutoPolicy` picks self-speculation; capped, only AR
 fits, so every request changes mode mid-request several times. Greedy tokens must equal the
-reference engine's AR token for token; the worker's per-request log line shows the switches.
+reference engine's AR token for token; the worker's per-request log line shows the switches, and
+`meta_info["trimode_step_modes"]` the mode of every step (the same sequence as that log line).
+The reference engine's own auto trace is not the comparison: its block loop forwards every
+request every step, while the worker's requests that finished their cycle ride along until the
+batch's step ends, so the same policy sees other forwards and chooses differently.
 Skipped without sglang.
 """
 
@@ -76,6 +80,28 @@ def _modes_logged(log_path, rids, timeout_s: float = 30.0) -> dict[str, tuple[in
         time.sleep(0.5)
 
 
+def _collapse(modes) -> list[str]:
+    """Consecutive repeats merged: ["ar", "ar", "q", "q", "ar"] -> ["ar", "q", "ar"]."""
+    return [m for k, m in enumerate(modes) if k == 0 or modes[k - 1] != m]
+
+
+def check_step_modes(meta: dict, logged_runs: list[str]) -> list[str]:
+    """`meta_info["trimode_step_modes"]` of an auto request: one served mode per verify/commit
+    step, aligned with `trimode_accept_lengths` (an AR step emits exactly one token), and the
+    same sequence of modes as the worker's own log line for the request (its forwards, mode/block
+    per run); returns the step modes."""
+    modes, lengths = meta["trimode_step_modes"], meta["trimode_accept_lengths"]
+    assert meta["trimode_mode"] == "auto"
+    assert len(modes) == len(lengths) and modes, meta
+    assert set(modes) <= {"ar", "self_spec_linear", "self_spec_quadratic"}, modes
+    assert all(n == 1 for m, n in zip(modes, lengths, strict=True) if m == "ar"), meta
+    assert _collapse(modes) == _collapse([r.split("/")[0] for r in logged_runs]), (
+        modes,
+        logged_runs,
+    )
+    return modes
+
+
 def test_auto_batch_changes_modes_mid_request_and_equals_ar(server, reference):
     ps, ar = reference
     rids = [f"auto-{i}" for i in range(len(ps))]
@@ -88,6 +114,15 @@ def test_auto_batch_changes_modes_mid_request_and_equals_ar(server, reference):
         assert switches == len(runs) - 1 >= 2, (rid, runs)
         assert "ar" in runs, (rid, runs)  # the capped forwards
         assert any(r.startswith("self_spec_") for r in runs), (rid, runs)  # the policy's own
+    for rid, o in zip(rids, out, strict=True):
+        modes = check_step_modes(o["meta_info"], logged[rid][1])
+        # the modes changed mid-request, and a drafting step accepted more than one token
+        assert len(_collapse(modes)) >= 3, modes
+        lengths = o["meta_info"]["trimode_accept_lengths"]
+        assert any(n > 1 for m, n in zip(modes, lengths, strict=True) if m != "ar"), (
+            modes,
+            lengths,
+        )
 
 
 def test_auto_mixed_with_fixed_modes_in_one_batch_equals_ar(server, reference):
@@ -98,6 +133,11 @@ def test_auto_mixed_with_fixed_modes_in_one_batch_equals_ar(server, reference):
     assert [o["output_ids"] for o in out] == ar
     logged = _modes_logged(server["log"], ["mix-1"])
     assert logged["mix-1"][0] >= 2, logged
+    check_step_modes(out[1]["meta_info"], logged["mix-1"][1])
+    for mode, o in zip(modes, out, strict=True):  # the fixed ones: their own mode every step
+        if mode != "auto":
+            meta = o["meta_info"]
+            assert meta["trimode_step_modes"] == [mode] * len(meta["trimode_accept_lengths"])
 
 
 def test_auto_single_request_and_log(server, reference):

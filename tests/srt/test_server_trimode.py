@@ -63,15 +63,20 @@ def reference(engine):
                 "trimode_mode": mode,
                 "trimode_forwards": o.stats.forwards,
                 "trimode_accept_lengths": list(o.stats.accept_lengths),
+                "trimode_step_modes": list(o.stats.step_modes),
             }
             for o in outs
         ]
+        # a fixed mode runs every step itself (only `auto` varies: tests/srt/test_server_auto.py)
+        assert all(
+            s["trimode_step_modes"] == [mode] * steps[mode][i] for i, s in enumerate(stats[mode])
+        )
         assert all(len(t) == MAX_NEW_TOKENS for t in expected[mode])
     return ps, expected, steps, stats
 
 
 def _stats(out: dict) -> dict:
-    keys = ("trimode_mode", "trimode_forwards", "trimode_accept_lengths")
+    keys = ("trimode_mode", "trimode_forwards", "trimode_accept_lengths", "trimode_step_modes")
     return {k: out["meta_info"].get(k) for k in keys}
 
 
@@ -447,6 +452,7 @@ def test_chat_completions_equal_reference(server, engine, mode):
     assert meta["trimode_mode"] == mode
     assert meta["trimode_forwards"] == want.stats.forwards
     assert meta["trimode_accept_lengths"] == list(want.stats.accept_lengths)
+    assert meta["trimode_step_modes"] == [mode] * len(want.stats.accept_lengths)
     assert meta["spec_verify_ct"] == len(want.stats.accept_lengths)
 
     stream = body | {"stream": True, "stream_options": {"include_usage": True}}
