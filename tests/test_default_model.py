@@ -54,3 +54,32 @@ def test_tokenizer_round_trips_and_special_ids_match_config(model):
     text = "def add(a, b):\n    return a + b\n"
     assert tok.decode(tok.encode(text)) == text
     assert all(cfg.mask_token_id not in p for p in prompts)
+
+
+def test_chat_template_shipped_and_kept_by_export(tmp_path):
+    """The shipped tokenizer's chat template is export's `CHAT_TEMPLATE` (the messages' contents,
+    one per line), and `training.export` adds it to a trained checkpoint's tokenizer config that
+    has none (a re-export keeps `/v1/chat/completions` working) but keeps one that has its own."""
+    import json
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from sglang_trimode.reference.tiny import make_tiny_checkpoint
+    from sglang_trimode.training.export import CHAT_TEMPLATE, export
+
+    path = default_model_path()
+    shipped = json.loads((path / "tokenizer_config.json").read_text())
+    assert shipped["chat_template"] == CHAT_TEMPLATE
+    tok = AutoTokenizer.from_pretrained(str(path))
+    msgs = [{"role": "system", "content": "# a"}, {"role": "user", "content": "def f():"}]
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == (
+        "# a\ndef f():"
+    )
+    for own in (None, "{{ messages[0]['content'] }}"):
+        src = make_tiny_checkpoint(tmp_path / f"src{own is None}", seed=0)
+        cfg = {"tokenizer_class": "TokenizersBackend"} | ({"chat_template": own} if own else {})
+        (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+        dst = export(src, tmp_path / f"dst{own is None}", torch.bfloat16)
+        got = json.loads((dst / "tokenizer_config.json").read_text())
+        assert got == cfg | {"chat_template": own or CHAT_TEMPLATE}

@@ -4,12 +4,15 @@
                                              [--dtype bfloat16]
 
 Copies the tokenizer files and ``training_log.json``; the model card (README.md) in the
-destination is kept.
+destination is kept. A ``tokenizer_config.json`` without a chat template gets ``CHAT_TEMPLATE``
+(the messages' contents, one per line: the model is not chat-trained, but SGLang's
+``/v1/chat/completions`` needs a template).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +22,11 @@ from sglang_trimode.models import EMBEDDED
 from sglang_trimode.reference.checkpoint import load_model, save_checkpoint
 
 COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "training_log.json")
+#: The shipped model's chat template: the messages' contents joined by newlines.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}{{ message['content'] }}"
+    "{%- if not loop.last -%}{{ '\\n' }}{%- endif -%}{%- endfor -%}"
+)
 
 
 def export(src: Path, dst: Path, dtype: torch.dtype) -> Path:
@@ -28,9 +36,20 @@ def export(src: Path, dst: Path, dtype: torch.dtype) -> Path:
     for name in COPIED:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+    add_chat_template(dst / "tokenizer_config.json")
     size = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
     print(f"[export] {src} -> {dst} ({dtype}), {size / 1e6:.2f} MB")
     return dst
+
+
+def add_chat_template(path: Path) -> None:
+    """Give a ``tokenizer_config.json`` without a chat template ``CHAT_TEMPLATE``."""
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    if not cfg.get("chat_template"):
+        cfg["chat_template"] = CHAT_TEMPLATE
+        path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
