@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared command for a GPU machine that has torch + triton (+ pytest) but not sglang:
-#   1. the kernel tests (tests/kernels) compiled on the GPU, fp32/fp16/bf16;
+#   1. the kernel tests (tests/kernels, incl. test_packed.py: the TRIMODE backend's packed call)
+#      compiled on the GPU, fp32/fp16/bf16;
 #   2. bench/kernels.py: ours vs SDPA dense mask, FlashInfer, SGLang (each where it runs) and the
 #      unmasked flash reference, contexts 1k-32k, batch 1-64, block 32 / quad 8, 16 / decode;
 #   3. a small FlexAttention pass (one compile per shape, so a few shapes only).

@@ -8,7 +8,8 @@ computed here; everything else (prefill, plain AR serving) goes to the wrapped b
 The worker lays such a forward out as `bs` rows of `n` tokens (each request's segment padded to
 the widest; a request with no segment rides along as padding only). The plan carries one
 `sglang_trimode.masks.MaskDescriptor` per request (None: rides along) and the committed prefix
-`prefix_lens[i]` of each. Per layer the backend
+`prefix_lens[i]` of each. Per layer the backend (the SGLang-free packing and call are
+`sglang_trimode.packed`, tested compiled on a GPU by `bench/gpu_check.sh`)
 
 1. writes every token's K/V to `out_cache_loc` (padding tokens write to the pool's slot 0);
 2. gathers the real (non-padding) rows of q/k/v into one packed batch (`SegmentBatch` of the
@@ -37,20 +38,12 @@ interpreted kernel on a CPU (`tests/srt/test_attention_backend.py`,
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-
 import torch
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-from sglang_trimode.kernels import PageTable, SegmentBatch
+from sglang_trimode import packed as packing
 from sglang_trimode.masks import MaskDescriptor
 from sglang_trimode.srt import flags
-
-logger = logging.getLogger(__name__)
-
-#: Impls that have logged their first use in this process (`attention_fn`).
-_announced: set[str] = set()
 
 
 class TriModeForwardInput:
@@ -63,10 +56,6 @@ class TriModeForwardInput:
     def __init__(self, positions, descs: list[MaskDescriptor | None], prefix_lens, width):
         from sglang.srt.speculative.spec_info import SpecInputType
 
-        if len(descs) != len(prefix_lens):
-            raise ValueError(f"descs ({len(descs)}) and prefix_lens ({len(prefix_lens)}) differ")
-        if any(d is not None and d.length > width for d in descs):
-            raise ValueError(f"a segment is longer than the forward's width {width}")
         self.spec_input_type = SpecInputType.NGRAM_VERIFY
         self.positions = positions
         self.descs = list(descs)
@@ -82,7 +71,7 @@ class TriModeForwardInput:
         self.dsa_seed_topk_capture = None
         self.window_kv_indptr = None
         self.window_kv_indices = None
-        self.attn_metadata: _Metadata | None = None  # built once per forward by the backend
+        self.attn_metadata: packing.Packed | None = None  # once per forward (backend)
 
     def is_draft_input(self) -> bool:
         return False
@@ -92,68 +81,6 @@ class TriModeForwardInput:
 
     def pad_batch(self, pad_tensor_to_size, batch_size) -> None:
         return None
-
-
-@dataclass(frozen=True)
-class _Metadata:
-    """What every layer of one forward shares: the packed rows and their layouts."""
-
-    rows: torch.Tensor  # int64 [T]: indices of the real tokens in the padded [bs * n] layout
-    segments: SegmentBatch | None  # None: no request has a segment (nothing to attend)
-    pages: PageTable | None
-
-
-def build_metadata(plan: TriModeForwardInput, req_to_token, req_pool_indices, device) -> _Metadata:
-    """Packed rows, `SegmentBatch` and `PageTable` of the requests with a segment."""
-    n = plan.num_tokens_per_req
-    active = [i for i, d in enumerate(plan.descs) if d is not None]
-    lens = torch.tensor([0 if d is None else d.length for d in plan.descs], dtype=torch.int64)
-    real = torch.arange(n, dtype=torch.int64)[None, :] < lens[:, None]  # [bs, n]
-    rows = real.flatten().nonzero().squeeze(1).to(device)
-    if not active:
-        return _Metadata(rows, None, None)
-    segments = SegmentBatch.from_descriptors([plan.descs[i] for i in active], device=device)
-    idx = torch.tensor(active, dtype=torch.int64, device=req_pool_indices.device)
-    prefix = torch.tensor([plan.prefix_lens[i] for i in active], dtype=torch.int32)
-    pages = PageTable.from_req_to_token(
-        req_to_token, req_pool_indices.index_select(0, idx).to(device), prefix.to(device)
-    )
-    return _Metadata(rows, segments, pages)
-
-
-def attention_fn(impl: str):
-    """`extend_attention` of impl `triton` (kernels) or `torch` (reference); logs the first use
-    of each impl in this process (a server log line tests look for)."""
-    if impl == "triton":
-        from sglang_trimode.kernels import extend_attention
-    elif impl == "torch":
-        from sglang_trimode.kernels.reference import extend_attention
-    else:
-        raise ValueError(f"attention impl must be 'triton' or 'torch', got {impl!r}")
-    if impl not in _announced:
-        _announced.add(impl)
-        logger.info(
-            "TRIMODE attention: impl=%s (%s.%s)",
-            impl,
-            extend_attention.__module__,
-            extend_attention.__name__,
-        )
-    return extend_attention
-
-
-def _packed_prefix(cache: torch.Tensor, pages: PageTable, dtype: torch.dtype):
-    """The prefix slots of `pages` gathered and cast to `dtype`, with a page table over them
-    (the kernels read one dtype; used when the pool stores another)."""
-    lengths = pages.lengths.to(torch.int64)
-    indptr = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=lengths.device)
-    indptr[1:] = torch.cumsum(lengths, 0)
-    total = int(indptr[-1])
-    # token t of request b lives at table[row_start[b] + t] (page size 1: req_to_token)
-    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
-    t = torch.arange(total, device=lengths.device) - indptr[:-1][owner]
-    slots = pages.flat()[pages.row_start[owner] + t].to(torch.int64)
-    packed = PageTable.from_indptr(indptr, torch.arange(total, device=lengths.device))
-    return slots, packed
 
 
 class TriModeAttnBackend:
@@ -178,12 +105,7 @@ class TriModeAttnBackend:
     def init_forward_metadata(self, forward_batch):
         plan = forward_batch.spec_info
         if isinstance(plan, TriModeForwardInput):
-            plan.attn_metadata = build_metadata(
-                plan,
-                self.inner.req_to_token_pool.req_to_token,
-                forward_batch.req_pool_indices,
-                forward_batch.out_cache_loc.device,
-            )
+            plan.attn_metadata = self._pack(plan, forward_batch, forward_batch.out_cache_loc.device)
             return None
         return self.inner.init_forward_metadata(forward_batch)
 
@@ -204,49 +126,42 @@ class TriModeAttnBackend:
                 raise ValueError(msg)
         return impl
 
+    def _pack(self, plan: TriModeForwardInput, forward_batch, device) -> packing.Packed:
+        return packing.pack(
+            plan.descs,
+            plan.prefix_lens,
+            plan.num_tokens_per_req,
+            self.inner.req_to_token_pool.req_to_token,
+            forward_batch.req_pool_indices,
+            device,
+        )
+
     def _forward_trimode(self, q, k, v, layer, forward_batch, plan: TriModeForwardInput):
         pool = self.inner.token_to_kv_pool
         hq, hkv = layer.tp_q_head_num, layer.tp_k_head_num
         dq, dv = layer.qk_head_dim, layer.v_head_dim
-        if k is not None and v is not None:
-            pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v)
-        else:
+        if k is None or v is None:
             raise ValueError("TRIMODE forwards need the segment's k and v (got None)")
-        q_ = q.reshape(-1, hq, dq)
-        out = q.new_zeros((q_.shape[0], hq, dv))
-        meta = plan.attn_metadata
-        if meta is None:
-            meta = build_metadata(
-                plan,
-                self.inner.req_to_token_pool.req_to_token,
-                forward_batch.req_pool_indices,
-                q.device,
-            )
-            plan.attn_metadata = meta
-        if meta.segments is None:
-            return out.reshape(q_.shape[0], hq * dv)
         if dq != dv:
             raise ValueError(
                 f"TRIMODE attention needs one head dim for q/k and v, got {dq} and {dv}"
             )
         if getattr(layer, "logit_cap", 0.0) or getattr(layer, "sliding_window_size", -1) > 0:
             raise ValueError("TRIMODE attention supports no logit cap and no sliding window")
-        dtype = q.dtype
-        rows = meta.rows
-        q_r = q_.index_select(0, rows)
-        k_r = k.reshape(-1, hkv, dq).index_select(0, rows).to(dtype)
-        v_r = v.reshape(-1, hkv, dv).index_select(0, rows).to(dtype)
-        k_cache = pool.get_key_buffer(layer.layer_id)
-        v_cache = pool.get_value_buffer(layer.layer_id)
-        pages = meta.pages
-        if k_cache.dtype != dtype or v_cache.dtype != dtype:
-            slots, pages = _packed_prefix(k_cache, meta.pages, dtype)
-            k_cache = k_cache.index_select(0, slots).to(dtype)
-            v_cache = v_cache.index_select(0, slots).to(dtype)
-        fn = attention_fn(self.resolved_impl(q.device))
-        o = fn(q_r, k_r, v_r, k_cache, v_cache, pages, meta.segments, sm_scale=layer.scaling)
-        out.index_copy_(0, rows, o)
-        return out.reshape(q_.shape[0], hq * dv)
+        pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v)
+        if plan.attn_metadata is None:
+            plan.attn_metadata = self._pack(plan, forward_batch, q.device)
+        out = packing.attend(
+            q.reshape(-1, hq, dq),
+            k.reshape(-1, hkv, dq),
+            v.reshape(-1, hkv, dv),
+            pool.get_key_buffer(layer.layer_id),
+            pool.get_value_buffer(layer.layer_id),
+            plan.attn_metadata,
+            layer.scaling,
+            self.resolved_impl(q.device),
+        )
+        return out.reshape(-1, hq * dv)
 
 
 def install(model_runner, impl: str = flags.DEFAULT_ATTENTION_IMPL) -> TriModeAttnBackend:

@@ -22,9 +22,12 @@ pytest.importorskip(
 import torch  # noqa: E402
 from torch.nn.functional import scaled_dot_product_attention  # noqa: E402
 
-from sglang_trimode import masks  # noqa: E402
+from sglang_trimode import (
+    masks,  # noqa: E402
+    packed,  # noqa: E402
+)
 from sglang_trimode.masks import MaskKind  # noqa: E402
-from sglang_trimode.srt import attention, flags  # noqa: E402
+from sglang_trimode.srt import flags  # noqa: E402
 from sglang_trimode.srt.attention import TriModeAttnBackend, TriModeForwardInput  # noqa: E402
 
 HQ, HKV, D = 4, 2, 16
@@ -217,8 +220,8 @@ def test_other_forwards_go_to_the_wrapped_backend():
 
 
 def test_first_use_of_each_impl_is_logged(caplog):
-    attention._announced.clear()
-    with caplog.at_level("INFO", logger=attention.__name__):
+    packed._announced.clear()
+    with caplog.at_level("INFO", logger=packed.__name__):
         for _ in range(2):
             for impl in ("torch", "triton"):
                 inner, inputs, _, _ = case(MIXED[:2], PREFIXES[:2])
