@@ -1,7 +1,8 @@
 """SPEED-Bench `--backend sglang-engine --trimode-server` on a CPU: SGLang's offline `sglang.Engine`
-with `speculative_algorithm="TRIMODE"` (the checkpoint's block size; `sglang.Engine` cannot take
-`--trimode-*` flags), every request mode, concurrency 4 (one batched `generate` per mode; the
-concurrency sweep over a server is `tests/test_speed_bench_server.py`), greedy, `--ignore-eos`.
+with `speculative_algorithm="TRIMODE"` and `--block-size 4` (not the checkpoint's 8; it reaches the
+engine through `sglang_trimode.srt.offline.server_args`), every request mode, concurrency 4 (one
+batched `generate` per mode; the concurrency sweep over a server is
+`tests/test_speed_bench_server.py`), greedy, `--ignore-eos`.
 
 `python -m bench.speed_bench` runs as a subprocess (SGLang spawns its scheduler; the CLI's exit
 status is 1 when greedy self-speculation differs from AR). Outputs (token ids) and per-step
@@ -26,7 +27,8 @@ from sglang_trimode.srt.flags import REQUEST_MODES  # noqa: E402
 
 MODES = list(REQUEST_MODES)
 COMMON = ["--dataset", "sample", "--num-requests", "4", "--max-new-tokens", "12", "--ignore-eos",
-          "--mode", ",".join(MODES), "--concurrency", "4", "--no-progress"]  # fmt: skip
+          "--mode", ",".join(MODES), "--concurrency", "4", "--no-progress",
+          "--block-size", "4"]  # fmt: skip
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,5 +52,8 @@ def test_sglang_engine_every_mode_equals_reference_engine(tmp_path):
         out = _responses(tmp_path / "sgl", mode, 4)
         for key in ("question_id", "output_ids", "acceptance_lengths", "choices"):
             assert [r[key] for r in out] == [r[key] for r in ref], (mode, key)
+        if mode != "ar":  # the block size is 4, not the checkpoint's 8
+            steps = [a for r in out for turn in r["acceptance_lengths"] for a in turn]
+            assert steps and max(steps) <= 4, (mode, steps)
     tpf = {r["mode"]: (r["forwards"], r["tpf"], r["al"]) for r in got["runs"]}
     assert tpf == {r["mode"]: (r["forwards"], r["tpf"], r["al"]) for r in want["runs"]}

@@ -142,10 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
         bad = sorted(set(args.mode) - set(SUPPORTED_MODES))
         if bad:
             sys.exit(f"--mode: unknown {bad} for the engine backend; choose from {SUPPORTED_MODES}")
-    if args.backend != "engine" and args.block_size is not None:
+    sglang_trimode_engine = args.backend == "sglang-engine" and args.trimode_server
+    if args.backend != "engine" and not sglang_trimode_engine and args.block_size is not None:
         sys.exit(
-            "--block-size is for --backend engine; a server's is its --trimode-block-size flag "
-            "(sglang-engine: the checkpoint's)"
+            "--block-size is for --backend engine and --backend sglang-engine --trimode-server; "
+            "a server's is its --trimode-block-size flag"
         )
     labels_only = not args.trimode_server and "{mode}" not in json.dumps(args.extra_body or {})
     if args.backend != "engine" and labels_only and len(args.mode) > 1:

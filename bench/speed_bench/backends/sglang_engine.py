@@ -4,8 +4,10 @@ Like the reference-engine backend, concurrency N = waves of N prompts per ``gene
 every request of a wave gets the wave's wall time; TTFT is unavailable (no stream). Stats come
 from each output's ``meta_info`` as for the native HTTP API. With ``trimode=True`` the engine
 starts with ``speculative_algorithm="TRIMODE"`` and each request asks for its mode with
-``custom_params: {"trimode_mode": MODE}``; the block size is the checkpoint's (``sglang.Engine``
-keyword arguments cannot carry ``--trimode-*`` flags). ``cpu_engine_args()``: SGLang's CPU engine
+``custom_params: {"trimode_mode": MODE}``; its block size (``GenConfig.block_size``, None: the
+checkpoint's) and diffusion threshold reach the engine through
+``sglang_trimode.srt.offline.server_args`` (``sglang.Engine`` keyword arguments cannot carry
+``--trimode-*`` settings). ``cpu_engine_args()``: SGLang's CPU engine
 with the plugin's ``sgl_kernel`` stand-in, as in ``examples/offline_engine.py``. Not covered by
 the test suite (the server tests cover the same plugin through ``launch_server``).
 """
@@ -62,8 +64,16 @@ class SGLangEngineBackend(Backend):
             ) from None
         args = dict(engine_args or {})
         if trimode:
+            from sglang_trimode.srt.offline import server_args
+
             args.setdefault("speculative_algorithm", "TRIMODE")
-        self.engine = sglang.Engine(model_path=str(model_path), **args)
+            record = server_args(
+                model_path=str(model_path), trimode_block_size=gen.block_size,
+                trimode_threshold=gen.threshold, **args,
+            )  # fmt: skip
+            self.engine = sglang.Engine(server_args=record)
+        else:
+            self.engine = sglang.Engine(model_path=str(model_path), **args)
         self.gen, self.trimode = gen, trimode
 
     def run(
