@@ -334,8 +334,19 @@ class TriModeWorker(BaseSpecWorker):
         )
 
     def _drop_departed(self, batch: ScheduleBatch) -> None:
+        """Forget the requests that left the batch; log those that left before their own end
+        (aborted: `/abort_request`, a client disconnect; or finished by SGLang, e.g. a stop
+        string), so an operator sees where a request stopped."""
         live = {req.rid for req in batch.reqs}
         for rid in [rid for rid in self.states if rid not in live]:
+            r = self.states[rid].state
+            if not r.done:
+                logger.info(
+                    "TRIMODE: request %s left the batch unfinished after %d of %d new tokens",
+                    rid,
+                    len(r.out),
+                    r.max_new_tokens,
+                )
             self._forget(rid)
 
     def _commit_kv(self, batch: ScheduleBatch, new_tokens: list, prefix: list[int]) -> None:

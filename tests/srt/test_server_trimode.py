@@ -9,7 +9,7 @@ engine's (`TriModeEngine.generate(..., mode=...)`) token for token. Skipped with
 from __future__ import annotations
 
 import json
-import time
+import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -362,23 +362,21 @@ def _events(resp, n: int) -> list[dict]:
 def test_client_disconnect_mid_stream_aborts_request_and_frees_every_kv_slot(server, reference):
     """Two long greedy streams, one native `/generate` and one OpenAI `/v1/completions`, whose
     clients close the connection mid-stream while requests of every mode run beside them: the
-    server aborts both (they leave the scheduler long before they could have generated their
-    tokens), the other requests equal the reference engine, and afterwards every KV slot is free
-    (`kv_pool_problems`)."""
+    server aborts both (the worker logs each leaving the batch unfinished, with fewer tokens than
+    asked: a logical check, no timing), the other requests equal the reference engine, and
+    afterwards every KV slot is free (`kv_pool_problems`)."""
     ps, expected, _, stats = reference
     base = server["base"]
     log_start = server["log"].stat().st_size
     native_n, oai_n = 2000, 1000  # both fit the 4096-token pool next to the other requests
-    native = _open_stream(base + "/generate", _long_body(ps[0], "ar", native_n))
-    # the fastest this server generates for one request alone (greedy AR, 1 token per forward):
-    # a bound on how soon the victims could have finished by themselves
-    t0, first = time.monotonic(), _events(native, 1)[0]["meta_info"]["completion_tokens"]
-    last = _events(native, 30)[-1]["meta_info"]["completion_tokens"]
-    rate = (last - first) / (time.monotonic() - t0)
+    rids = {"disconnect-native": native_n, "disconnect-openai": oai_n}
+    native = _open_stream(
+        base + "/generate", _long_body(ps[0], "ar", native_n) | {"rid": "disconnect-native"}
+    )
     oai_body = {"model": "default", "prompt": ps[1], "max_tokens": oai_n, "temperature": 0.0,
-                "ignore_eos": True, "custom_params": {"trimode_mode": "ar"}}  # fmt: skip
+                "ignore_eos": True, "custom_params": {"trimode_mode": "ar"},
+                "rid": "disconnect-openai"}  # fmt: skip
     oai = _open_stream(base + "/v1/completions", oai_body)
-    least_left = min(native_n - last, oai_n - 1) - 2 * 30  # tokens still to go, with slack
     with ThreadPoolExecutor(max_workers=8) as pool:
         good = {
             (m, i): pool.submit(request, base + "/generate", _body(ps[i], m))
@@ -387,25 +385,22 @@ def test_client_disconnect_mid_stream_aborts_request_and_frees_every_kv_slot(ser
         }
         native.close()  # client disconnects: SGLang must abort both requests
         oai.close()
-        t_closed = time.monotonic()
         results = {key: f.result() for key, f in good.items()}
     for (mode, i), (status, out) in results.items():
         assert status == 200, (mode, i, out)
         assert out["output_ids"] == expected[mode][i], (mode, i)
         assert _stats(out) == stats[mode][i]
-    bound = least_left / rate  # seconds the victims needed at least to finish by themselves
-    while request(base + "/flush_cache", None)[0] != 200:  # refused while a request runs
-        assert time.monotonic() - t_closed < bound, "still in the scheduler: not aborted"
-        time.sleep(0.2)
-    gone = time.monotonic() - t_closed
-    # the victims left the scheduler (the other requests too) before they could have generated
-    # their tokens: the server aborted them
-    print(f"disconnect: gone after {gone:.1f} s, could not finish before {bound:.1f} s")
-    assert gone < bound, f"gone {gone:.1f} s after the disconnect; could finish in {bound:.1f} s"
-    assert kv_pool_problems(server, log_start) == []
-    # the server still serves correctly
+    assert kv_pool_problems(server, log_start) == []  # waits until the scheduler is idle
+    # the server still serves correctly (and its decode step drops the departed requests)
     one = post_ok(base + "/generate", _body(ps[2], "self_spec_linear"))
     assert one["output_ids"] == expected["self_spec_linear"][2]
+    with open(server["log"], "rb") as f:
+        f.seek(log_start)
+        log = f.read().decode(errors="replace")
+    left = dict(re.findall(r"request (\S+) left the batch unfinished after (\d+) of", log))
+    assert set(left) == set(rids), left  # requests that ran to their end are not listed
+    for rid, n in rids.items():
+        assert 0 < int(left[rid]) < n, (rid, left[rid], n)
 
 
 CHAT = [
