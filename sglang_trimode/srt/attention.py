@@ -1,9 +1,10 @@
 """Attention for the TRIMODE worker's forwards: structural masks over SGLang's paged KV pool.
 
 `TriModeAttnBackend` wraps the server's own attention backend (`torch_native` on a CPU, any
-backend on a GPU). Forwards whose `spec_info` is a `TriModeForwardInput` (every decode-phase
-forward of the worker: diffusion drafts, commits, linear verifies, quadratic steps, AR steps) are
-computed here; everything else (prefill, plain AR serving) goes to the wrapped backend unchanged.
+backend on a GPU). Forwards whose `spec_info` is a `TriModeForwardInput` (the worker's
+decode-phase forwards: diffusion drafts, commits, linear verifies, quadratic steps, AR steps mixed
+with them) are computed here; everything else (prefill, plain AR serving, the worker's AR-only
+forwards, which it runs as SGLang DECODE forwards) goes to the wrapped backend unchanged.
 
 The worker lays such a forward out as `bs` rows of `n` tokens (each request's segment padded to
 the widest; a request with no segment rides along as padding only). The plan carries one

@@ -25,7 +25,9 @@ forward loops over requests only (tokens, positions), never over tokens; the KV 
 gather from `req_to_token`. Segment KV goes to the request's reserved
 slots right after its committed prefix; only the tokens a policy commits advance the request
 (`accept_lens`), the rest is overwritten by later forwards and freed with the request (SGLang's
-spec-v2 over-allocation). Padding tokens write to the pool's padding slot 0.
+spec-v2 over-allocation). Padding tokens write to the pool's padding slot 0. A forward in which
+every request runs one causal token (an AR step) and none rides along is SGLang's own DECODE
+forward instead, through the wrapped backend's decode attention (`_forward_decode`).
 
 Per-request state (pending drafts, RNG, stats) lives in `self.states` keyed by request id and is
 dropped when a request leaves the batch.
@@ -55,6 +57,7 @@ from sglang_trimode.srt.spec import settings_from_server_args, verify_width
 logger = logging.getLogger(__name__)
 
 PAD_SLOT = 0  # SGLang's KV pool keeps slot 0 for padded tokens
+_DECODE = masks.decode()  # one causal token over the committed prefix (an AR step)
 
 
 class RequestModeError(ValueError):
@@ -113,6 +116,7 @@ class TriModeWorker(BaseSpecWorker):
         )
         self.policies = {m: get_policy(m, self.mode_cfg) for m in flags.REQUEST_MODES}
         self.states: dict[str, _Req] = {}
+        self._decode_announced = False  # logged the first AR-only forward (`_forward_decode`)
         self.auto = None
         if "auto" in self.settings.serve_modes or self.settings.mode == "auto":
             self.auto = AutoModes(self.settings, self.mode_cfg, self.width)
@@ -202,12 +206,19 @@ class TriModeWorker(BaseSpecWorker):
     # ---- forwards ----------------------------------------------------------------------------
 
     def _forward(self, batch: ScheduleBatch, segs: list, prefix: list[int]) -> torch.Tensor:
-        """One TARGET_VERIFY forward: `segs[i]` (a `modes.Segment`, or None for a request that
-        only rides along) over `prefix[i]` committed tokens -> float32 logits [bs, n, V].
+        """One forward: `segs[i]` (a `modes.Segment`, or None for a request that only rides
+        along) over `prefix[i]` committed tokens -> float32 logits [bs, n, V].
+
+        When every request runs one causal token over its prefix (`masks.decode()`: an AR step,
+        or a one-token verify/commit) and none rides along, this is exactly SGLang's own DECODE
+        forward: `_forward_decode` runs it through the wrapped backend's decode attention.
+        Otherwise one TARGET_VERIFY forward over our packed attention.
 
         Rows of `n` tokens per request (the widest segment); the plan carries each request's
         `MaskDescriptor` (the attention backend packs the real tokens). Padding tokens are the
         mask token at position `prefix[i]`, writing K/V to the pool's padding slot."""
+        if segs and all(s is not None and s.desc == _DECODE for s in segs):
+            return self._forward_decode(batch, [s.tokens[0] for s in segs], prefix)
         bs = len(segs)
         descs = [None if s is None else s.desc for s in segs]
         lens = [0 if d is None else d.length for d in descs]
@@ -235,6 +246,61 @@ class TriModeWorker(BaseSpecWorker):
         result = self._target_worker.forward_batch_generation(batch, is_verify=True)
         logits = result.logits_output.next_token_logits
         return logits.float().cpu().view(bs, n, -1)
+
+    def _forward_decode(self, batch: ScheduleBatch, seeds: list[int], prefix: list[int]):
+        """Every request's one causal token `seeds[i]` at position `prefix[i]` as SGLang's own
+        DECODE forward through the wrapped backend (`TriModeAttnBackend` delegates forwards
+        without a `TriModeForwardInput`): K/V go to the request's reserved slot
+        `req_to_token[row, prefix]`, attention reads `req_to_token[row, : prefix + 1]`. The
+        batch's lengths are `prefix + 1` during the forward (what `prepare_for_decode` sets for
+        plain AR serving) and restored after; no sampling (`is_verify`: logits only). CUDA
+        graphs captured for TRIMODE are TARGET_VERIFY graphs of `width` tokens per request, so
+        this forward runs eager (`decode_cuda_graph_runner` held back for its duration)."""
+        runner = self.model_runner
+        if not self._decode_announced:
+            self._decode_announced = True
+            inner = getattr(runner.attn_backend, "inner", runner.attn_backend)
+            logger.info(
+                "TRIMODE: AR-only forward via the wrapped backend's decode (%s)",
+                type(inner).__name__,
+            )
+        bs = len(seeds)
+        req_to_token = batch.req_to_token_pool.req_to_token
+        rows = batch.req_pool_indices.to(req_to_token.device)
+        cols = torch.tensor(prefix, dtype=torch.int64, device=req_to_token.device)
+        locs = req_to_token[rows, cols].to(torch.int64)
+        saved = {
+            k: getattr(batch, k)
+            for k in ("seq_lens", "seq_lens_cpu", "seq_lens_sum", "orig_seq_lens", "spec_info")
+        }
+        lens_cpu = torch.tensor(prefix, dtype=torch.int64) + 1
+        graphs = getattr(runner, "decode_cuda_graph_runner", None)
+        hold_graphs = graphs is not None and (
+            getattr(graphs, "capture_forward_mode", ForwardMode.DECODE) != ForwardMode.DECODE
+        )
+        try:
+            batch.forward_mode = ForwardMode.DECODE
+            batch.input_ids = torch.tensor(seeds, dtype=torch.int64).to(self.device)
+            batch.out_cache_loc = locs.to(self.device)
+            batch.seq_lens = lens_cpu.to(saved["seq_lens"].device, saved["seq_lens"].dtype)
+            if saved["seq_lens_cpu"] is not None:
+                batch.seq_lens_cpu = lens_cpu.to(saved["seq_lens_cpu"].dtype)
+            if saved["orig_seq_lens"] is not None:
+                batch.orig_seq_lens = lens_cpu.to(
+                    saved["orig_seq_lens"].device, saved["orig_seq_lens"].dtype
+                )
+            batch.seq_lens_sum = int(lens_cpu.sum())
+            batch.spec_info = None
+            if hold_graphs:
+                runner.decode_cuda_graph_runner = None
+            result = self._target_worker.forward_batch_generation(batch, is_verify=True)
+        finally:
+            if hold_graphs:
+                runner.decode_cuda_graph_runner = graphs
+            for k, v in saved.items():
+                setattr(batch, k, v)
+        logits = result.logits_output.next_token_logits
+        return logits.float().cpu().view(bs, 1, -1)
 
     def _decode(self, batch: ScheduleBatch) -> tuple[list[list[int]], list[int]]:
         install(self.model_runner, self.settings.attention_impl)

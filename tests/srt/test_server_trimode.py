@@ -101,6 +101,20 @@ def test_generate_batch_and_single_equal_reference(server, reference, mode):
     assert _stats(one) == stats[mode][1]
 
 
+def test_ar_only_forwards_run_the_wrapped_backends_decode(server, reference):
+    """A forward whose every request runs an AR step is SGLang's own DECODE forward through the
+    wrapped backend (torch_native here; FlashInfer's decode on a GPU), not our packed extend:
+    the worker logs it at first use, and its tokens and stats equal the reference (exactness of
+    the route; `test_generate_batch_and_single_equal_reference[ar]` runs it on a ragged batch)."""
+    ps, expected, steps, stats = reference
+    out = post_ok(server["base"] + "/generate", _body(ps, "ar"))
+    assert [o["output_ids"] for o in out] == expected["ar"]
+    assert [_stats(o) for o in out] == stats["ar"]
+    log = server["log"].read_text(errors="replace")
+    line = "TRIMODE: AR-only forward via the wrapped backend's decode (TorchNativeAttnBackend)"
+    assert log.count(line) == 1, log[-4000:]
+
+
 def test_server_default_mode_is_self_spec_linear(server, reference):
     ps, expected, steps, stats = reference
     out = post_ok(server["base"] + "/generate", _body(ps[3], None))
