@@ -117,6 +117,7 @@ class TriModeWorker(BaseSpecWorker):
         self.policies = {m: get_policy(m, self.mode_cfg) for m in flags.REQUEST_MODES}
         self.states: dict[str, _Req] = {}
         self._decode_announced = False  # logged the first AR-only forward (`_forward_decode`)
+        self._drop_cuda_graphs()
         self.auto = None
         if "auto" in self.settings.serve_modes or self.settings.mode == "auto":
             self.auto = AutoModes(self.settings, self.mode_cfg, self.width)
@@ -247,15 +248,29 @@ class TriModeWorker(BaseSpecWorker):
         logits = result.logits_output.next_token_logits
         return logits.float().cpu().view(bs, n, -1)
 
+    def _drop_cuda_graphs(self) -> None:
+        """Run every forward of this worker eager. SGLang captures its decode graphs for a spec
+        algorithm as TARGET_VERIFY graphs with the wrapped backend's attention, and its
+        `can_run` check looks at batch size and tokens per request only, so a TRIMODE forward of
+        the captured width could replay a graph without our structural masks. Until graphs of
+        our own forwards are captured and checked on a GPU, none is replayed."""
+        runner = self.model_runner
+        graphs = getattr(runner, "decode_cuda_graph_runner", None)
+        if graphs is not None and graphs is not getattr(runner, "eager_runner", None):
+            logger.warning(
+                "TRIMODE: CUDA graphs are not used by the TRIMODE worker (its forwards carry "
+                "per-request masks); pass --disable-cuda-graph to skip capturing them"
+            )
+            runner.decode_cuda_graph_runner = None
+
     def _forward_decode(self, batch: ScheduleBatch, seeds: list[int], prefix: list[int]):
         """Every request's one causal token `seeds[i]` at position `prefix[i]` as SGLang's own
         DECODE forward through the wrapped backend (`TriModeAttnBackend` delegates forwards
         without a `TriModeForwardInput`): K/V go to the request's reserved slot
         `req_to_token[row, prefix]`, attention reads `req_to_token[row, : prefix + 1]`. The
         batch's lengths are `prefix + 1` during the forward (what `prepare_for_decode` sets for
-        plain AR serving) and restored after; no sampling (`is_verify`: logits only). CUDA
-        graphs captured for TRIMODE are TARGET_VERIFY graphs of `width` tokens per request, so
-        this forward runs eager (`decode_cuda_graph_runner` held back for its duration)."""
+        plain AR serving) and restored after; no sampling (`is_verify`: logits only); eager
+        (`_drop_cuda_graphs`)."""
         runner = self.model_runner
         if not self._decode_announced:
             self._decode_announced = True
@@ -274,10 +289,6 @@ class TriModeWorker(BaseSpecWorker):
             for k in ("seq_lens", "seq_lens_cpu", "seq_lens_sum", "orig_seq_lens", "spec_info")
         }
         lens_cpu = torch.tensor(prefix, dtype=torch.int64) + 1
-        graphs = getattr(runner, "decode_cuda_graph_runner", None)
-        hold_graphs = graphs is not None and (
-            getattr(graphs, "capture_forward_mode", ForwardMode.DECODE) != ForwardMode.DECODE
-        )
         try:
             batch.forward_mode = ForwardMode.DECODE
             batch.input_ids = torch.tensor(seeds, dtype=torch.int64).to(self.device)
@@ -291,12 +302,8 @@ class TriModeWorker(BaseSpecWorker):
                 )
             batch.seq_lens_sum = int(lens_cpu.sum())
             batch.spec_info = None
-            if hold_graphs:
-                runner.decode_cuda_graph_runner = None
             result = self._target_worker.forward_batch_generation(batch, is_verify=True)
         finally:
-            if hold_graphs:
-                runner.decode_cuda_graph_runner = graphs
             for k, v in saved.items():
                 setattr(batch, k, v)
         logits = result.logits_output.next_token_logits
