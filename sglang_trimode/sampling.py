@@ -36,8 +36,59 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """float32 ``[..., V]`` distribution after temperature, top-k and top-p (one-hot if greedy)."""
+@dataclass(frozen=True)
+class GreedyRows:
+    """All that greedy decoding reads from logits rows ``[..., V]``: each row's argmax token
+    ``top`` (int64) and that token's softmax probability ``prob`` (float32; the diffusion
+    confidence). A device forward hands these two small tensors to the CPU instead of every row's
+    ``V`` logits. Wherever a request is greedy, :func:`probs_from_logits`, :func:`sample`,
+    :func:`confidence` and the acceptance rules take it in place of the logits tensor (rows are
+    indexed like the tensor: ``rows[i]``, ``rows[1:]``, ``rows[idx]``) and give the same result
+    (tests/test_greedy_rows.py). As a distribution (``probs_from_logits``) it is the one-hot of
+    ``top``."""
+
+    top: torch.Tensor
+    prob: torch.Tensor
+    vocab: int
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> GreedyRows:
+        """``logits [..., V]`` on any device -> the summary on the CPU (one transfer each)."""
+        top = logits.argmax(-1)
+        prob = torch.softmax(logits.float(), -1).gather(-1, top[..., None]).squeeze(-1)
+        return cls(top.cpu(), prob.cpu(), int(logits.shape[-1]))
+
+    def __getitem__(self, key) -> GreedyRows:
+        return GreedyRows(self.top[key], self.prob[key], self.vocab)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.top.shape, self.vocab)
+
+    def argmax(self, dim: int = -1) -> torch.Tensor:
+        if dim not in (-1, self.top.dim()):
+            raise ValueError(f"GreedyRows: argmax over the vocabulary only (dim=-1), got {dim}")
+        return self.top
+
+
+#: Logits rows as the policies receive them: the full tensor, or (greedy requests) its summary.
+Rows = torch.Tensor | GreedyRows
+
+
+def _greedy_only(rows: GreedyRows, params: SamplingParams) -> None:
+    if not params.greedy:
+        raise ValueError(
+            f"GreedyRows carry only each row's argmax, but the request samples "
+            f"(temperature={params.temperature}); pass its full logits rows"
+        )
+
+
+def probs_from_logits(logits: Rows, params: SamplingParams) -> Rows:
+    """float32 ``[..., V]`` distribution after temperature, top-k and top-p (one-hot if greedy;
+    for :class:`GreedyRows`, the one-hot of ``top`` as ``GreedyRows``)."""
+    if isinstance(logits, GreedyRows):
+        _greedy_only(logits, params)
+        return GreedyRows(logits.top, torch.ones_like(logits.prob), logits.vocab)
     logits = logits.float()
     if params.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
@@ -56,18 +107,24 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     return probs
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
+def sample(probs: Rows, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
     """Draw one token per row of ``probs [N, V]`` -> int64 ``[N]`` (argmax when greedy)."""
     if greedy:
         return probs.argmax(-1)
+    if isinstance(probs, GreedyRows):
+        raise ValueError("GreedyRows cannot be sampled from; pass the full distribution")
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 # ---- diffusion unmasking ----------------------------------------------------------------------
 
 
-def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def confidence(logits: Rows, tokens: torch.Tensor) -> torch.Tensor:
     """Softmax probability of the chosen tokens under the raw logits ``[m, V]`` -> ``[m]``."""
+    if isinstance(logits, GreedyRows):
+        if not torch.equal(tokens.cpu(), logits.top):
+            raise ValueError("GreedyRows know the probability of each row's argmax token only")
+        return logits.prob
     return torch.softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -109,8 +166,11 @@ def accept_lossless(
     at the seed and each draft. Draft ``j`` is accepted with probability ``min(1, p_j/q_j)``;
     the first rejection resamples from ``norm(max(0, p_j - q_j))``; if all ``k`` are accepted the
     bonus token comes from ``p_k``. Returns ``(accepted, next_token)``; the output is distributed
-    exactly as sampling from ``p``. Greedy (one-hot ``p``, ``q``) reduces to exact matching.
+    exactly as sampling from ``p``. Greedy (one-hot ``p``, ``q``) reduces to exact matching
+    (:func:`accept_greedy`).
     """
+    if greedy:
+        return accept_greedy(drafts, p)
     for j in range(drafts.shape[0]):
         d = int(drafts[j])
         ratio = float(p[j, d] / q[j, d]) if q[j, d] > 0 else 0.0
@@ -137,11 +197,26 @@ def accept_exact_match(
     than the ``sum_v min(p_j(v), q_j(v))`` of :func:`accept_lossless`.
     """
     del q
+    if greedy:
+        return accept_greedy(drafts, p)
     for j in range(drafts.shape[0]):
         t = int(sample(p[j][None], generator, greedy)[0])
         if t != int(drafts[j]):
             return j, t
     return _bonus(drafts, p, generator, greedy)
+
+
+def accept_greedy(drafts: torch.Tensor, p: Rows) -> tuple[int, int]:
+    """Both rules at temperature 0: ``q`` and ``p`` are one-hot, so draft ``j`` is accepted iff it
+    equals ``argmax p_j`` (ratio ``p_j(d) / q_j(d)`` is 1 or 0), the first mismatch is replaced by
+    ``argmax p_j`` (the residual ``max(0, p_j - q_j)`` is its one-hot), and the bonus is
+    ``argmax p_k``. Reads only ``p``'s argmax, so ``p`` may be :class:`GreedyRows`."""
+    target = p.argmax(-1).tolist()  # [>= k + 1]
+    k = drafts.shape[0]
+    for j, d in enumerate(drafts.tolist()):
+        if d != target[j]:
+            return j, target[j]
+    return k, target[k]
 
 
 def _bonus(

@@ -48,7 +48,7 @@ from sglang.srt.speculative.ngram_info import NgramVerifyInput
 
 from sglang_trimode import masks
 from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
-from sglang_trimode.sampling import SamplingParams, get_accept_rule
+from sglang_trimode.sampling import GreedyRows, SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
@@ -208,7 +208,7 @@ class TriModeWorker(BaseSpecWorker):
 
     def _forward(self, batch: ScheduleBatch, segs: list, prefix: list[int]) -> torch.Tensor:
         """One forward: `segs[i]` (a `modes.Segment`, or None for a request that only rides
-        along) over `prefix[i]` committed tokens -> float32 logits [bs, n, V].
+        along) over `prefix[i]` committed tokens -> logits [bs, n, V] on the device.
 
         When every request runs one causal token over its prefix (`masks.decode()`: an AR step,
         or a one-token verify/commit) and none rides along, this is exactly SGLang's own DECODE
@@ -245,8 +245,7 @@ class TriModeWorker(BaseSpecWorker):
             positions=pos.flatten().to(dev), descs=descs, prefix_lens=prefix, width=n
         )
         result = self._target_worker.forward_batch_generation(batch, is_verify=True)
-        logits = result.logits_output.next_token_logits
-        return logits.float().cpu().view(bs, n, -1)
+        return result.logits_output.next_token_logits.view(bs, n, -1)
 
     def _drop_cuda_graphs(self) -> None:
         """Run every forward of this worker eager. SGLang captures its decode graphs for a spec
@@ -306,8 +305,27 @@ class TriModeWorker(BaseSpecWorker):
         finally:
             for k, v in saved.items():
                 setattr(batch, k, v)
-        logits = result.logits_output.next_token_logits
-        return logits.float().cpu().view(bs, 1, -1)
+        return result.logits_output.next_token_logits.view(bs, 1, -1)
+
+    @staticmethod
+    def _request_rows(logits: torch.Tensor, entries: list[_Req], segs: list) -> list:
+        """Device logits `[bs, n, V]` -> what each request's policy reads, on the CPU: for a
+        greedy request `GreedyRows` (argmax and its probability per row: two small tensors, one
+        batched reduction and transfer for all greedy requests), for a sampled one its own
+        `[len, V]` float32 rows (sampled with the request's CPU generator, as the reference
+        engine does); None for a request without a segment."""
+        lens = [0 if s is None else s.desc.length for s in segs]
+        greedy = [n > 0 and e.state.params.greedy for e, n in zip(entries, lens, strict=True)]
+        summary = GreedyRows.from_logits(logits) if any(greedy) else None
+        rows = []
+        for i, n in enumerate(lens):
+            if not n:
+                rows.append(None)
+            elif greedy[i]:
+                rows.append(summary[i, :n])
+            else:
+                rows.append(logits[i, :n].float().cpu())
+        return rows
 
     def _decode(self, batch: ScheduleBatch) -> tuple[list[list[int]], list[int]]:
         install(self.model_runner, self.settings.attention_impl)
@@ -322,7 +340,7 @@ class TriModeWorker(BaseSpecWorker):
             for i, e in enumerate(entries):
                 segs.append(e.policy.segment(e.state) if runs[i] else None)
             t0 = time.perf_counter()
-            logits = self._forward(batch, segs, prefix)
+            rows = self._request_rows(self._forward(batch, segs, prefix), entries, segs)
             if self.auto is not None:
                 width = max((s.desc.length for s in segs if s is not None), default=1)
                 self.auto.timed(len(segs) * width, sum(prefix), time.perf_counter() - t0)
@@ -332,7 +350,7 @@ class TriModeWorker(BaseSpecWorker):
                 r = e.state
                 r.stats.forwards += 1
                 accepted_before = len(r.stats.accept_lengths)
-                keep = e.policy.consume(r, seg, logits[i, : seg.desc.length])
+                keep = e.policy.consume(r, seg, rows[i])
                 if e.auto is not None:
                     self.auto.observe(e.auto, seg, r, accepted_before)
                 kept = int(keep.numel())

@@ -101,6 +101,31 @@ def test_generate_batch_and_single_equal_reference(server, reference, mode):
     assert _stats(one) == stats[mode][1]
 
 
+@pytest.mark.parametrize("mode", REQUEST_MODES)
+def test_sampled_and_greedy_requests_share_forwards(server, reference, engine, mode):
+    """Greedy requests read the device's argmax summary (`GreedyRows`), sampled ones their full
+    logits rows (the request's CPU generator), in the same forwards. Requests 0 and 2 are greedy
+    and must equal the reference; request 1 samples at temperature 1e-4 (the sampled path on an
+    all but one-hot distribution) and must equal the greedy reference too; request 3 samples at
+    temperature 1 with top-p/top-k: `max_new_tokens` tokens of the vocabulary, every token
+    accounted for in its stats."""
+    ps, expected, _, stats = reference
+    greedy = _body(ps[0], mode)["sampling_params"]
+    cold = greedy | {"temperature": 1e-4}
+    warm = greedy | {"temperature": 1.0, "top_p": 0.9, "top_k": 20}
+    body = {"input_ids": ps, "sampling_params": [greedy, cold, greedy, warm]}
+    out = post_ok(server["base"] + "/generate", body)
+    ids = [o["output_ids"] for o in out]
+    assert ids[:3] == expected[mode][:3]
+    assert len(ids[3]) == MAX_NEW_TOKENS
+    assert all(0 <= t < engine.config.vocab_size for t in ids[3])
+    meta = out[3]["meta_info"]
+    assert meta["trimode_mode"] == mode
+    # the same token count as a greedy request of this length: prefill token + accepted ones
+    assert sum(meta["trimode_accept_lengths"]) == sum(stats[mode][3]["trimode_accept_lengths"])
+    assert meta["trimode_forwards"] >= len(meta["trimode_accept_lengths"])
+
+
 def test_ar_only_forwards_run_the_wrapped_backends_decode(server, reference):
     """A forward whose every request runs an AR step is SGLang's own DECODE forward through the
     wrapped backend (torch_native here; FlashInfer's decode on a GPU), not our packed extend:

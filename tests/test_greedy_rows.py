@@ -1,0 +1,113 @@
+"""`GreedyRows` (argmax + its probability per row: what a device forward hands the CPU for a
+greedy request) against the full logits rows, and `accept_greedy` against the general
+lossless / exact-match loops on one-hot distributions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sglang_trimode import modes
+from sglang_trimode.sampling import (
+    GreedyRows,
+    SamplingParams,
+    accept_exact_match,
+    accept_greedy,
+    accept_lossless,
+    confidence,
+    get_accept_rule,
+    probs_from_logits,
+)
+
+V = 11
+MASK = V - 1
+
+
+def _one_hot(ids: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(ids, V).float()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_accept_greedy_equals_general_rules_on_one_hot(seed):
+    g = torch.Generator().manual_seed(seed)
+    k = int(torch.randint(0, 6, (), generator=g))
+    target = torch.randint(0, 3, (k + 1,), generator=g)  # small range: many matches
+    drafts = torch.randint(0, 3, (k,), generator=g)
+    p, q = _one_hot(target), _one_hot(drafts)
+    want = accept_greedy(drafts, p)
+    # the general loops (greedy=False) on one-hot p, q are deterministic and must agree
+    assert accept_lossless(drafts, q, p, torch.Generator().manual_seed(1), False) == want
+    assert accept_exact_match(drafts, q, p, torch.Generator().manual_seed(1), False) == want
+    assert accept_greedy(drafts, GreedyRows(target, torch.ones(k + 1), V)) == want
+    j = next((i for i in range(k) if drafts[i] != target[i]), k)
+    assert want == (j, int(target[j]))
+
+
+def _logits(g: torch.Generator, n: int) -> torch.Tensor:
+    """Rows with a spread of peakedness, so diffusion confidences fall on both sides of 0.9."""
+    scale = torch.rand(n, 1, generator=g) * 12.0
+    return torch.randn(n, V, generator=g) * scale
+
+
+def _state(prompt_seed: int) -> modes.RequestState:
+    return modes.RequestState(
+        prompt=[1, 2, 3],
+        params=SamplingParams(),
+        max_new_tokens=40,
+        stop_token_ids=frozenset({V - 2}),
+        generator=torch.Generator().manual_seed(prompt_seed),
+        seed=prompt_seed % (V - 2),
+    )
+
+
+@pytest.mark.parametrize("mode", ["ar", "diffusion", "self_spec_linear", "self_spec_quadratic"])
+@pytest.mark.parametrize("block", [1, 4, 8])
+@pytest.mark.parametrize("seed", range(3))
+def test_policies_read_greedy_rows_like_full_logits(mode, block, seed):
+    cfg = modes.ModeConfig(
+        mask_token_id=MASK, block_size=block, threshold=0.9, accept_rule=get_accept_rule("lossless")
+    )
+    policy = modes.get_policy(mode, cfg)
+    full, summary = _state(seed), _state(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    for _ in range(60):
+        if full.done:
+            break
+        seg = policy.segment(full)
+        assert policy.segment(summary) == seg
+        logits = _logits(g, seg.desc.length)
+        keep_full = policy.consume(full, seg, logits)
+        keep_summary = policy.consume(summary, seg, GreedyRows.from_logits(logits))
+        assert torch.equal(keep_full, keep_summary)
+        assert (full.out, full.seed, full.block, full.masked, full.drafts) == (
+            summary.out,
+            summary.seed,
+            summary.block,
+            summary.masked,
+            summary.drafts,
+        )
+        assert full.stats == summary.stats
+    assert full.done and full.out, "the run must reach its end (stop token or max_new_tokens)"
+
+
+def test_greedy_rows_index_like_the_tensor():
+    logits = torch.randn(3, 5, V)
+    rows = GreedyRows.from_logits(logits)
+    assert rows.shape == (3, 5, V)
+    assert torch.equal(rows.top, logits.argmax(-1))
+    assert torch.allclose(rows.prob, torch.softmax(logits, -1).amax(-1))
+    sub = rows[1, 1:4]
+    assert torch.equal(sub.top, logits[1, 1:4].argmax(-1))
+    idx = torch.tensor([0, 2])
+    assert torch.equal(rows[2][idx].top, logits[2][idx].argmax(-1))
+    assert torch.equal(confidence(rows[0], rows[0].top), confidence(logits[0], rows[0].top))
+
+
+def test_greedy_rows_refuse_sampling_and_other_tokens():
+    rows = GreedyRows.from_logits(torch.randn(4, V))
+    with pytest.raises(ValueError, match="full logits rows"):
+        probs_from_logits(rows, SamplingParams(temperature=0.7))
+    with pytest.raises(ValueError, match="argmax token only"):
+        confidence(rows, (rows.top + 1) % V)
+    with pytest.raises(ValueError, match="dim=-1"):
+        rows.argmax(0)
