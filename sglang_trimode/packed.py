@@ -1,14 +1,15 @@
-"""One packed attention call for a padded forward of mixed segments (no SGLang import).
+"""One attention call for a TRIMODE forward of mixed segments (no SGLang import).
 
-The TRIMODE worker lays a forward out as `bs` rows of `width` tokens: request `i`'s segment
-(`MaskDescriptor` `descs[i]`, None when it only rides along) padded to the widest, over its
-committed prefix of `prefix_lens[i]` tokens in a SGLang-style KV pool (`req_to_token` rows). This
-module turns that layout into the kernels' packed one and back:
+The TRIMODE worker lays a forward out packed: the segments of the requests that run (request
+`i`: `MaskDescriptor` `descs[i]`, None when it only rides along and has no tokens) one after
+another, `sum(d.length)` tokens in all, each over its committed prefix of `prefix_lens[i]`
+tokens in a SGLang-style KV pool (`req_to_token` rows). Every layer of the model (linear layers,
+MLP, logits) sees only these tokens; attention needs their masks:
 
-1. `pack(...)` (once per forward): the real rows of the padded `[bs * width]` layout, one
-   `SegmentBatch` of the active requests' descriptors, one `PageTable` over their prefixes;
-2. `attend(...)` (per layer): gather the real rows of q/k/v, run ONE `extend_attention` (the
-   Triton kernel or its torch reference, same signature), scatter back; padding rows are zeros.
+1. `pack(...)` (once per forward): one `SegmentBatch` of the running requests' descriptors, one
+   `PageTable` over their prefixes;
+2. `attend(...)` (per layer): ONE `extend_attention` (the Triton kernel or its torch reference,
+   same signature) over the whole forward.
 
 `srt/attention.py` is the SGLang adapter around it; `tests/kernels/test_packed.py` runs it
 compiled on a GPU (bench/gpu_check.sh) and under the interpreter on a CPU.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -35,40 +37,49 @@ _announced: set[str] = set()
 
 @dataclass(frozen=True)
 class Packed:
-    """What every layer of one forward shares: the packed rows and their layouts."""
+    """What every layer of one forward shares: the segments and the prefixes' page table."""
 
-    rows: torch.Tensor  # int64 [T]: indices of the real tokens in the padded [bs * width] layout
+    num_tokens: int  # T: the forward's tokens (the running requests' segments, packed)
     segments: SegmentBatch | None  # None: no request has a segment (nothing to attend)
     pages: PageTable | None
+
+    def check_tokens(self, num_tokens: int) -> None:
+        """Clear error unless a forward of `num_tokens` tokens is this plan's."""
+        if num_tokens != self.num_tokens:
+            raise ValueError(
+                f"the forward holds {num_tokens} tokens but the packed plan {self.num_tokens}: "
+                "its tokens must be the running requests' segments, packed in request order"
+            )
+
+    @cached_property
+    def gathered_prefix(self) -> tuple[torch.Tensor, PageTable]:
+        """`packed_prefix(pages)`, computed once per forward (at the first layer that needs it:
+        a pool of another dtype than q)."""
+        return packed_prefix(self.pages)
 
 
 def pack(
     descs: Sequence[MaskDescriptor | None],
     prefix_lens: Sequence[int],
-    width: int,
     req_to_token: torch.Tensor,
     req_pool_indices: torch.Tensor,
     device: torch.device | str,
 ) -> Packed:
-    """`descs[i]` / `prefix_lens[i]` of row `i` (pool row `req_pool_indices[i]` of `req_to_token
-    [max_reqs, max_ctx]`), each row `width` tokens -> the packed layout of the active rows."""
+    """`descs[i]` / `prefix_lens[i]` of request `i` (pool row `req_pool_indices[i]` of
+    `req_to_token [max_reqs, max_ctx]`) -> the packed forward of the running requests."""
     if len(descs) != len(prefix_lens):
         raise ValueError(f"descs ({len(descs)}) and prefix_lens ({len(prefix_lens)}) differ")
-    if any(d is not None and d.length > width for d in descs):
-        raise ValueError(f"a segment is longer than the forward's width {width}")
     active = [i for i, d in enumerate(descs) if d is not None]
-    lens = torch.tensor([0 if d is None else d.length for d in descs], dtype=torch.int64)
-    real = torch.arange(width, dtype=torch.int64)[None, :] < lens[:, None]  # [bs, width]
-    rows = real.flatten().nonzero().squeeze(1).to(device)
+    num_tokens = sum(descs[i].length for i in active)
     if not active:
-        return Packed(rows, None, None)
+        return Packed(0, None, None)
     segments = SegmentBatch.from_descriptors([descs[i] for i in active], device=device)
     idx = torch.tensor(active, dtype=torch.int64, device=req_pool_indices.device)
     prefix = torch.tensor([prefix_lens[i] for i in active], dtype=torch.int32)
     pages = PageTable.from_req_to_token(
         req_to_token, req_pool_indices.index_select(0, idx).to(device), prefix.to(device)
     )
-    return Packed(rows, segments, pages)
+    return Packed(num_tokens, segments, pages)
 
 
 def attention_fn(impl: str) -> Callable[..., torch.Tensor]:
@@ -117,21 +128,18 @@ def attend(
     sm_scale: float,
     impl: str,
 ) -> torch.Tensor:
-    """`q [bs * width, Hq, D]`, `k`/`v [bs * width, Hkv, D]` (padded layout; the segment's own
-    K/V), `k_cache`/`v_cache [S, Hkv, D]` (any float dtype) -> `out [bs * width, Hq, D]` in q's
-    dtype: each real row attends to its prefix and, under its descriptor, to its segment."""
-    out = q.new_zeros(q.shape)
+    """`q [T, Hq, D]`, `k`/`v [T, Hkv, D]` (the packed segments' own K/V), `k_cache`/`v_cache
+    [S, Hkv, D]` (any float dtype) -> `out [T, Hq, D]` in q's dtype: each token attends to its
+    request's prefix and, under its descriptor, to its segment."""
+    packed.check_tokens(q.shape[0])
     if packed.segments is None:
-        return out
-    dtype, rows = q.dtype, packed.rows
-    q_r = q.index_select(0, rows)
-    k_r = k.index_select(0, rows).to(dtype)
-    v_r = v.index_select(0, rows).to(dtype)
-    pages = packed.pages
+        return q.new_zeros(q.shape)
+    dtype, pages = q.dtype, packed.pages
     if k_cache.dtype != dtype or v_cache.dtype != dtype:
-        slots, pages = packed_prefix(packed.pages)
+        slots, pages = packed.gathered_prefix
         k_cache = k_cache.index_select(0, slots).to(dtype)
         v_cache = v_cache.index_select(0, slots).to(dtype)
     fn = attention_fn(impl)
-    o = fn(q_r, k_r, v_r, k_cache, v_cache, pages, packed.segments, sm_scale=sm_scale)
-    return out.index_copy_(0, rows, o)
+    return fn(
+        q, k.to(dtype), v.to(dtype), k_cache, v_cache, pages, packed.segments, sm_scale=sm_scale
+    )

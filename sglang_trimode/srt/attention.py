@@ -6,20 +6,18 @@ decode-phase forwards: diffusion drafts, commits, linear verifies, quadratic ste
 with them) are computed here; everything else (prefill, plain AR serving, the worker's AR-only
 forwards, which it runs as SGLang DECODE forwards) goes to the wrapped backend unchanged.
 
-The worker lays such a forward out as `bs` rows of `n` tokens (each request's segment padded to
-the widest; a request with no segment rides along as padding only). The plan carries one
-`sglang_trimode.masks.MaskDescriptor` per request (None: rides along) and the committed prefix
-`prefix_lens[i]` of each. Per layer the backend (the SGLang-free packing and call are
-`sglang_trimode.packed`, tested compiled on a GPU by `bench/gpu_check.sh`)
+The worker lays such a forward out packed: the segments of the requests that run, one after
+another (a request with no segment rides along with no tokens), so the model's linear layers, MLPs
+and logits see only real tokens. The plan carries one `sglang_trimode.masks.MaskDescriptor` per
+request (None: rides along) and the committed prefix `prefix_lens[i]` of each. Per forward the
+backend packs the plan once (`SegmentBatch` of the descriptors, `PageTable` over SGLang's
+`req_to_token` with the committed prefixes; `sglang_trimode.packed`, SGLang-free, tested compiled
+on a GPU by `bench/gpu_check.sh`) and resolves the attention impl once; per layer it
 
-1. writes every token's K/V to `out_cache_loc` (padding tokens write to the pool's slot 0);
-2. gathers the real (non-padding) rows of q/k/v into one packed batch (`SegmentBatch` of the
-   segments' descriptors, `PageTable` over SGLang's `req_to_token` with the committed prefixes);
-   requests that only ride along are left out;
-3. runs ONE attention call for the whole batch: each segment token attends to its request's
+1. writes every token's K/V to `out_cache_loc` (the request's reserved slots after its prefix);
+2. runs ONE attention call for the whole batch: each segment token attends to its request's
    whole prefix (read through the page table) and to its segment (passed as k/v) under the
-   descriptor's mask;
-4. scatters the result back to the padded layout (padding rows: zeros).
+   descriptor's mask.
 
 The call (`--trimode-attention-impl`, `srt/flags.py`) is `sglang_trimode.kernels.extend_attention`
 (`triton`: compiled on a CUDA device, or the Triton interpreter on a CPU with
@@ -50,8 +48,10 @@ from sglang_trimode.srt import flags
 class TriModeForwardInput:
     """Per-forward plan, riding on `ForwardBatch.spec_info` (duck-typed SpecInput).
 
-    `positions` [bs * n]; `descs` list of `MaskDescriptor` or None (rides along) per request;
-    `prefix_lens` list[int] (committed KV per request); `width` n (tokens per request row).
+    `positions` [T] (the packed tokens); `descs` list of `MaskDescriptor` or None (rides along:
+    no tokens) per request; `prefix_lens` list[int] (committed KV per request); `width` the widest
+    segment (SGLang's `num_tokens_per_req`, read only by its LoRA / Mamba / NPU paths, which a
+    TRIMODE server does not run).
     """
 
     def __init__(self, positions, descs: list[MaskDescriptor | None], prefix_lens, width):
@@ -73,6 +73,7 @@ class TriModeForwardInput:
         self.window_kv_indptr = None
         self.window_kv_indices = None
         self.attn_metadata: packing.Packed | None = None  # once per forward (backend)
+        self.attn_impl: str | None = None  # `triton` or `torch`, resolved once per forward
 
     def is_draft_input(self) -> bool:
         return False
@@ -106,7 +107,7 @@ class TriModeAttnBackend:
     def init_forward_metadata(self, forward_batch):
         plan = forward_batch.spec_info
         if isinstance(plan, TriModeForwardInput):
-            plan.attn_metadata = self._pack(plan, forward_batch, forward_batch.out_cache_loc.device)
+            self._prepare(plan, forward_batch, forward_batch.out_cache_loc.device)
             return None
         return self.inner.init_forward_metadata(forward_batch)
 
@@ -127,11 +128,14 @@ class TriModeAttnBackend:
                 raise ValueError(msg)
         return impl
 
-    def _pack(self, plan: TriModeForwardInput, forward_batch, device) -> packing.Packed:
-        return packing.pack(
+    def _prepare(self, plan: TriModeForwardInput, forward_batch, device: torch.device) -> None:
+        """Pack the plan and resolve the impl, once per forward (every layer shares them)."""
+        if plan.attn_metadata is not None:
+            return
+        plan.attn_impl = self.resolved_impl(device)
+        plan.attn_metadata = packing.pack(
             plan.descs,
             plan.prefix_lens,
-            plan.num_tokens_per_req,
             self.inner.req_to_token_pool.req_to_token,
             forward_batch.req_pool_indices,
             device,
@@ -149,9 +153,9 @@ class TriModeAttnBackend:
             )
         if getattr(layer, "logit_cap", 0.0) or getattr(layer, "sliding_window_size", -1) > 0:
             raise ValueError("TRIMODE attention supports no logit cap and no sliding window")
+        self._prepare(plan, forward_batch, q.device)
+        plan.attn_metadata.check_tokens(q.reshape(-1, hq, dq).shape[0])
         pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v)
-        if plan.attn_metadata is None:
-            plan.attn_metadata = self._pack(plan, forward_batch, q.device)
         out = packing.attend(
             q.reshape(-1, hq, dq),
             k.reshape(-1, hkv, dq),
@@ -160,7 +164,7 @@ class TriModeAttnBackend:
             pool.get_value_buffer(layer.layer_id),
             plan.attn_metadata,
             layer.scaling,
-            self.resolved_impl(q.device),
+            plan.attn_impl,
         )
         return out.reshape(-1, hq * dv)
 

@@ -16,18 +16,18 @@ request of the batch, one *cycle* of its mode with the reference engine's own po
   point, so each step still ends on a complete cycle.
 
 Requests of different modes share each forward: every sub-forward is one TARGET_VERIFY forward of
-the whole batch with a uniform per-request width (shorter segments padded, requests whose cycle
-is complete ride along as one padding token). The plan (`TriModeForwardInput`) carries each
-request's `MaskDescriptor` (None: rides along) and committed prefix, no dense masks; the
-attention of these forwards is `sglang_trimode.srt.attention.TriModeAttnBackend`, which packs the
-real tokens into one `extend_attention` call per layer (`--trimode-attention-impl`). Building a
-forward loops over requests only (tokens, positions), never over tokens; the KV slots are one
-gather from `req_to_token`. Segment KV goes to the request's reserved
-slots right after its committed prefix; only the tokens a policy commits advance the request
-(`accept_lens`), the rest is overwritten by later forwards and freed with the request (SGLang's
-spec-v2 over-allocation). Padding tokens write to the pool's padding slot 0. A forward in which
-every request runs one causal token (an AR step) and none rides along is SGLang's own DECODE
-forward instead, through the wrapped backend's decode attention (`_forward_decode`).
+the running requests' segments packed one after another (no padding: a 1-token AR step and a
+72-token quadratic step cost 73 tokens of linear layers and MLPs; a request whose cycle is
+complete rides along with no tokens). The plan (`TriModeForwardInput`) carries each request's
+`MaskDescriptor` (None: rides along) and committed prefix, no dense masks; the attention of these
+forwards is `sglang_trimode.srt.attention.TriModeAttnBackend`, one `extend_attention` call per
+layer (`--trimode-attention-impl`). Building a forward loops over requests only (tokens,
+positions), never over tokens; the KV slots are one gather from `req_to_token`. Segment KV goes
+to the request's reserved slots right after its committed prefix; only the tokens a policy
+commits advance the request (`accept_lens`), the rest is overwritten by later forwards and freed
+with the request (SGLang's spec-v2 over-allocation). A forward in which every request runs one
+causal token (an AR step) and none rides along is SGLang's own DECODE forward instead, through
+the wrapped backend's decode attention (`_forward_decode`).
 
 Per-request state (pending drafts, RNG, stats) lives in `self.states` keyed by request id and is
 dropped when a request leaves the batch.
@@ -56,7 +56,6 @@ from sglang_trimode.srt.spec import settings_from_server_args, verify_width
 
 logger = logging.getLogger(__name__)
 
-PAD_SLOT = 0  # SGLang's KV pool keeps slot 0 for padded tokens
 _DECODE = masks.decode()  # one causal token over the committed prefix (an AR step)
 
 
@@ -208,44 +207,40 @@ class TriModeWorker(BaseSpecWorker):
 
     def _forward(self, batch: ScheduleBatch, segs: list, prefix: list[int]) -> torch.Tensor:
         """One forward: `segs[i]` (a `modes.Segment`, or None for a request that only rides
-        along) over `prefix[i]` committed tokens -> logits [bs, n, V] on the device.
+        along) over `prefix[i]` committed tokens -> logits `[T, V]` on the device, `T` the
+        segments' tokens packed in request order (a request riding along has none).
 
         When every request runs one causal token over its prefix (`masks.decode()`: an AR step,
         or a one-token verify/commit) and none rides along, this is exactly SGLang's own DECODE
         forward: `_forward_decode` runs it through the wrapped backend's decode attention.
-        Otherwise one TARGET_VERIFY forward over our packed attention.
-
-        Rows of `n` tokens per request (the widest segment); the plan carries each request's
-        `MaskDescriptor` (the attention backend packs the real tokens). Padding tokens are the
-        mask token at position `prefix[i]`, writing K/V to the pool's padding slot."""
+        Otherwise one TARGET_VERIFY forward of the packed segments over our attention (the plan
+        carries each request's `MaskDescriptor`): linear layers, MLPs and logits see only the
+        real tokens, whatever mix of segment lengths shares the forward."""
         if segs and all(s is not None and s.desc == _DECODE for s in segs):
             return self._forward_decode(batch, [s.tokens[0] for s in segs], prefix)
-        bs = len(segs)
         descs = [None if s is None else s.desc for s in segs]
-        lens = [0 if d is None else d.length for d in descs]
-        n = max(max(lens, default=0), 1)
-        tokens = torch.full((bs, n), self.mask_token_id, dtype=torch.int64)
-        pos = torch.tensor(prefix, dtype=torch.int64)[:, None].repeat(1, n)
-        for i, seg in enumerate(segs):
-            if seg is not None:
-                tokens[i, : lens[i]] = torch.tensor(seg.tokens, dtype=torch.int64)
-                pos[i, : lens[i]] = masks.positions(seg.desc, prefix[i])
-        dev = self.device
-        # slots: request i's token t goes to req_to_token[row_i, prefix_i + t]; padding: PAD_SLOT
-        real = torch.arange(n)[None, :] < torch.tensor(lens)[:, None]
-        cols = torch.where(real, torch.tensor(prefix)[:, None] + torch.arange(n)[None, :], 0)
+        lens = torch.tensor([0 if d is None else d.length for d in descs], dtype=torch.int64)
+        running = [i for i, s in enumerate(segs) if s is not None]
+        tokens = torch.tensor([t for i in running for t in segs[i].tokens], dtype=torch.int64)
+        pos = torch.cat([masks.positions(segs[i].desc, prefix[i]) for i in running])
+        # slots: request i's token t goes to req_to_token[row_i, prefix_i + t]
+        owner = torch.repeat_interleave(torch.arange(len(segs)), lens)  # [T]
+        start = torch.cumsum(lens, 0) - lens
+        cols = torch.tensor(prefix, dtype=torch.int64)[owner] + torch.arange(len(owner))
+        cols -= start[owner]
         req_to_token = batch.req_to_token_pool.req_to_token
         rows = batch.req_pool_indices.to(req_to_token.device)
-        locs = req_to_token[rows[:, None], cols.to(req_to_token.device)].to(torch.int64)
-        locs = torch.where(real.to(locs.device), locs, PAD_SLOT)
+        dev_owner = owner.to(req_to_token.device)
+        locs = req_to_token[rows[dev_owner], cols.to(req_to_token.device)].to(torch.int64)
+        dev = self.device
         batch.forward_mode = ForwardMode.TARGET_VERIFY
-        batch.input_ids = tokens.flatten().to(dev)
-        batch.out_cache_loc = locs.flatten().to(dev)
+        batch.input_ids = tokens.to(dev)
+        batch.out_cache_loc = locs.to(dev)
         batch.spec_info = TriModeForwardInput(
-            positions=pos.flatten().to(dev), descs=descs, prefix_lens=prefix, width=n
+            positions=pos.to(dev), descs=descs, prefix_lens=prefix, width=int(lens.max())
         )
         result = self._target_worker.forward_batch_generation(batch, is_verify=True)
-        return result.logits_output.next_token_logits.view(bs, n, -1)
+        return result.logits_output.next_token_logits
 
     def _drop_cuda_graphs(self) -> None:
         """Run every forward of this worker eager. SGLang captures its decode graphs for a spec
@@ -278,7 +273,6 @@ class TriModeWorker(BaseSpecWorker):
                 "TRIMODE: AR-only forward via the wrapped backend's decode (%s)",
                 type(inner).__name__,
             )
-        bs = len(seeds)
         req_to_token = batch.req_to_token_pool.req_to_token
         rows = batch.req_pool_indices.to(req_to_token.device)
         cols = torch.tensor(prefix, dtype=torch.int64, device=req_to_token.device)
@@ -305,11 +299,12 @@ class TriModeWorker(BaseSpecWorker):
         finally:
             for k, v in saved.items():
                 setattr(batch, k, v)
-        return result.logits_output.next_token_logits.view(bs, 1, -1)
+        return result.logits_output.next_token_logits  # [bs, V]: one token per request
 
     @staticmethod
     def _request_rows(logits: torch.Tensor, entries: list[_Req], segs: list) -> list:
-        """Device logits `[bs, n, V]` -> what each request's policy reads, on the CPU: for a
+        """Device logits `[T, V]` (`_forward`'s packed layout) -> what each request's policy
+        reads, on the CPU: for a
         greedy request `GreedyRows` (argmax and its probability per row: two small tensors, one
         batched reduction and transfer for all greedy requests), for a sampled one its own
         `[len, V]` float32 rows (sampled with the request's CPU generator, as the reference
@@ -317,14 +312,17 @@ class TriModeWorker(BaseSpecWorker):
         lens = [0 if s is None else s.desc.length for s in segs]
         greedy = [n > 0 and e.state.params.greedy for e, n in zip(entries, lens, strict=True)]
         summary = GreedyRows.from_logits(logits) if any(greedy) else None
-        rows = []
+        rows, start = [], 0
         for i, n in enumerate(lens):
             if not n:
                 rows.append(None)
             elif greedy[i]:
-                rows.append(summary[i, :n])
+                rows.append(summary[start : start + n])
             else:
-                rows.append(logits[i, :n].float().cpu())
+                rows.append(logits[start : start + n].float().cpu())
+            start += n
+        if start != logits.shape[0]:
+            raise RuntimeError(f"TRIMODE: {logits.shape[0]} logits rows for {start} tokens")
         return rows
 
     def _decode(self, batch: ScheduleBatch) -> tuple[list[list[int]], list[int]]:
@@ -342,8 +340,9 @@ class TriModeWorker(BaseSpecWorker):
             t0 = time.perf_counter()
             rows = self._request_rows(self._forward(batch, segs, prefix), entries, segs)
             if self.auto is not None:
-                width = max((s.desc.length for s in segs if s is not None), default=1)
-                self.auto.timed(len(segs) * width, sum(prefix), time.perf_counter() - t0)
+                tokens = sum(s.desc.length for s in segs if s is not None)
+                context = sum(p for p, s in zip(prefix, segs, strict=True) if s is not None)
+                self.auto.timed(tokens, context, time.perf_counter() - t0)
             for i, (e, seg) in enumerate(zip(entries, segs, strict=True)):
                 if seg is None:
                     continue

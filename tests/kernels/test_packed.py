@@ -1,8 +1,8 @@
-"""`sglang_trimode.packed`: the TRIMODE backend's padded layout -> one packed attention call.
+"""`sglang_trimode.packed`: a TRIMODE forward's packed segments -> one attention call.
 
-The worker's layout (rows of `width` tokens, each request's segment padded to the widest, requests
-that only ride along, ragged committed prefixes in a shuffled `req_to_token` pool) goes through
-`pack` + `attend` and is compared row by row with float64 dense-mask attention per request
+The worker's layout (the running requests' segments one after another, requests that only ride
+along with no tokens, ragged committed prefixes in a shuffled `req_to_token` pool) goes through
+`pack` + `attend` and is compared token by token with float64 dense-mask attention per request
 (`masks.dense_mask`). Both impls: `triton` (compiled on a GPU, interpreted on a CPU) and `torch`
 (the kernels' reference). bench/gpu_check.sh runs this file on the GPU with bf16 and a KV pool of
 another dtype than q (SGLang's fp8/bf16 KV caches), with Ministral-3-like head shapes.
@@ -32,12 +32,14 @@ MIXED = [
 
 
 def layout(seed, descs, prefixes, *, dtype, pool_dtype, heads, head_dim):
-    """Random q/k/v in the padded layout and a shuffled pool; returns the inputs and the
-    float64 expectation (zeros on padding rows)."""
+    """Random q/k/v of the packed segments and a shuffled pool; returns the inputs and the
+    float64 expectation."""
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     hq, hkv = heads
-    bs, width = len(descs), max(d.length for d in descs if d is not None)
+    bs = len(descs)
+    lens = [0 if d is None else d.length for d in descs]
+    total = sum(lens)
     slots = sum(prefixes) + 9
     perm = rng.sample(range(1, slots), slots - 1)  # slot 0: SGLang's padding slot
     rows_of = rng.sample(range(bs + 3), bs)  # pool rows, not in batch order
@@ -50,17 +52,17 @@ def layout(seed, descs, prefixes, *, dtype, pool_dtype, heads, head_dim):
     def randn(*shape):
         return torch.randn(*shape, generator=gen)
 
-    q, k = randn(bs * width, hq, head_dim), randn(bs * width, hkv, head_dim)
-    v = randn(bs * width, hkv, head_dim)
+    q, k = randn(total, hq, head_dim), randn(total, hkv, head_dim)
+    v = randn(total, hkv, head_dim)
     kc, vc = randn(slots, hkv, head_dim), randn(slots, hkv, head_dim)
     kc, vc = kc.to(pool_dtype), vc.to(pool_dtype)  # what the pool stores
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     scale = 0.7 * head_dim**-0.5  # not the kernels' default: a dropped sm_scale fails
-    want = torch.zeros(bs * width, hq, head_dim, dtype=torch.float64)
+    want = torch.zeros(total, hq, head_dim, dtype=torch.float64)
     for i, (d, p) in enumerate(zip(descs, prefixes, strict=True)):
         if d is None:
             continue
-        s, n, pre = i * width, d.length, r2t[rows_of[i], :p].long()
+        s, n, pre = sum(lens[:i]), d.length, r2t[rows_of[i], :p].long()
         keys = torch.cat([kc[pre].double(), k[s : s + n].double()])
         values = torch.cat([vc[pre].double(), v[s : s + n].double()])
         o = scaled_dot_product_attention(
@@ -75,7 +77,7 @@ def layout(seed, descs, prefixes, *, dtype, pool_dtype, heads, head_dim):
     dev = DEVICE
     args = (q.to(dev), k.to(dev), v.to(dev), kc.to(dev), vc.to(dev))
     pool = (r2t.to(dev), torch.tensor(rows_of, device=dev))
-    return args, pool, width, scale, want
+    return args, pool, scale, want
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
@@ -88,40 +90,39 @@ def test_packed_attention_equals_dense_per_request(impl, dtype, pool_dtype, head
     other = torch.bfloat16 if dtype == torch.float32 else torch.float32
     pdt = dtype if pool_dtype == "same" else other  # cast to q's dtype before the kernel
     prefixes = [5, 17, 9, 11, 40, 1, 23]
-    args, (r2t, rows), width, scale, want = layout(
+    args, (r2t, rows), scale, want = layout(
         3, MIXED, prefixes, dtype=dtype, pool_dtype=pdt, heads=heads, head_dim=head_dim
     )
-    p = packed.pack(MIXED, prefixes, width, r2t, rows, DEVICE)
+    p = packed.pack(MIXED, prefixes, r2t, rows, DEVICE)
+    assert p.num_tokens == sum(d.length for d in MIXED if d is not None)
     out = packed.attend(*args, p, scale, impl)
     assert out.shape == args[0].shape and out.dtype == dtype
-    real = torch.zeros(len(MIXED), width, dtype=torch.bool)
-    for i, d in enumerate(MIXED):
-        real[i, : 0 if d is None else d.length] = True
-    real = real.flatten()
-    got = out.double().cpu()
-    assert (got[~real] == 0).all()  # padding and riding-along rows
     # the expectation reads q/k/v/pool as stored; the only rounding is the kernel's own
     tol = tolerance(dtype)
-    torch.testing.assert_close(got[real], want[real], atol=tol, rtol=tol)
+    torch.testing.assert_close(out.double().cpu(), want, atol=tol, rtol=tol)
+    if pdt != dtype:  # the gathered prefix is built once per forward, shared by every layer
+        assert p.gathered_prefix is p.gathered_prefix
 
 
-def test_nothing_to_attend_gives_zeros():
+def test_nothing_to_attend_gives_no_rows():
     r2t = torch.zeros(3, 8, dtype=torch.int32, device=DEVICE)
-    p = packed.pack([None, None], [3, 4], 1, r2t, torch.tensor([2, 0], device=DEVICE), DEVICE)
-    assert p.segments is None and p.rows.numel() == 0
-    q = torch.ones(2, 4, 16, device=DEVICE)
-    kv = torch.ones(2, 2, 16, device=DEVICE)
+    p = packed.pack([None, None], [3, 4], r2t, torch.tensor([2, 0], device=DEVICE), DEVICE)
+    assert p.segments is None and p.num_tokens == 0
+    q = torch.ones(0, 4, 16, device=DEVICE)
+    kv = torch.ones(0, 2, 16, device=DEVICE)
     cache = torch.ones(8, 2, 16, device=DEVICE)
     out = packed.attend(q, kv, kv, cache, cache, p, 0.25, "triton")
-    assert (out == 0).all()
+    assert out.shape == (0, 4, 16)
 
 
 def test_pack_rejects_inconsistent_plans():
     r2t = torch.zeros(2, 8, dtype=torch.int32)
     rows = torch.tensor([0, 1])
     with pytest.raises(ValueError, match="descs .2. and prefix_lens .1. differ"):
-        packed.pack([masks.decode(), None], [3], 1, r2t, rows, "cpu")
-    with pytest.raises(ValueError, match="longer than the forward's width 2"):
-        packed.pack([masks.diffusion_draft(4), None], [3, 1], 2, r2t, rows, "cpu")
+        packed.pack([masks.decode(), None], [3], r2t, rows, "cpu")
+    p = packed.pack([masks.diffusion_draft(4), None], [3, 1], r2t, rows, "cpu")
+    q, kv = torch.ones(5, 4, 16), torch.ones(5, 2, 16)
+    with pytest.raises(ValueError, match="holds 5 tokens but the packed plan 4"):
+        packed.attend(q, kv, kv, torch.ones(8, 2, 16), torch.ones(8, 2, 16), p, 0.25, "torch")
     with pytest.raises(ValueError, match="attention impl must be one of triton, torch"):
         packed.attention_fn("flash")

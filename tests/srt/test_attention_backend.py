@@ -2,7 +2,7 @@
 
 One forward of mixed requests (a bidirectional diffusion draft, a causal verify, a quadratic
 step, an AR step, a request that only rides along) over ragged committed prefixes, laid out as
-the worker lays it (rows padded to the widest segment, padding writing to slot 0), is compared
+the worker lays it (the running requests' segments packed one after another), is compared
 with a dense-mask `scaled_dot_product_attention` per request in float64 whose mask is written
 here from the mask definitions (not from `sglang_trimode.masks`), for both impls: `torch` (the
 kernels' reference) and `triton` (the kernel, under the interpreter on a CPU). Skipped without
@@ -32,7 +32,6 @@ from sglang_trimode.srt.attention import TriModeAttnBackend, TriModeForwardInput
 
 HQ, HKV, D = 4, 2, 16
 SLOTS, MAX_CTX = 512, 96
-PAD_SLOT = 0
 
 
 class FakePool:
@@ -104,39 +103,40 @@ def allowed(desc, prefix: int) -> torch.Tensor:
 
 
 def case(descs, prefixes, *, q_dtype=torch.float32, pool_dtype=torch.float32, seed=0):
-    """A padded forward like the worker's: returns (backend, inputs, expected, pool snapshot)."""
+    """A packed forward like the worker's: returns (inner backend, inputs, expected, slots)."""
     gen = torch.Generator().manual_seed(seed)
     bs = len(descs)
-    n = max([d.length for d in descs if d is not None], default=1)
+    lens = [0 if d is None else d.length for d in descs]
     pool = FakePool(pool_dtype, gen)
-    perm = torch.randperm(SLOTS - 1, generator=gen) + 1  # slot 0 is the padding slot
+    perm = torch.randperm(SLOTS - 1, generator=gen) + 1  # slot 0 is SGLang's padding slot
     req_to_token = torch.zeros(bs + 3, MAX_CTX, dtype=torch.int32)
     req_pool_indices = torch.randperm(bs + 3, generator=gen)[:bs]
-    locs = torch.full((bs, n), PAD_SLOT, dtype=torch.int64)
+    locs = []
     used = 0
-    for i, (d, p) in enumerate(zip(descs, prefixes, strict=True)):
-        m = 0 if d is None else d.length
+    for i, (m, p) in enumerate(zip(lens, prefixes, strict=True)):
         row = perm[used : used + p + m]
         used += p + m
         req_to_token[req_pool_indices[i], : p + m] = row.to(torch.int32)
-        locs[i, :m] = row[p:]
-    T = bs * n
+        locs.append(row[p:])
+    locs = torch.cat(locs).to(torch.int64)
+    T = sum(lens)
     q = torch.randn(T, HQ * D, generator=gen).to(q_dtype)
     k = torch.randn(T, HKV * D, generator=gen).to(q_dtype)
     v = torch.randn(T, HKV * D, generator=gen).to(q_dtype)
     before = (pool.k.clone(), pool.v.clone())
     plan = TriModeForwardInput(
-        positions=torch.zeros(T, dtype=torch.int64), descs=descs, prefix_lens=prefixes, width=n
+        positions=torch.zeros(T, dtype=torch.int64),
+        descs=descs,
+        prefix_lens=prefixes,
+        width=max(lens),
     )
-    fb = SimpleNamespace(
-        spec_info=plan, out_cache_loc=locs.flatten(), req_pool_indices=req_pool_indices
-    )
+    fb = SimpleNamespace(spec_info=plan, out_cache_loc=locs, req_pool_indices=req_pool_indices)
     lay = layer()
     expected = torch.zeros(T, HQ, D, dtype=torch.float64)
     for i, (d, p) in enumerate(zip(descs, prefixes, strict=True)):
         if d is None:
             continue
-        m, s = d.length, i * n
+        m, s = d.length, sum(lens[:i])
         slots = req_to_token[req_pool_indices[i], :p].long()
         # prefix from the pool as stored (its dtype), the segment as the model computed it
         keys = torch.cat([before[0][slots].double(), k[s : s + m].view(m, HKV, D).double()])
@@ -183,13 +183,11 @@ def test_mixed_batch_equals_dense_sdpa(impl, init):
     assert out.shape == (q.shape[0], HQ * D) and out.dtype == q.dtype
     got = out.view(-1, HQ, D).double()
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
-    real = locs.flatten() != PAD_SLOT
-    assert (got[~real] == 0).all()  # padding and riding-along rows: zeros
-    assert got[real].abs().sum(-1).min() > 0
+    assert got.abs().sum(-1).min() > 0
     # the segment K/V went into the pool at out_cache_loc
     pool = inner.token_to_kv_pool
-    assert torch.equal(pool.k[locs.flatten()[real]], k.view(-1, HKV, D)[real])
-    assert torch.equal(pool.v[locs.flatten()[real]], v.view(-1, HKV, D)[real])
+    assert torch.equal(pool.k[locs], k.view(-1, HKV, D))
+    assert torch.equal(pool.v[locs], v.view(-1, HKV, D))
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
@@ -199,14 +197,37 @@ def test_pool_dtype_differs_from_q(impl):
     inner, inputs, expected, locs = case(descs, [6, 2, 21], pool_dtype=torch.bfloat16, seed=1)
     got = run(impl, inner, inputs).view(-1, HQ, D).double()
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
-    assert (got[locs.flatten() == PAD_SLOT] == 0).all()
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_all_requests_ride_along_returns_zeros(impl):
+def test_all_requests_ride_along_gives_no_rows(impl):
     inner, inputs, _, _ = case([None, None], [4, 7])
     out = run(impl, inner, inputs)
-    assert out.shape == (2, HQ * D) and (out == 0).all()
+    assert out.shape == (0, HQ * D)
+
+
+def test_plan_is_packed_and_impl_resolved_once_per_forward(monkeypatch):
+    """Every layer of a forward shares one packed plan and one impl resolution."""
+    calls = []
+    real = flags.resolve_attention_impl
+    monkeypatch.setattr(flags, "resolve_attention_impl", lambda *a: calls.append(a) or real(*a))
+    inner, (q, k, v, lay, fb), expected, _ = case(MIXED, PREFIXES)
+    backend = TriModeAttnBackend(inner, "auto")
+    backend.init_forward_metadata(fb)
+    metadata = fb.spec_info.attn_metadata
+    for layer_id in range(3):
+        lay.layer_id = layer_id
+        out = backend.forward(q, k, v, lay, fb)
+        assert fb.spec_info.attn_metadata is metadata
+    assert calls == [("auto", "cpu")] and fb.spec_info.attn_impl == "torch"
+    torch.testing.assert_close(out.view(-1, HQ, D).double(), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_token_count_other_than_the_plan_is_a_clear_error():
+    inner, (q, k, v, lay, fb), _, _ = case(MIXED, PREFIXES)
+    backend = TriModeAttnBackend(inner, "torch")
+    with pytest.raises(ValueError, match="packed in request order"):
+        backend.forward(q[1:], k[1:], v[1:], lay, fb)
 
 
 def test_other_forwards_go_to_the_wrapped_backend():
