@@ -301,6 +301,40 @@ def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
     return None
 
 
+def unsupported_output_error(
+    return_logprob: Any, top_logprobs_num: Any, token_ids_logprob: Any
+) -> str | None:
+    """The 400 message for a request asking a TRIMODE server for log probabilities (its worker
+    emits several tokens per step from its own forwards and returns no logprobs), else None."""
+    asked = [
+        name
+        for name, value in (
+            ("return_logprob", return_logprob),
+            ("top_logprobs_num", top_logprobs_num),
+            ("token_ids_logprob", token_ids_logprob),
+        )
+        if value
+    ]
+    if not asked:
+        return None
+    return (
+        f"{', '.join(asked)} (OpenAI: logprobs / top_logprobs) is not supported with "
+        f"--speculative-algorithm {ALGORITHM}: drop it from the request, or ask a server "
+        f"started without {ALGORITHM} (plain AR) for log probabilities"
+    )
+
+
+def unsupported_server_error(return_hidden_states: Any, hidden_states_mode: Any) -> str | None:
+    """The launch error for server flags the TRIMODE worker cannot honour, else None."""
+    if return_hidden_states or hidden_states_mode:
+        return (
+            f"--enable-return-hidden-states / --return-hidden-states-mode: the {ALGORITHM} "
+            "worker returns no hidden states; drop the flag, or serve without "
+            f"--speculative-algorithm {ALGORITHM}"
+        )
+    return None
+
+
 def values_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The `--trimode-*` values from Python keywords named like the flags' dests
     (`trimode_mode="diffusion"`, `trimode_block_size=4`, `trimode_serve_modes=["ar", "auto"]`,

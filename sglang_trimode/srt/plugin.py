@@ -13,7 +13,9 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
 - a check of each request's `custom_params["trimode_mode"]` (hook on `SamplingParams.verify`, in
   the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
 - a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding the
-  checkpoint's mask token is a clear HTTP 400 naming the field;
+  checkpoint's mask token is a clear HTTP 400 naming the field; on a TRIMODE server, a request
+  for log probabilities (`return_logprob`, `top_logprobs_num`, `token_ids_logprob`; OpenAI
+  `logprobs`) too;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
   `trimode_step_modes` in each response's `meta_info` (hook on
   `TokenizerManager.update_request_meta_info`, `srt/stats.py`).
@@ -84,8 +86,19 @@ def mask_token_error(input_ids, mask_token_id: int, from_text: bool) -> str | No
 
 
 def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs):
-    """Refuse a prompt that holds the checkpoint's mask token (HTTP 400 via ValueError)."""
+    """Refuse a prompt that holds the checkpoint's mask token, and on a TRIMODE server a request
+    for log probabilities (HTTP 400 via ValueError)."""
     from sglang_trimode.config import ARCHITECTURE
+
+    algorithm = getattr(getattr(manager, "server_args", None), "speculative_algorithm", None)
+    if (algorithm or "").upper() == flags.ALGORITHM:
+        msg = flags.unsupported_output_error(
+            getattr(obj, "return_logprob", None),
+            getattr(obj, "top_logprobs_num", None),
+            getattr(obj, "token_ids_logprob", None),
+        )
+        if msg:
+            raise ValueError(msg)
 
     hf = getattr(getattr(manager, "model_config", None), "hf_config", None)
     ours = ARCHITECTURE in (getattr(hf, "architectures", None) or ())

@@ -118,6 +118,11 @@ def _validate(server_args) -> None:
     values = trimode_values(server_args)
     msg = flags.check_combination(values, server_args.speculative_algorithm)
     if msg is None:
+        msg = flags.unsupported_server_error(
+            getattr(server_args, "enable_return_hidden_states", False),
+            getattr(server_args, "return_hidden_states_mode", None),
+        )
+    if msg is None:
         msg = flags.attention_impl_error(
             values.get("trimode_attention_impl"),
             device_type(server_args),

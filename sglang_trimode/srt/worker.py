@@ -63,6 +63,31 @@ class RequestModeError(ValueError):
     """A request asked for a mode this server does not serve."""
 
 
+def abort_request(req, message: str) -> None:
+    """Finish `req` at the end of this step with HTTP 400 `message` (the others go on)."""
+    from http import HTTPStatus
+
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    req.to_finish = FINISH_ABORT(message, HTTPStatus.BAD_REQUEST, "BadRequestError")
+
+
+def refuse_logprobs(batch) -> list[str]:
+    """Belt and braces for the plugin's 400 (`plugin._after_validate_one_request`): requests
+    asking for log probabilities that reached the worker anyway are aborted with that message
+    and the batch then asks for none, so SGLang's output processing reads no logprobs the worker
+    does not produce (it would stop the scheduler). Returns the aborted request ids."""
+    msg = flags.unsupported_output_error(True, None, None)
+    aborted = []
+    for req in batch.reqs:
+        if req.return_logprob:
+            abort_request(req, msg)
+            req.return_logprob = False
+            aborted.append(req.rid)
+    batch.return_logprob = False
+    return aborted
+
+
 def request_mode(req, settings: flags.TriModeSettings) -> str:
     """The request's mode: `custom_params["trimode_mode"]`, else the server default."""
     custom = getattr(req.sampling_params, "custom_params", None) or {}
@@ -148,11 +173,7 @@ class TriModeWorker(BaseSpecWorker):
         except RequestModeError as e:
             # Normally refused with HTTP 400 before it gets here (plugin hook); never let one
             # request take the scheduler down: abort it after one AR step.
-            from http import HTTPStatus
-
-            from sglang.srt.managers.schedule_batch import FINISH_ABORT
-
-            req.to_finish = FINISH_ABORT(str(e), HTTPStatus.BAD_REQUEST, "BadRequestError")
+            abort_request(req, str(e))
             mode = "ar"
         sp = req.sampling_params
         greedy = sp.top_k == 1 or sp.temperature < 1e-6
@@ -393,6 +414,9 @@ class TriModeWorker(BaseSpecWorker):
             return result
 
         self._drop_departed(batch)
+        if batch.return_logprob:
+            for rid in refuse_logprobs(batch):
+                logger.warning("TRIMODE: request %s asked for logprobs: aborted", rid)
         new_tokens, prefix = self._decode(batch)
         self._commit_kv(batch, new_tokens, prefix)
         for req, toks in zip(batch.reqs, new_tokens, strict=True):

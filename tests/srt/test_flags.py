@@ -136,6 +136,12 @@ for name, extra in {
     except SystemExit as e:
         errors[name] = [e.code, err.getvalue().strip().splitlines()[-1]]
 out["errors"] = errors
+try:
+    prepare_server_args(base + ["--speculative-algorithm", "TRIMODE",
+                                "--enable-return-hidden-states"]).resolve_once()
+    out["hidden_states"] = None
+except ValueError as e:
+    out["hidden_states"] = str(e)
 print("RESULT " + json.dumps(out))
 """
 
@@ -167,6 +173,35 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
     assert "--trimode-attention-impl: invalid choice: 'flash'" in errors["bad_impl"][1]
     assert "need --speculative-algorithm TRIMODE" in errors["no_algo"][1]
     assert "not among --trimode-serve-modes" in errors["mode_not_served"][1]
+    assert "--enable-return-hidden-states" in got["hidden_states"]
+    assert "returns no hidden states" in got["hidden_states"]
+
+
+def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
+    """The 400 text of the tokenizer-manager hook, and the worker's guard for a request that
+    reached it anyway: aborted with that text, the batch then asks for no logprobs."""
+    from types import SimpleNamespace
+
+    from sglang_trimode.srt.worker import refuse_logprobs
+
+    assert flags.unsupported_output_error(None, 0, None) is None
+    assert flags.unsupported_output_error(False, None, None) is None
+    msg = flags.unsupported_output_error(True, 2, None)
+    assert msg.startswith("return_logprob, top_logprobs_num (OpenAI: logprobs / top_logprobs)")
+    assert "--speculative-algorithm TRIMODE" in msg and "plain AR" in msg
+    assert "token_ids_logprob" in flags.unsupported_output_error(None, None, [5, 7])
+    assert flags.unsupported_server_error(False, None) is None
+    assert "--return-hidden-states-mode" in flags.unsupported_server_error(False, "last")
+
+    reqs = [SimpleNamespace(rid=r, return_logprob=lp, to_finish=None) for r, lp in
+            (("a", False), ("b", True), ("c", False))]  # fmt: skip
+    batch = SimpleNamespace(reqs=reqs, return_logprob=True)
+    assert refuse_logprobs(batch) == ["b"]
+    assert batch.return_logprob is False and not any(r.return_logprob for r in reqs)
+    assert reqs[0].to_finish is None and reqs[2].to_finish is None
+    abort = reqs[1].to_finish
+    assert abort.message == flags.unsupported_output_error(True, None, None)
+    assert abort.status_code == 400
 
 
 _KEYWORDS_PROBE = """

@@ -163,6 +163,27 @@ def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference)
     assert one["output_ids"] == expected["diffusion"][0]
 
 
+def test_logprob_requests_are_a_clear_400_and_server_keeps_serving(server, reference):
+    """The worker returns no log probabilities: asking for them (native `return_logprob` /
+    `top_logprobs_num`, OpenAI `logprobs`) is a 400 naming the field before the request reaches
+    the scheduler (it used to stop the scheduler); other requests are served as before."""
+    ps, expected, _, _ = reference
+    base = server["base"]
+    for extra in ({"return_logprob": True}, {"return_logprob": True, "top_logprobs_num": 2}):
+        status, out = request(base + "/generate", _body(ps[0], "diffusion") | extra)
+        assert status == 400, out
+        assert "return_logprob" in json.dumps(out) and "plain AR" in json.dumps(out)
+    oai = {"model": "default", "prompt": ps[1], "max_tokens": 4, "temperature": 0.0}
+    status, out = request(base + "/v1/completions", oai | {"logprobs": 2})
+    assert status == 400 and "not supported with --speculative-algorithm TRIMODE" in str(out)
+    chat = {"model": "default", "messages": [{"role": "user", "content": "def f():"}]}
+    status, out = request(base + "/v1/chat/completions", chat | {"logprobs": True})
+    assert status == 400 and "not supported with --speculative-algorithm TRIMODE" in str(out)
+    one = post_ok(base + "/generate", _body(ps[2], "self_spec_quadratic"))
+    assert one["output_ids"] == expected["self_spec_quadratic"][2]
+    assert "Scheduler hit an exception" not in server["log"].read_text(errors="replace")
+
+
 def test_radix_cache_holds_no_draft_kv_after_diffusion_stopped_mid_block(server, engine):
     """A diffusion request whose last block is cut by max_new_tokens ends without the causal
     commit pass; its tokens must not reach the radix cache with their bidirectional draft KV.
