@@ -324,6 +324,45 @@ def unsupported_output_error(
     )
 
 
+#: SGLang sampling fields the TRIMODE worker does not apply, with their neutral values. A request
+#: setting one is refused: it would otherwise get an answer that silently ignores it.
+IGNORED_SAMPLING: dict[str, Any] = {
+    "min_p": 0.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "min_new_tokens": 0,
+    "logit_bias": None,
+    "json_schema": None,
+    "regex": None,
+    "ebnf": None,
+    "structural_tag": None,
+    "beam_width": 1,
+    "watermark": None,
+}
+
+
+def unsupported_sampling_error(params: Any, custom_logit_processor: Any = None) -> str | None:
+    """The 400 message for a request whose `sampling_params` (a dict, or None) set a field the
+    TRIMODE worker does not apply, or that brings a custom logit processor; else None."""
+    params = params if isinstance(params, dict) else {}
+    asked = [
+        name
+        for name, neutral in IGNORED_SAMPLING.items()
+        if params.get(name) not in (None, neutral) and params.get(name) != {}
+    ]
+    if custom_logit_processor:
+        asked.append("custom_logit_processor")
+    if not asked:
+        return None
+    return (
+        f"{', '.join(asked)}: not applied with --speculative-algorithm {ALGORITHM} (its worker "
+        "samples with temperature, top_p, top_k and sampling_seed only; stop strings and stop "
+        "token ids work): drop them, or send the request to a server started without "
+        f"{ALGORITHM} (plain AR)"
+    )
+
+
 def unsupported_server_error(return_hidden_states: Any, hidden_states_mode: Any) -> str | None:
     """The launch error for server flags the TRIMODE worker cannot honour, else None."""
     if return_hidden_states or hidden_states_mode:

@@ -15,7 +15,8 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
 - a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding the
   checkpoint's mask token is a clear HTTP 400 naming the field; on a TRIMODE server, a request
   for log probabilities (`return_logprob`, `top_logprobs_num`, `token_ids_logprob`; OpenAI
-  `logprobs`) too;
+  `logprobs`) or for sampling fields its worker does not apply (`flags.IGNORED_SAMPLING`:
+  penalties, `min_p`, `min_new_tokens`, `logit_bias`, grammars, beams) too;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
   `trimode_step_modes` in each response's `meta_info` (hook on
   `TokenizerManager.update_request_meta_info`, `srt/stats.py`).
@@ -96,6 +97,8 @@ def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs
             getattr(obj, "return_logprob", None),
             getattr(obj, "top_logprobs_num", None),
             getattr(obj, "token_ids_logprob", None),
+        ) or flags.unsupported_sampling_error(
+            getattr(obj, "sampling_params", None), getattr(obj, "custom_logit_processor", None)
         )
         if msg:
             raise ValueError(msg)

@@ -190,6 +190,13 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
     assert msg.startswith("return_logprob, top_logprobs_num (OpenAI: logprobs / top_logprobs)")
     assert "--speculative-algorithm TRIMODE" in msg and "plain AR" in msg
     assert "token_ids_logprob" in flags.unsupported_output_error(None, None, [5, 7])
+    assert flags.unsupported_sampling_error(None) is None
+    defaults = {"temperature": 0.0, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty":
+                0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "logit_bias": {},
+                "regex": None, "json_schema": None, "beam_width": None}  # fmt: skip
+    assert flags.unsupported_sampling_error(defaults) is None
+    msg = flags.unsupported_sampling_error(defaults | {"regex": "a+", "min_p": 0.2}, "<proc>")
+    assert msg.startswith("min_p, regex, custom_logit_processor: not applied with")
     assert flags.unsupported_server_error(False, None) is None
     assert "--return-hidden-states-mode" in flags.unsupported_server_error(False, "last")
 

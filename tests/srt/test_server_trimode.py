@@ -184,6 +184,55 @@ def test_logprob_requests_are_a_clear_400_and_server_keeps_serving(server, refer
     assert "Scheduler hit an exception" not in server["log"].read_text(errors="replace")
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"repetition_penalty": 1.3},
+        {"frequency_penalty": 0.5},
+        {"min_p": 0.1},
+        {"min_new_tokens": 30},
+        {"logit_bias": {"5": 3.0}},
+        {"regex": "[a-z]+"},
+        {"json_schema": '{"type": "object"}'},
+    ],
+    ids=lambda f: next(iter(f)),
+)
+def test_sampling_fields_the_worker_ignores_are_a_clear_400(server, reference, field):
+    """Fields the worker does not apply would give an answer that silently ignores them: 400
+    naming the field (native and OpenAI), while neutral values (what OpenAI clients send by
+    default) are served."""
+    ps, expected, _, _ = reference
+    (name,) = field
+    body = _body(ps[0], "diffusion")
+    body["sampling_params"] |= field
+    status, out = request(server["base"] + "/generate", body)
+    assert status == 400 and f"{name}: not applied with --speculative-algorithm TRIMODE" in str(
+        out
+    ), out
+    neutral = _body(ps[0], "diffusion")
+    neutral["sampling_params"] |= {"repetition_penalty": 1.0, "min_p": 0.0, "logit_bias": {}}
+    assert post_ok(server["base"] + "/generate", neutral)["output_ids"] == expected["diffusion"][0]
+
+
+def test_openai_constrained_or_penalized_requests_are_a_clear_400(server, reference):
+    ps, expected, _, _ = reference
+    base = server["base"]
+    oai = {"model": "default", "prompt": ps[1], "max_tokens": 4, "temperature": 0.0}
+    status, out = request(base + "/v1/completions", oai | {"presence_penalty": 0.5})
+    assert status == 400 and "presence_penalty: not applied" in str(out), out
+    chat = {
+        "model": "default",
+        "messages": [{"role": "user", "content": "def f():"}],
+        "max_tokens": 4,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+    }
+    status, out = request(base + "/v1/chat/completions", chat)
+    assert status == 400 and "json_schema: not applied" in str(out), out
+    # the OpenAI defaults (penalties 0, no grammar) are served
+    done = post_ok(base + "/v1/completions", oai | {"max_tokens": 24, "ignore_eos": True})
+    assert done["choices"][0]["finish_reason"] == "length"
+
+
 def test_radix_cache_holds_no_draft_kv_after_diffusion_stopped_mid_block(server, engine):
     """A diffusion request whose last block is cut by max_new_tokens ends without the causal
     commit pass; its tokens must not reach the radix cache with their bidirectional draft KV.
