@@ -301,11 +301,18 @@ def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
     return None
 
 
+#: Most new tokens a request asking for log probabilities may generate on a TRIMODE server: the
+#: prompt's logprobs and the first token's come from SGLang's own prefill (prompt scoring, e.g.
+#: `echo` + `logprobs` with `max_tokens` 1); later tokens come from the worker, which
+#: returns none.
+MAX_NEW_TOKENS_WITH_LOGPROBS = 1
+
+
 def unsupported_output_error(
-    return_logprob: Any, top_logprobs_num: Any, token_ids_logprob: Any
+    return_logprob: Any, top_logprobs_num: Any, token_ids_logprob: Any, max_new_tokens: Any = None
 ) -> str | None:
-    """The 400 message for a request asking a TRIMODE server for log probabilities (its worker
-    emits several tokens per step from its own forwards and returns no logprobs), else None."""
+    """The 400 message for a request asking a TRIMODE server for log probabilities of tokens its
+    worker generates (`max_new_tokens` None: SGLang's default, more than one), else None."""
     asked = [
         name
         for name, value in (
@@ -317,10 +324,15 @@ def unsupported_output_error(
     ]
     if not asked:
         return None
+    if max_new_tokens is not None and max_new_tokens <= MAX_NEW_TOKENS_WITH_LOGPROBS:
+        return None
     return (
-        f"{', '.join(asked)} (OpenAI: logprobs / top_logprobs) is not supported with "
-        f"--speculative-algorithm {ALGORITHM}: drop it from the request, or ask a server "
-        f"started without {ALGORITHM} (plain AR) for log probabilities"
+        f"{', '.join(asked)} (OpenAI: logprobs / top_logprobs) with max_new_tokens "
+        f"{'unset' if max_new_tokens is None else max_new_tokens} is not supported with "
+        f"--speculative-algorithm {ALGORITHM}: its worker returns no log probabilities of the "
+        f"tokens it generates. Prompt scoring works (max_new_tokens <= "
+        f"{MAX_NEW_TOKENS_WITH_LOGPROBS}, OpenAI max_tokens 1 with echo); otherwise drop "
+        f"the field, or ask a server started without {ALGORITHM} (plain AR)"
     )
 
 

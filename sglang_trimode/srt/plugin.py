@@ -14,8 +14,9 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
 - a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding the
   checkpoint's mask token is a clear HTTP 400 naming the field; on a TRIMODE server, a request
-  for log probabilities (`return_logprob`, `top_logprobs_num`, `token_ids_logprob`; OpenAI
-  `logprobs`) or for sampling fields its worker does not apply (`flags.IGNORED_SAMPLING`:
+  for log probabilities of generated tokens (`return_logprob`, `top_logprobs_num`,
+  `token_ids_logprob`, OpenAI `logprobs`, with more than one new token: prompt scoring is served)
+  or for sampling fields its worker does not apply (`flags.IGNORED_SAMPLING`:
   penalties, `min_p`, `min_new_tokens`, `logit_bias`, grammars, beams) too;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
   `trimode_step_modes` in each response's `meta_info` (hook on
@@ -93,13 +94,13 @@ def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs
 
     algorithm = getattr(getattr(manager, "server_args", None), "speculative_algorithm", None)
     if (algorithm or "").upper() == flags.ALGORITHM:
+        params = getattr(obj, "sampling_params", None)
         msg = flags.unsupported_output_error(
             getattr(obj, "return_logprob", None),
             getattr(obj, "top_logprobs_num", None),
             getattr(obj, "token_ids_logprob", None),
-        ) or flags.unsupported_sampling_error(
-            getattr(obj, "sampling_params", None), getattr(obj, "custom_logit_processor", None)
-        )
+            (params or {}).get("max_new_tokens") if isinstance(params, dict) else None,
+        ) or flags.unsupported_sampling_error(params, getattr(obj, "custom_logit_processor", None))
         if msg:
             raise ValueError(msg)
 

@@ -77,7 +77,7 @@ def refuse_logprobs(batch) -> list[str]:
     asking for log probabilities that reached the worker anyway are aborted with that message
     and the batch then asks for none, so SGLang's output processing reads no logprobs the worker
     does not produce (it would stop the scheduler). Returns the aborted request ids."""
-    msg = flags.unsupported_output_error(True, None, None)
+    msg = flags.unsupported_output_error(True, None, None, None)
     aborted = []
     for req in batch.reqs:
         if req.return_logprob:

@@ -188,8 +188,12 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
     assert flags.unsupported_output_error(False, None, None) is None
     msg = flags.unsupported_output_error(True, 2, None)
     assert msg.startswith("return_logprob, top_logprobs_num (OpenAI: logprobs / top_logprobs)")
+    assert "max_new_tokens unset" in msg
     assert "--speculative-algorithm TRIMODE" in msg and "plain AR" in msg
     assert "token_ids_logprob" in flags.unsupported_output_error(None, None, [5, 7])
+    assert flags.unsupported_output_error(True, 2, None, 1) is None  # prompt scoring
+    assert flags.unsupported_output_error(True, None, None, 0) is None
+    assert "max_new_tokens 2 is not supported" in flags.unsupported_output_error(True, 0, 0, 2)
     assert flags.unsupported_sampling_error(None) is None
     defaults = {"temperature": 0.0, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty":
                 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "logit_bias": {},
@@ -207,7 +211,7 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
     assert batch.return_logprob is False and not any(r.return_logprob for r in reqs)
     assert reqs[0].to_finish is None and reqs[2].to_finish is None
     abort = reqs[1].to_finish
-    assert abort.message == flags.unsupported_output_error(True, None, None)
+    assert abort.message == flags.unsupported_output_error(True, None, None, None)
     assert abort.status_code == 400
 
 

@@ -164,9 +164,10 @@ def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference)
 
 
 def test_logprob_requests_are_a_clear_400_and_server_keeps_serving(server, reference):
-    """The worker returns no log probabilities: asking for them (native `return_logprob` /
-    `top_logprobs_num`, OpenAI `logprobs`) is a 400 naming the field before the request reaches
-    the scheduler (it used to stop the scheduler); other requests are served as before."""
+    """The worker returns no log probabilities of the tokens it generates: asking for them
+    (native `return_logprob` / `top_logprobs_num`, OpenAI `logprobs`) with more than one new
+    token is a 400 naming the field before the request reaches the scheduler (it used to stop
+    the scheduler); other requests are served as before."""
     ps, expected, _, _ = reference
     base = server["base"]
     for extra in ({"return_logprob": True}, {"return_logprob": True, "top_logprobs_num": 2}):
@@ -182,6 +183,38 @@ def test_logprob_requests_are_a_clear_400_and_server_keeps_serving(server, refer
     one = post_ok(base + "/generate", _body(ps[2], "self_spec_quadratic"))
     assert one["output_ids"] == expected["self_spec_quadratic"][2]
     assert "Scheduler hit an exception" not in server["log"].read_text(errors="replace")
+
+
+def test_prompt_scoring_logprobs_equal_the_reference_model(server, engine, reference):
+    """Prompt scoring (`max_new_tokens` 1: SGLang's own prefill) is served with logprobs on a
+    TRIMODE server: every prompt token's and the first new token's logprob equal the reference
+    model's causal log-softmax (fp32), natively and through OpenAI `echo`."""
+    ps, expected, _, _ = reference
+    ids = ps[3]
+    n = len(ids)
+    with torch.no_grad():
+        logits = engine.model(
+            torch.tensor([ids]),
+            torch.arange(n)[None],
+            engine.model.causal_mask(n, dtype=torch.float32),
+        )[0]
+    logp = torch.log_softmax(logits.double(), -1)
+    first = expected["ar"][3][0]
+    want = [logp[t - 1, ids[t]].item() for t in range(1, n)] + [logp[n - 1, first].item()]
+    body = _body(ids, "diffusion") | {"return_logprob": True, "logprob_start_len": 0}
+    body["sampling_params"]["max_new_tokens"] = 1
+    meta = post_ok(server["base"] + "/generate", body)["meta_info"]
+    assert [t for _, t, _ in meta["input_token_logprobs"]] == ids
+    assert meta["input_token_logprobs"][0][0] is None
+    got = [lp for lp, _, _ in meta["input_token_logprobs"][1:]]
+    got += [lp for lp, _, _ in meta["output_token_logprobs"]]
+    assert [t for _, t, _ in meta["output_token_logprobs"]] == [first]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=1e-4)
+    oai = {"model": "default", "prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 1}
+    choice = post_ok(server["base"] + "/v1/completions", oai | {"temperature": 0.0})["choices"][0]
+    scored = choice["logprobs"]["token_logprobs"]
+    assert scored[0] is None and len(scored) == n + 1
+    torch.testing.assert_close(torch.tensor(scored[1:]), torch.tensor(want), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
