@@ -24,6 +24,7 @@ from sglang_trimode.sampling import (
     probs_from_logits,
     sample,
     select_unmask,
+    token_logprobs,
 )
 
 
@@ -73,9 +74,14 @@ class RequestState:
     done: bool = False
     finish_reason: str | None = None
     stats: RequestStats = field(default_factory=RequestStats)
+    #: None: not tracked; else one log probability per token in ``out`` emitted since tracking
+    #: began: under the distribution the token was drawn from (``sampling.token_logprobs``: the
+    #: AR rows for AR and self-speculation, the draft rows for diffusion)
+    logprobs: list[float] | None = None
     # per-mode scratch
     block: list[int] | None = None  # diffusion: current block tokens
     masked: list[bool] | None = None  # diffusion: which block positions are still masks
+    block_logprobs: list[float | None] | None = None  # diffusion: per block position (tracked)
     block_steps: int = 0  # diffusion: draft steps spent on the current block
     drafts: list[int] = field(default_factory=list)  # self-spec: drafts awaiting verify
     q: torch.Tensor | None = None  # self-spec: draft distributions [k, V]
@@ -84,12 +90,17 @@ class RequestState:
     def remaining(self) -> int:
         return self.max_new_tokens - len(self.out)
 
-    def emit(self, tokens: list[int]) -> None:
-        """Append tokens, stopping at a stop token or at ``max_new_tokens``."""
-        for t in tokens:
+    def emit(self, tokens: list[int], logprobs: list[float] | None = None) -> None:
+        """Append tokens (and, when tracked, their ``logprobs``), stopping at a stop token or at
+        ``max_new_tokens``."""
+        if self.logprobs is not None and (logprobs is None or len(logprobs) != len(tokens)):
+            raise RuntimeError("RequestState.emit: logprobs are tracked, one per token needed")
+        for k, t in enumerate(tokens):
             if self.done:
                 return
             self.out.append(int(t))
+            if self.logprobs is not None:
+                self.logprobs.append(float(logprobs[k]))
             if t in self.stop_token_ids:
                 self.done, self.finish_reason = True, "stop"
             elif len(self.out) >= self.max_new_tokens:
@@ -101,6 +112,12 @@ class RequestState:
         """Grows (lexicographically) with every forward the request takes part in: tokens out,
         drafts pending, diffusion positions still masked (negated)."""
         return len(self.out), self.q is not None, -sum(self.masked or [])
+
+    def logprobs_of(self, rows, tokens: list[int] | torch.Tensor) -> list[float] | None:
+        """``sampling.token_logprobs`` of ``tokens`` under ``rows`` when tracked, else None."""
+        if self.logprobs is None:
+            return None
+        return token_logprobs(rows, torch.as_tensor(tokens, dtype=torch.long), self.params)
 
     def sample_next(self, logits: torch.Tensor) -> int:
         """Sample one token from one row of logits ``[V]``."""
@@ -160,7 +177,7 @@ class ARPolicy:
     @staticmethod
     def _next_seed(r: RequestState, logits: torch.Tensor) -> None:
         r.seed = r.sample_next(logits[-1])
-        r.emit([r.seed])
+        r.emit([r.seed], r.logprobs_of(logits[-1:], [r.seed]))
 
 
 class DiffusionPolicy(ARPolicy):
@@ -177,6 +194,7 @@ class DiffusionPolicy(ARPolicy):
             n_masks = min(self.cfg.block_size - 1, r.remaining)
             r.block = [r.seed] + [self.cfg.mask_token_id] * n_masks
             r.masked = [False] + [True] * n_masks
+            r.block_logprobs = None if r.logprobs is None else [None] * len(r.block)
             r.block_steps = 0
         if any(r.masked):
             return Segment(list(r.block), masks.diffusion_draft(self.cfg.block_size, len(r.block)))
@@ -186,7 +204,7 @@ class DiffusionPolicy(ARPolicy):
         if seg.desc.is_causal:  # commit pass: keep the block's causal KV, sample the next seed
             self._next_seed(r, logits)
             r.stats.step(len(r.block), self.name)  # B-1 diffused tokens + this one
-            r.block = r.masked = None
+            r.block = r.masked = r.block_logprobs = None
             return _all(seg.desc.length)
         idx = torch.tensor([i for i, m in enumerate(r.masked) if m])
         probs = probs_from_logits(logits[idx], r.params)
@@ -198,8 +216,11 @@ class DiffusionPolicy(ARPolicy):
             keep = torch.ones(idx.numel(), dtype=torch.bool)
         else:
             keep = select_unmask(confidence(logits[idx], tokens), self.cfg.threshold, steps_left)
-        for i, t in zip(idx[keep].tolist(), tokens[keep].tolist()):
+        lps = r.logprobs_of(logits[idx[keep]], tokens[keep])
+        for k, (i, t) in enumerate(zip(idx[keep].tolist(), tokens[keep].tolist())):
             r.block[i], r.masked[i] = t, False
+            if lps is not None:
+                r.block_logprobs[i] = lps[k]
         r.block_steps += 1
         self._emit_if_ready(r)
         return _NONE
@@ -211,12 +232,16 @@ class DiffusionPolicy(ARPolicy):
             if r.masked[i]:
                 return
             if r.block[i] in r.stop_token_ids:
-                r.emit(r.block[1 : i + 1])
+                r.emit(r.block[1 : i + 1], self._block_logprobs(r, i + 1))
                 break
         else:
-            r.emit(r.block[1:])
+            r.emit(r.block[1:], self._block_logprobs(r, len(r.block)))
         if r.done:  # no commit pass follows: record the partial cycle here
             r.stats.step(len(r.out) - before, self.name)
+
+    @staticmethod
+    def _block_logprobs(r: RequestState, end: int) -> list[float] | None:
+        return None if r.block_logprobs is None else r.block_logprobs[1:end]
 
 
 class LinearSpecPolicy(ARPolicy):
@@ -243,14 +268,17 @@ class LinearSpecPolicy(ARPolicy):
             r.drafts = sample(r.q, r.generator, r.params.greedy).tolist()
             return _NONE
         p = probs_from_logits(logits, r.params)
-        accepted = self._verify(r, p)
+        accepted = self._verify(r, p, logits)
         r.drafts, r.q = [], None
         return _all(accepted + 1)
 
-    def _verify(self, r: RequestState, p: torch.Tensor) -> int:
+    def _verify(self, r: RequestState, p: torch.Tensor, logits) -> int:
+        """Accept drafts against the target distributions ``p`` (from ``logits``, rows seed and
+        drafts); the emitted tokens' logprobs are those of the AR rows they stand on."""
         drafts = torch.tensor(r.drafts, dtype=torch.long)
         a, bonus = self.cfg.accept_rule(drafts, r.q, p, r.generator, r.params.greedy)
-        r.emit(r.drafts[:a] + [bonus])
+        emitted = r.drafts[:a] + [bonus]
+        r.emit(emitted, r.logprobs_of(logits[: a + 1], emitted))
         r.stats.step(a + 1, self.name)
         r.seed = bonus
         return a
@@ -282,7 +310,7 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
         p = probs_from_logits(logits[: desc.num_causal], r.params)
         if r.q is None:
             r.q = torch.zeros(0, p.shape[-1])
-        accepted = self._verify(r, p)
+        accepted = self._verify(r, p, logits[: desc.num_causal])
         # group `accepted` stands at the bonus position and the next L-1 positions
         n_next = max(0, min(self.cfg.block_size - 1, r.remaining - 1))
         group = logits[desc.group_slice(accepted)][1 : 1 + n_next]

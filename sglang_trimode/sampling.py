@@ -107,6 +107,19 @@ def probs_from_logits(logits: Rows, params: SamplingParams) -> Rows:
     return probs
 
 
+def token_logprobs(logits: Rows, tokens: torch.Tensor, params: SamplingParams) -> list[float]:
+    """Log probability of ``tokens [m]`` under the rows they were drawn from, ``logits [m, V]``:
+    ``log_softmax(logits / T)`` (raw logits when greedy), what SGLang reports for AR decoding.
+    For :class:`GreedyRows` the tokens must be each row's argmax (``log prob``)."""
+    if isinstance(logits, GreedyRows):
+        if not torch.equal(tokens.cpu(), logits.top):
+            raise ValueError("GreedyRows know the probability of each row's argmax token only")
+        return torch.log(logits.prob).tolist()
+    scaled = logits.float() if params.greedy else logits.float() / params.temperature
+    picked = torch.log_softmax(scaled, -1).gather(-1, tokens.to(logits.device)[:, None])
+    return picked.squeeze(-1).tolist()
+
+
 def sample(probs: Rows, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
     """Draw one token per row of ``probs [N, V]`` -> int64 ``[N]`` (argmax when greedy)."""
     if greedy:

@@ -57,6 +57,7 @@ def _state(prompt_seed: int) -> modes.RequestState:
         stop_token_ids=frozenset({V - 2}),
         generator=torch.Generator().manual_seed(prompt_seed),
         seed=prompt_seed % (V - 2),
+        logprobs=[],
     )
 
 
@@ -87,6 +88,8 @@ def test_policies_read_greedy_rows_like_full_logits(mode, block, seed):
             summary.drafts,
         )
         assert full.stats == summary.stats
+        assert len(full.logprobs) == len(full.out)
+        torch.testing.assert_close(torch.tensor(summary.logprobs), torch.tensor(full.logprobs))
     assert full.done and full.out, "the run must reach its end (stop token or max_new_tokens)"
 
 

@@ -30,6 +30,8 @@ class GenerationOutput:
     stats: RequestStats
     finish_reason: str
     mode: str
+    #: one per token when ``generate(..., logprobs=True)`` (see ``RequestState.logprobs``)
+    logprobs: list[float] | None = None
 
 
 class TriModeEngine:
@@ -106,6 +108,7 @@ class TriModeEngine:
         diffusion_steps: int | None = None,
         auto_policy: Policy | None = None,
         max_tokens_per_forward: int | None = None,
+        logprobs: bool = False,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
 
@@ -115,7 +118,10 @@ class TriModeEngine:
         when given (requests that do not fit wait a step). ``self.last_trace`` holds what ran.
 
         ``seed`` is one int (request ``i`` uses ``seed + i``) or one per prompt. Each output holds
-        the generated tokens only and the request's stats (forwards after the prefill).
+        the generated tokens only and the request's stats (forwards after the prefill), and with
+        ``logprobs=True`` each token's log probability under the distribution it was drawn from
+        (AR rows for AR and self-speculation, draft rows for diffusion; ``log_softmax(logits /
+        T)``, raw logits when greedy).
         """
         cfg = self.config
         block_size = cfg.block_size if block_size is None else block_size
@@ -147,6 +153,7 @@ class TriModeEngine:
                 max_new_tokens=max_new_tokens,
                 stop_token_ids=stops,
                 generator=torch.Generator().manual_seed(s),
+                logprobs=[] if logprobs else None,
             )
             for p, s in zip(prompts, seeds)
         ]
@@ -165,7 +172,10 @@ class TriModeEngine:
                 driver.observe(i, seg, r, accepted_before)
             cache.end()
             driver.end_step()
-        return [GenerationOutput(r.out, r.stats, r.finish_reason, m) for r, m in zip(reqs, modes)]
+        return [
+            GenerationOutput(r.out, r.stats, r.finish_reason, m, r.logprobs)
+            for r, m in zip(reqs, modes)
+        ]
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -192,7 +202,7 @@ class TriModeEngine:
             cache.commit(j, torch.arange(n))
             probs = probs_from_logits(logits[j, n - 1 : n], r.params)
             r.seed = int(sample(probs, r.generator, r.params.greedy)[0])
-            r.emit([r.seed])
+            r.emit([r.seed], r.logprobs_of(logits[j, n - 1 : n], [r.seed]))
         cache.end()
 
     def _forward(self, cache: KVCache, rows: list[int], segs: Sequence[Segment]) -> torch.Tensor:
