@@ -14,8 +14,8 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
 - a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding the
   checkpoint's mask token is a clear HTTP 400 naming the field; on a TRIMODE server, a request
-  for log probabilities of generated tokens (`return_logprob`, `top_logprobs_num`,
-  `token_ids_logprob`, OpenAI `logprobs`, with more than one new token: prompt scoring is served)
+  for top-k or chosen-token log probabilities of generated tokens (`top_logprobs_num`,
+  `token_ids_logprob`; each token's own, `return_logprob`, is served, and prompt scoring in full)
   or for sampling fields its worker does not apply (`flags.IGNORED_SAMPLING`:
   penalties, `min_p`, `min_new_tokens`, `logit_bias`, grammars, beams) too;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
@@ -89,7 +89,7 @@ def mask_token_error(input_ids, mask_token_id: int, from_text: bool) -> str | No
 
 def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs):
     """Refuse a prompt that holds the checkpoint's mask token, and on a TRIMODE server a request
-    for log probabilities (HTTP 400 via ValueError)."""
+    for what its worker does not produce or apply (HTTP 400 via ValueError)."""
     from sglang_trimode.config import ARCHITECTURE
 
     algorithm = getattr(getattr(manager, "server_args", None), "speculative_algorithm", None)

@@ -72,19 +72,30 @@ def abort_request(req, message: str) -> None:
     req.to_finish = FINISH_ABORT(message, HTTPStatus.BAD_REQUEST, "BadRequestError")
 
 
+def unsupported_logprobs(req) -> bool:
+    """Top-k or chosen-token logprobs: the worker returns only each new token's own."""
+    info = getattr(req, "logprob", None)
+    return bool(
+        req.return_logprob
+        and info is not None
+        and (getattr(info, "top_logprobs_num", 0) or getattr(info, "token_ids_logprob", None))
+    )
+
+
 def refuse_logprobs(batch) -> list[str]:
     """Belt and braces for the plugin's 400 (`plugin._after_validate_one_request`): requests
-    asking for log probabilities that reached the worker anyway are aborted with that message
-    and the batch then asks for none, so SGLang's output processing reads no logprobs the worker
-    does not produce (it would stop the scheduler). Returns the aborted request ids."""
-    msg = flags.unsupported_output_error(True, None, None, None)
+    asking for top-k or chosen-token logprobs of generated tokens that reached the worker anyway
+    are aborted with that message and ask for no logprobs any more, so SGLang's output
+    processing reads none the worker does not produce (it would stop the scheduler). Returns the
+    aborted request ids."""
+    msg = flags.unsupported_output_error(False, 1, None, None)
     aborted = []
     for req in batch.reqs:
-        if req.return_logprob:
+        if unsupported_logprobs(req):
             abort_request(req, msg)
             req.return_logprob = False
             aborted.append(req.rid)
-    batch.return_logprob = False
+    batch.return_logprob = any(req.return_logprob for req in batch.reqs)
     return aborted
 
 
@@ -196,6 +207,7 @@ class TriModeWorker(BaseSpecWorker):
             generator=gen,
             out=out,
             seed=out[-1],
+            logprobs=[] if req.return_logprob else None,
         )
         if entry is not None:
             self._forget(req.rid)
@@ -416,7 +428,7 @@ class TriModeWorker(BaseSpecWorker):
         self._drop_departed(batch)
         if batch.return_logprob:
             for rid in refuse_logprobs(batch):
-                logger.warning("TRIMODE: request %s asked for logprobs: aborted", rid)
+                logger.warning("TRIMODE: request %s asked for top-k logprobs: aborted", rid)
         new_tokens, prefix = self._decode(batch)
         self._commit_kv(batch, new_tokens, prefix)
         for req, toks in zip(batch.reqs, new_tokens, strict=True):
@@ -438,7 +450,9 @@ class TriModeWorker(BaseSpecWorker):
             accept_lens=accept_lens.to(self.device),
         )
         return GenerationBatchResult(
-            logits_output=None,
+            logits_output=self._logprobs_output(batch, new_tokens)
+            if batch.return_logprob
+            else None,
             next_token_ids=flat.flatten(),
             can_run_cuda_graph=False,
             accept_lens=accept_lens,
@@ -446,6 +460,19 @@ class TriModeWorker(BaseSpecWorker):
             next_draft_input=next_draft_input,
             speculative_num_draft_tokens=stride,
         )
+
+    def _logprobs_output(self, batch: ScheduleBatch, new_tokens: list[list[int]]):
+        """This step's logprobs in SGLang's speculative layout: `next_token_logprobs [bs,
+        width]`, request i's new tokens' logprobs first (its policy's: the distribution each was
+        drawn from, `RequestState.logprobs`), zeros after; SGLang reads as many as it accepts."""
+        from sglang.srt.layers.logits_processor import LogitsProcessorOutput
+
+        logprobs = torch.zeros(len(batch.reqs), self.width, dtype=torch.float32)
+        for i, (req, toks) in enumerate(zip(batch.reqs, new_tokens, strict=True)):
+            tracked = self.states[req.rid].state.logprobs
+            if toks and req.return_logprob and tracked is not None:
+                logprobs[i, : len(toks)] = torch.tensor(tracked[-len(toks) :])
+        return LogitsProcessorOutput(next_token_logits=None, next_token_logprobs=logprobs)
 
     def _drop_departed(self, batch: ScheduleBatch) -> None:
         """Forget the requests that left the batch; log those that left before their own end

@@ -178,22 +178,24 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
 
 
 def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
-    """The 400 text of the tokenizer-manager hook, and the worker's guard for a request that
-    reached it anyway: aborted with that text, the batch then asks for no logprobs."""
+    """The 400 text of the tokenizer-manager hook (top-k / chosen-token logprobs of generated
+    tokens; each token's own logprob is served), and the worker's guard for a request that
+    reached it anyway: aborted with that text, the others keep their logprobs."""
     from types import SimpleNamespace
 
     from sglang_trimode.srt.worker import refuse_logprobs
 
     assert flags.unsupported_output_error(None, 0, None) is None
-    assert flags.unsupported_output_error(False, None, None) is None
+    assert flags.unsupported_output_error(True, None, None) is None  # own logprobs: served
+    assert flags.unsupported_output_error(True, 0, None, 100) is None
     msg = flags.unsupported_output_error(True, 2, None)
-    assert msg.startswith("return_logprob, top_logprobs_num (OpenAI: logprobs / top_logprobs)")
+    assert msg.startswith("top_logprobs_num (OpenAI: top_logprobs / logprobs > 0)")
     assert "max_new_tokens unset" in msg
     assert "--speculative-algorithm TRIMODE" in msg and "plain AR" in msg
     assert "token_ids_logprob" in flags.unsupported_output_error(None, None, [5, 7])
     assert flags.unsupported_output_error(True, 2, None, 1) is None  # prompt scoring
-    assert flags.unsupported_output_error(True, None, None, 0) is None
-    assert "max_new_tokens 2 is not supported" in flags.unsupported_output_error(True, 0, 0, 2)
+    assert flags.unsupported_output_error(True, 2, None, 0) is None
+    assert "max_new_tokens 2 is not supported" in flags.unsupported_output_error(True, 3, 0, 2)
     assert flags.unsupported_sampling_error(None) is None
     defaults = {"temperature": 0.0, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty":
                 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "logit_bias": {},
@@ -204,15 +206,21 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
     assert flags.unsupported_server_error(False, None) is None
     assert "--return-hidden-states-mode" in flags.unsupported_server_error(False, "last")
 
-    reqs = [SimpleNamespace(rid=r, return_logprob=lp, to_finish=None) for r, lp in
-            (("a", False), ("b", True), ("c", False))]  # fmt: skip
+    def req(rid, return_logprob, top=0, ids=None):
+        info = SimpleNamespace(top_logprobs_num=top, token_ids_logprob=ids)
+        return SimpleNamespace(rid=rid, return_logprob=return_logprob, logprob=info, to_finish=None)
+
+    reqs = [req("a", False), req("b", True, top=2), req("c", True), req("d", True, ids=[3])]
     batch = SimpleNamespace(reqs=reqs, return_logprob=True)
-    assert refuse_logprobs(batch) == ["b"]
-    assert batch.return_logprob is False and not any(r.return_logprob for r in reqs)
+    assert refuse_logprobs(batch) == ["b", "d"]
+    assert batch.return_logprob is True  # "c" still asks for its own logprobs
+    assert [r.return_logprob for r in reqs] == [False, False, True, False]
     assert reqs[0].to_finish is None and reqs[2].to_finish is None
-    abort = reqs[1].to_finish
-    assert abort.message == flags.unsupported_output_error(True, None, None, None)
-    assert abort.status_code == 400
+    for aborted in (reqs[1], reqs[3]):
+        assert aborted.to_finish.message == flags.unsupported_output_error(False, 1, None, None)
+        assert aborted.to_finish.status_code == 400
+    only_b = SimpleNamespace(reqs=[req("b", True, top=2)], return_logprob=True)
+    assert refuse_logprobs(only_b) == ["b"] and only_b.return_logprob is False
 
 
 _KEYWORDS_PROBE = """

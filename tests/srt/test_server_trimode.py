@@ -163,23 +163,55 @@ def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference)
     assert one["output_ids"] == expected["diffusion"][0]
 
 
-def test_logprob_requests_are_a_clear_400_and_server_keeps_serving(server, reference):
-    """The worker returns no log probabilities of the tokens it generates: asking for them
-    (native `return_logprob` / `top_logprobs_num`, OpenAI `logprobs`) with more than one new
-    token is a 400 naming the field before the request reaches the scheduler (it used to stop
-    the scheduler); other requests are served as before."""
+@pytest.mark.parametrize("mode", REQUEST_MODES)
+def test_generated_token_logprobs_equal_reference(server, engine, reference, mode):
+    """`return_logprob`: each generated token's logprob under the distribution it was drawn
+    from (`TriModeEngine.generate(..., logprobs=True)`: AR rows for AR and self-speculation,
+    draft rows for diffusion), in a ragged batch where one request asks for none."""
+    ps, expected, _, _ = reference
+    want = engine.generate(
+        ps, mode=mode, block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[],
+        logprobs=True,
+    )  # fmt: skip
+    body = _body(ps, mode) | {"return_logprob": [True, True, False, True]}
+    out = post_ok(server["base"] + "/generate", body)
+    assert [o["output_ids"] for o in out] == expected[mode]
+    for i, o in enumerate(out):
+        got = o["meta_info"].get("output_token_logprobs")
+        if i == 2:
+            assert not got
+            continue
+        assert [t for _, t, _ in got] == expected[mode][i]
+        torch.testing.assert_close(
+            torch.tensor([lp for lp, _, _ in got]),
+            torch.tensor(want[i].logprobs),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+
+
+def test_top_logprob_requests_are_a_clear_400_and_server_keeps_serving(server, reference):
+    """The worker returns each generated token's own logprob only: asking for top-k or
+    chosen-token logprobs of generated tokens (native `top_logprobs_num`, OpenAI `logprobs: N`
+    / `top_logprobs`) is a 400 naming the field before the request reaches the scheduler (a
+    request for logprobs used to stop the scheduler); other requests are served as before."""
     ps, expected, _, _ = reference
     base = server["base"]
-    for extra in ({"return_logprob": True}, {"return_logprob": True, "top_logprobs_num": 2}):
+    for extra in ({"top_logprobs_num": 2}, {"token_ids_logprob": [5, 9]}):
         status, out = request(base + "/generate", _body(ps[0], "diffusion") | extra)
         assert status == 400, out
-        assert "return_logprob" in json.dumps(out) and "plain AR" in json.dumps(out)
+        assert next(iter(extra)) in json.dumps(out) and "plain AR" in json.dumps(out)
     oai = {"model": "default", "prompt": ps[1], "max_tokens": 4, "temperature": 0.0}
     status, out = request(base + "/v1/completions", oai | {"logprobs": 2})
     assert status == 400 and "not supported with --speculative-algorithm TRIMODE" in str(out)
     chat = {"model": "default", "messages": [{"role": "user", "content": "def f():"}]}
-    status, out = request(base + "/v1/chat/completions", chat | {"logprobs": True})
+    chat |= {"max_tokens": 6, "temperature": 0.0, "ignore_eos": True}
+    status, out = request(
+        base + "/v1/chat/completions", chat | {"logprobs": True, "top_logprobs": 2}
+    )
     assert status == 400 and "not supported with --speculative-algorithm TRIMODE" in str(out)
+    served = post_ok(base + "/v1/chat/completions", chat | {"logprobs": True})["choices"][0]
+    assert len(served["logprobs"]["content"]) == 6
     one = post_ok(base + "/generate", _body(ps[2], "self_spec_quadratic"))
     assert one["output_ids"] == expected["self_spec_quadratic"][2]
     assert "Scheduler hit an exception" not in server["log"].read_text(errors="replace")
