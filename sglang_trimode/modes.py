@@ -20,6 +20,7 @@ from sglang_trimode import masks
 from sglang_trimode.sampling import (
     AcceptRule,
     SamplingParams,
+    TokenLogprob,
     confidence,
     probs_from_logits,
     sample,
@@ -78,10 +79,14 @@ class RequestState:
     #: began: under the distribution the token was drawn from (``sampling.token_logprobs``: the
     #: AR rows for AR and self-speculation, the draft rows for diffusion)
     logprobs: list[float] | None = None
+    #: with ``logprobs`` tracked and ``top_logprobs_num > 0``: per token, its row's best
+    #: ``(logprobs, ids)``
+    top_logprobs_num: int = 0
+    top_logprobs: list[tuple[list[float], list[int]]] | None = None
     # per-mode scratch
     block: list[int] | None = None  # diffusion: current block tokens
     masked: list[bool] | None = None  # diffusion: which block positions are still masks
-    block_logprobs: list[float | None] | None = None  # diffusion: per block position (tracked)
+    block_logprobs: list[TokenLogprob | None] | None = None  # diffusion: per block position
     block_steps: int = 0  # diffusion: draft steps spent on the current block
     drafts: list[int] = field(default_factory=list)  # self-spec: drafts awaiting verify
     q: torch.Tensor | None = None  # self-spec: draft distributions [k, V]
@@ -90,9 +95,13 @@ class RequestState:
     def remaining(self) -> int:
         return self.max_new_tokens - len(self.out)
 
-    def emit(self, tokens: list[int], logprobs: list[float] | None = None) -> None:
-        """Append tokens (and, when tracked, their ``logprobs``), stopping at a stop token or at
-        ``max_new_tokens``."""
+    def __post_init__(self) -> None:
+        if self.logprobs is not None and self.top_logprobs_num and self.top_logprobs is None:
+            self.top_logprobs = []
+
+    def emit(self, tokens: list[int], logprobs: list[TokenLogprob] | None = None) -> None:
+        """Append tokens (and, when tracked, their ``logprobs`` entries), stopping at a stop token
+        or at ``max_new_tokens``."""
         if self.logprobs is not None and (logprobs is None or len(logprobs) != len(tokens)):
             raise RuntimeError("RequestState.emit: logprobs are tracked, one per token needed")
         for k, t in enumerate(tokens):
@@ -100,7 +109,9 @@ class RequestState:
                 return
             self.out.append(int(t))
             if self.logprobs is not None:
-                self.logprobs.append(float(logprobs[k]))
+                self.logprobs.append(float(logprobs[k][0]))
+                if self.top_logprobs is not None:
+                    self.top_logprobs.append(logprobs[k][1])
             if t in self.stop_token_ids:
                 self.done, self.finish_reason = True, "stop"
             elif len(self.out) >= self.max_new_tokens:
@@ -113,11 +124,13 @@ class RequestState:
         drafts pending, diffusion positions still masked (negated)."""
         return len(self.out), self.q is not None, -sum(self.masked or [])
 
-    def logprobs_of(self, rows, tokens: list[int] | torch.Tensor) -> list[float] | None:
+    def logprobs_of(self, rows, tokens: list[int] | torch.Tensor) -> list[TokenLogprob] | None:
         """``sampling.token_logprobs`` of ``tokens`` under ``rows`` when tracked, else None."""
         if self.logprobs is None:
             return None
-        return token_logprobs(rows, torch.as_tensor(tokens, dtype=torch.long), self.params)
+        ids = torch.as_tensor(tokens, dtype=torch.long)
+        top_k = self.top_logprobs_num if self.top_logprobs is not None else 0
+        return token_logprobs(rows, ids, self.params, top_k)
 
     def sample_next(self, logits: torch.Tensor) -> int:
         """Sample one token from one row of logits ``[V]``."""
@@ -240,7 +253,7 @@ class DiffusionPolicy(ARPolicy):
             r.stats.step(len(r.out) - before, self.name)
 
     @staticmethod
-    def _block_logprobs(r: RequestState, end: int) -> list[float] | None:
+    def _block_logprobs(r: RequestState, end: int) -> list[TokenLogprob] | None:
         return None if r.block_logprobs is None else r.block_logprobs[1:end]
 
 

@@ -45,21 +45,31 @@ class GreedyRows:
     :func:`confidence` and the acceptance rules take it in place of the logits tensor (rows are
     indexed like the tensor: ``rows[i]``, ``rows[1:]``, ``rows[idx]``) and give the same result
     (tests/test_greedy_rows.py). As a distribution (``probs_from_logits``) it is the one-hot of
-    ``top``."""
+    ``top``. With ``top_k`` (requests asking for top logprobs) each row's ``top_k`` best log
+    probabilities and their ids come along (``topk_logprobs``, ``topk_ids`` ``[..., top_k]``)."""
 
     top: torch.Tensor
     prob: torch.Tensor
     vocab: int
+    topk_logprobs: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor) -> GreedyRows:
+    def from_logits(cls, logits: torch.Tensor, top_k: int = 0) -> GreedyRows:
         """``logits [..., V]`` on any device -> the summary on the CPU (one transfer each)."""
         top = logits.argmax(-1)
         prob = torch.softmax(logits.float(), -1).gather(-1, top[..., None]).squeeze(-1)
-        return cls(top.cpu(), prob.cpu(), int(logits.shape[-1]))
+        vals = ids = None
+        if top_k:
+            best = torch.log_softmax(logits.float(), -1).topk(top_k, dim=-1)
+            vals, ids = best.values.cpu(), best.indices.cpu()
+        return cls(top.cpu(), prob.cpu(), int(logits.shape[-1]), vals, ids)
 
     def __getitem__(self, key) -> GreedyRows:
-        return GreedyRows(self.top[key], self.prob[key], self.vocab)
+        if self.topk_ids is None:
+            return GreedyRows(self.top[key], self.prob[key], self.vocab)
+        vals, ids = self.topk_logprobs[key], self.topk_ids[key]
+        return GreedyRows(self.top[key], self.prob[key], self.vocab, vals, ids)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -107,17 +117,35 @@ def probs_from_logits(logits: Rows, params: SamplingParams) -> Rows:
     return probs
 
 
-def token_logprobs(logits: Rows, tokens: torch.Tensor, params: SamplingParams) -> list[float]:
+#: One token's log probability and, when asked for, its row's top ``(logprobs, ids)``.
+TokenLogprob = tuple[float, tuple[list[float], list[int]] | None]
+
+
+def token_logprobs(
+    logits: Rows, tokens: torch.Tensor, params: SamplingParams, top_k: int = 0
+) -> list[TokenLogprob]:
     """Log probability of ``tokens [m]`` under the rows they were drawn from, ``logits [m, V]``:
-    ``log_softmax(logits / T)`` (raw logits when greedy), what SGLang reports for AR decoding.
-    For :class:`GreedyRows` the tokens must be each row's argmax (``log prob``)."""
+    ``log_softmax(logits / T)`` (raw logits when greedy), what SGLang reports for AR decoding,
+    with each row's ``top_k`` best when ``top_k > 0``. For :class:`GreedyRows` the tokens must
+    be each row's argmax (``log prob``), and its top-k must have been computed."""
     if isinstance(logits, GreedyRows):
         if not torch.equal(tokens.cpu(), logits.top):
             raise ValueError("GreedyRows know the probability of each row's argmax token only")
-        return torch.log(logits.prob).tolist()
+        own = torch.log(logits.prob).tolist()
+        if not top_k:
+            return [(lp, None) for lp in own]
+        if logits.topk_ids is None or logits.topk_ids.shape[-1] < top_k:
+            raise ValueError(f"GreedyRows carry no top-{top_k} logprobs; build them with top_k")
+        vals, ids = logits.topk_logprobs[:, :top_k].tolist(), logits.topk_ids[:, :top_k].tolist()
+        return [(lp, (v, i)) for lp, v, i in zip(own, vals, ids, strict=True)]
     scaled = logits.float() if params.greedy else logits.float() / params.temperature
-    picked = torch.log_softmax(scaled, -1).gather(-1, tokens.to(logits.device)[:, None])
-    return picked.squeeze(-1).tolist()
+    logp = torch.log_softmax(scaled, -1)
+    own = logp.gather(-1, tokens.to(logits.device)[:, None]).squeeze(-1).tolist()
+    if not top_k:
+        return [(lp, None) for lp in own]
+    best = logp.topk(top_k, dim=-1)
+    tops = zip(best.values.tolist(), best.indices.tolist(), strict=True)
+    return [(lp, top) for lp, top in zip(own, tops, strict=True)]
 
 
 def sample(probs: Rows, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:

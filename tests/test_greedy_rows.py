@@ -58,6 +58,7 @@ def _state(prompt_seed: int) -> modes.RequestState:
         generator=torch.Generator().manual_seed(prompt_seed),
         seed=prompt_seed % (V - 2),
         logprobs=[],
+        top_logprobs_num=2,
     )
 
 
@@ -78,7 +79,7 @@ def test_policies_read_greedy_rows_like_full_logits(mode, block, seed):
         assert policy.segment(summary) == seg
         logits = _logits(g, seg.desc.length)
         keep_full = policy.consume(full, seg, logits)
-        keep_summary = policy.consume(summary, seg, GreedyRows.from_logits(logits))
+        keep_summary = policy.consume(summary, seg, GreedyRows.from_logits(logits, top_k=3))
         assert torch.equal(keep_full, keep_summary)
         assert (full.out, full.seed, full.block, full.masked, full.drafts) == (
             summary.out,
@@ -90,6 +91,12 @@ def test_policies_read_greedy_rows_like_full_logits(mode, block, seed):
         assert full.stats == summary.stats
         assert len(full.logprobs) == len(full.out)
         torch.testing.assert_close(torch.tensor(summary.logprobs), torch.tensor(full.logprobs))
+        assert [i for _, i in summary.top_logprobs] == [i for _, i in full.top_logprobs]
+        assert all(len(i) == 2 for _, i in full.top_logprobs)
+        torch.testing.assert_close(
+            torch.tensor([v for v, _ in summary.top_logprobs]),
+            torch.tensor([v for v, _ in full.top_logprobs]),
+        )
     assert full.done and full.out, "the run must reach its end (stop token or max_new_tokens)"
 
 

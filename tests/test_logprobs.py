@@ -105,6 +105,32 @@ def test_sampled_logprobs_use_the_temperature(engine, prompts):
         close(o.logprobs, scored(engine, p, o.token_ids, temperature=t))
 
 
+@pytest.mark.parametrize("mode", ["ar", "self_spec_quadratic"])
+def test_top_logprobs_are_the_ar_rows_best(engine, prompts, mode):
+    k = 3
+    outs = engine.generate(
+        prompts, mode=mode, block_size=4, max_new_tokens=NEW, stop_token_ids=[], logprobs=True,
+        top_logprobs=k,
+    )  # fmt: skip
+    for p, o in zip(prompts, outs, strict=True):
+        ids = p + o.token_ids
+        n = len(ids)
+        with torch.no_grad():
+            logits = engine.model(
+                torch.tensor([ids]), torch.arange(n)[None], engine.model.causal_mask(n)
+            )[0].double()
+        best = torch.log_softmax(logits, -1)[len(p) - 1 : n - 1].topk(k, dim=-1)
+        assert len(o.top_logprobs) == len(o.token_ids)
+        assert [ids for _, ids in o.top_logprobs] == best.indices.tolist()
+        close([v for v, _ in o.top_logprobs], best.values.tolist())
+        assert all(ids[0] == t for (_, ids), t in zip(o.top_logprobs, o.token_ids))  # greedy
+
+
+def test_top_logprobs_need_logprobs(engine, prompts):
+    with pytest.raises(ValueError, match="needs logprobs=True"):
+        engine.generate(prompts[:1], max_new_tokens=2, top_logprobs=2)
+
+
 def test_without_logprobs_nothing_is_tracked(engine, prompts):
     (o,) = engine.generate(prompts[:1], mode="diffusion", block_size=4, max_new_tokens=8)
     assert o.logprobs is None

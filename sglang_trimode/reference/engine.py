@@ -32,6 +32,8 @@ class GenerationOutput:
     mode: str
     #: one per token when ``generate(..., logprobs=True)`` (see ``RequestState.logprobs``)
     logprobs: list[float] | None = None
+    #: per token, its row's best ``(logprobs, ids)`` when ``generate(..., top_logprobs=k)``
+    top_logprobs: list[tuple[list[float], list[int]]] | None = None
 
 
 class TriModeEngine:
@@ -109,6 +111,7 @@ class TriModeEngine:
         auto_policy: Policy | None = None,
         max_tokens_per_forward: int | None = None,
         logprobs: bool = False,
+        top_logprobs: int = 0,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
 
@@ -121,8 +124,12 @@ class TriModeEngine:
         the generated tokens only and the request's stats (forwards after the prefill), and with
         ``logprobs=True`` each token's log probability under the distribution it was drawn from
         (AR rows for AR and self-speculation, draft rows for diffusion; ``log_softmax(logits /
-        T)``, raw logits when greedy).
+        T)``, raw logits when greedy), with ``top_logprobs=k`` also each row's ``k`` best.
         """
+        if top_logprobs < 0 or (top_logprobs and not logprobs):
+            raise ValueError(
+                f"top_logprobs must be >= 0 and needs logprobs=True, got {top_logprobs}"
+            )
         cfg = self.config
         block_size = cfg.block_size if block_size is None else block_size
         modes = [mode] * len(prompts) if isinstance(mode, str) else list(mode)
@@ -154,6 +161,7 @@ class TriModeEngine:
                 stop_token_ids=stops,
                 generator=torch.Generator().manual_seed(s),
                 logprobs=[] if logprobs else None,
+                top_logprobs_num=top_logprobs,
             )
             for p, s in zip(prompts, seeds)
         ]
@@ -173,7 +181,7 @@ class TriModeEngine:
             cache.end()
             driver.end_step()
         return [
-            GenerationOutput(r.out, r.stats, r.finish_reason, m, r.logprobs)
+            GenerationOutput(r.out, r.stats, r.finish_reason, m, r.logprobs, r.top_logprobs)
             for r, m in zip(reqs, modes)
         ]
 

@@ -301,41 +301,31 @@ def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
     return None
 
 
-#: Most new tokens a request asking for top-k or chosen-token log probabilities may generate on
-#: a TRIMODE server: the prompt's and the first token's come from SGLang's own prefill (prompt
-#: scoring, e.g. `echo` + `logprobs` with `max_tokens` 1); the worker returns only each
-#: generated token's own logprob (`return_logprob`).
-MAX_NEW_TOKENS_WITH_TOP_LOGPROBS = 1
+#: Most new tokens a request asking for chosen-token log probabilities may generate on a
+#: TRIMODE server: the prompt's and the first token's come from SGLang's own prefill (prompt
+#: scoring); the worker returns each generated token's own logprob and its row's top-k only.
+MAX_NEW_TOKENS_WITH_TOKEN_IDS_LOGPROB = 1
 
 
 def unsupported_output_error(
     return_logprob: Any, top_logprobs_num: Any, token_ids_logprob: Any, max_new_tokens: Any = None
 ) -> str | None:
-    """The 400 message for a request asking a TRIMODE server for top-k (`top_logprobs_num`) or
-    chosen-token (`token_ids_logprob`) log probabilities of tokens its worker generates
-    (`max_new_tokens` None: SGLang's default, more than one), else None. `return_logprob` alone
-    (each token's own logprob) is served."""
-    del return_logprob  # served: the worker returns each generated token's logprob
-    asked = [
-        name
-        for name, value in (
-            ("top_logprobs_num", top_logprobs_num),
-            ("token_ids_logprob", token_ids_logprob),
-        )
-        if value
-    ]
-    if not asked:
+    """The 400 message for a request asking a TRIMODE server for chosen-token log probabilities
+    (`token_ids_logprob`) of tokens its worker generates (`max_new_tokens` None: SGLang's
+    default, more than one), else None. `return_logprob` (each token's own) and
+    `top_logprobs_num` (its row's best) are served."""
+    del return_logprob, top_logprobs_num  # served by the worker
+    if not token_ids_logprob:
         return None
-    if max_new_tokens is not None and max_new_tokens <= MAX_NEW_TOKENS_WITH_TOP_LOGPROBS:
+    if max_new_tokens is not None and max_new_tokens <= MAX_NEW_TOKENS_WITH_TOKEN_IDS_LOGPROB:
         return None
     return (
-        f"{', '.join(asked)} (OpenAI: top_logprobs / logprobs > 0) with max_new_tokens "
+        f"token_ids_logprob with max_new_tokens "
         f"{'unset' if max_new_tokens is None else max_new_tokens} is not supported with "
         f"--speculative-algorithm {ALGORITHM}: its worker returns each generated token's own "
-        "logprob only (return_logprob; OpenAI logprobs 0 / logprobs: true without "
-        f"top_logprobs). Prompt scoring works (max_new_tokens <= "
-        f"{MAX_NEW_TOKENS_WITH_TOP_LOGPROBS}, OpenAI max_tokens 1 with echo); otherwise drop "
-        f"the field, or ask a server started without {ALGORITHM} (plain AR)"
+        "logprob and the row's top logprobs only (return_logprob, top_logprobs_num). Prompt "
+        f"scoring works (max_new_tokens <= {MAX_NEW_TOKENS_WITH_TOKEN_IDS_LOGPROB}); otherwise "
+        f"drop the field, or ask a server started without {ALGORITHM} (plain AR)"
     )
 
 

@@ -14,10 +14,10 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
 - a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding the
   checkpoint's mask token is a clear HTTP 400 naming the field; on a TRIMODE server, a request
-  for top-k or chosen-token log probabilities of generated tokens (`top_logprobs_num`,
-  `token_ids_logprob`; each token's own, `return_logprob`, is served, and prompt scoring in full)
-  or for sampling fields its worker does not apply (`flags.IGNORED_SAMPLING`:
-  penalties, `min_p`, `min_new_tokens`, `logit_bias`, grammars, beams) too;
+  for chosen-token log probabilities of generated tokens (`token_ids_logprob`; each token's own
+  and its row's top-k are served, and prompt scoring in full) or for sampling fields its
+  worker does not apply (`flags.IGNORED_SAMPLING`: penalties, `min_p`, `min_new_tokens`,
+  `logit_bias`, grammars, beams) too;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
   `trimode_step_modes` in each response's `meta_info` (hook on
   `TokenizerManager.update_request_meta_info`, `srt/stats.py`).

@@ -72,23 +72,26 @@ def abort_request(req, message: str) -> None:
     req.to_finish = FINISH_ABORT(message, HTTPStatus.BAD_REQUEST, "BadRequestError")
 
 
-def unsupported_logprobs(req) -> bool:
-    """Top-k or chosen-token logprobs: the worker returns only each new token's own."""
+def top_logprobs_num(req) -> int:
+    """How many top logprobs per generated token `req` asks for (0: none or no logprobs)."""
     info = getattr(req, "logprob", None)
-    return bool(
-        req.return_logprob
-        and info is not None
-        and (getattr(info, "top_logprobs_num", 0) or getattr(info, "token_ids_logprob", None))
-    )
+    return int(getattr(info, "top_logprobs_num", 0) or 0) if req.return_logprob else 0
+
+
+def unsupported_logprobs(req) -> bool:
+    """Chosen-token logprobs (`token_ids_logprob`): the worker returns each new token's own
+    logprob and its row's top-k only."""
+    info = getattr(req, "logprob", None)
+    return bool(req.return_logprob and getattr(info, "token_ids_logprob", None))
 
 
 def refuse_logprobs(batch) -> list[str]:
     """Belt and braces for the plugin's 400 (`plugin._after_validate_one_request`): requests
-    asking for top-k or chosen-token logprobs of generated tokens that reached the worker anyway
+    asking for chosen-token logprobs of generated tokens that reached the worker anyway
     are aborted with that message and ask for no logprobs any more, so SGLang's output
     processing reads none the worker does not produce (it would stop the scheduler). Returns the
     aborted request ids."""
-    msg = flags.unsupported_output_error(False, 1, None, None)
+    msg = flags.unsupported_output_error(False, 0, [0], None)
     aborted = []
     for req in batch.reqs:
         if unsupported_logprobs(req):
@@ -208,6 +211,7 @@ class TriModeWorker(BaseSpecWorker):
             out=out,
             seed=out[-1],
             logprobs=[] if req.return_logprob else None,
+            top_logprobs_num=top_logprobs_num(req),
         )
         if entry is not None:
             self._forget(req.rid)
@@ -344,7 +348,8 @@ class TriModeWorker(BaseSpecWorker):
         engine does); None for a request without a segment."""
         lens = [0 if s is None else s.desc.length for s in segs]
         greedy = [n > 0 and e.state.params.greedy for e, n in zip(entries, lens, strict=True)]
-        summary = GreedyRows.from_logits(logits) if any(greedy) else None
+        top_k = max((e.state.top_logprobs_num for e, g in zip(entries, greedy) if g), default=0)
+        summary = GreedyRows.from_logits(logits, top_k) if any(greedy) else None
         rows, start = [], 0
         for i, n in enumerate(lens):
             if not n:
@@ -428,7 +433,7 @@ class TriModeWorker(BaseSpecWorker):
         self._drop_departed(batch)
         if batch.return_logprob:
             for rid in refuse_logprobs(batch):
-                logger.warning("TRIMODE: request %s asked for top-k logprobs: aborted", rid)
+                logger.warning("TRIMODE: request %s asked for token_ids_logprob: aborted", rid)
         new_tokens, prefix = self._decode(batch)
         self._commit_kv(batch, new_tokens, prefix)
         for req, toks in zip(batch.reqs, new_tokens, strict=True):
@@ -464,15 +469,31 @@ class TriModeWorker(BaseSpecWorker):
     def _logprobs_output(self, batch: ScheduleBatch, new_tokens: list[list[int]]):
         """This step's logprobs in SGLang's speculative layout: `next_token_logprobs [bs,
         width]`, request i's new tokens' logprobs first (its policy's: the distribution each was
-        drawn from, `RequestState.logprobs`), zeros after; SGLang reads as many as it accepts."""
+        drawn from, `RequestState.logprobs`), zeros after; SGLang reads as many as it accepts.
+        Top logprobs: `bs * width` entries (request i, token j at `i * width + j`), each a
+        tensor of the request's `top_logprobs_num` values / ids (empty where none asked)."""
         from sglang.srt.layers.logits_processor import LogitsProcessorOutput
 
-        logprobs = torch.zeros(len(batch.reqs), self.width, dtype=torch.float32)
+        bs, width = len(batch.reqs), self.width
+        logprobs = torch.zeros(bs, width, dtype=torch.float32)
+        empty_v, empty_i = torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+        top_v, top_i = [empty_v] * (bs * width), [empty_i] * (bs * width)
         for i, (req, toks) in enumerate(zip(batch.reqs, new_tokens, strict=True)):
-            tracked = self.states[req.rid].state.logprobs
-            if toks and req.return_logprob and tracked is not None:
-                logprobs[i, : len(toks)] = torch.tensor(tracked[-len(toks) :])
-        return LogitsProcessorOutput(next_token_logits=None, next_token_logprobs=logprobs)
+            r = self.states[req.rid].state
+            if not toks or not req.return_logprob or r.logprobs is None:
+                continue
+            logprobs[i, : len(toks)] = torch.tensor(r.logprobs[-len(toks) :])
+            if r.top_logprobs is not None:
+                for j, (v, ids) in enumerate(r.top_logprobs[-len(toks) :]):
+                    top_v[i * width + j] = torch.tensor(v)
+                    top_i[i * width + j] = torch.tensor(ids, dtype=torch.int64)
+        tops = any(self.states[req.rid].state.top_logprobs is not None for req in batch.reqs)
+        return LogitsProcessorOutput(
+            next_token_logits=None,
+            next_token_logprobs=logprobs,
+            next_token_top_logprobs_val=top_v if tops else None,
+            next_token_top_logprobs_idx=top_i if tops else None,
+        )
 
     def _drop_departed(self, batch: ScheduleBatch) -> None:
         """Forget the requests that left the batch; log those that left before their own end

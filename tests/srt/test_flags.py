@@ -178,24 +178,21 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
 
 
 def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
-    """The 400 text of the tokenizer-manager hook (top-k / chosen-token logprobs of generated
-    tokens; each token's own logprob is served), and the worker's guard for a request that
-    reached it anyway: aborted with that text, the others keep their logprobs."""
+    """The 400 text of the tokenizer-manager hook (chosen-token logprobs of generated tokens;
+    each token's own logprob and its row's top-k are served), and the worker's guard for a
+    request that reached it anyway: aborted with that text, the others keep their logprobs."""
     from types import SimpleNamespace
 
-    from sglang_trimode.srt.worker import refuse_logprobs
+    from sglang_trimode.srt.worker import refuse_logprobs, top_logprobs_num
 
     assert flags.unsupported_output_error(None, 0, None) is None
     assert flags.unsupported_output_error(True, None, None) is None  # own logprobs: served
-    assert flags.unsupported_output_error(True, 0, None, 100) is None
-    msg = flags.unsupported_output_error(True, 2, None)
-    assert msg.startswith("top_logprobs_num (OpenAI: top_logprobs / logprobs > 0)")
-    assert "max_new_tokens unset" in msg
+    assert flags.unsupported_output_error(True, 5, None, 100) is None  # top-k: served
+    msg = flags.unsupported_output_error(True, 0, [5, 7])
+    assert msg.startswith("token_ids_logprob with max_new_tokens unset is not supported")
     assert "--speculative-algorithm TRIMODE" in msg and "plain AR" in msg
-    assert "token_ids_logprob" in flags.unsupported_output_error(None, None, [5, 7])
-    assert flags.unsupported_output_error(True, 2, None, 1) is None  # prompt scoring
-    assert flags.unsupported_output_error(True, 2, None, 0) is None
-    assert "max_new_tokens 2 is not supported" in flags.unsupported_output_error(True, 3, 0, 2)
+    assert flags.unsupported_output_error(True, 2, [5], 1) is None  # prompt scoring
+    assert "max_new_tokens 2 is not supported" in flags.unsupported_output_error(True, 3, [1], 2)
     assert flags.unsupported_sampling_error(None) is None
     defaults = {"temperature": 0.0, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty":
                 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "logit_bias": {},
@@ -211,16 +208,16 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
         return SimpleNamespace(rid=rid, return_logprob=return_logprob, logprob=info, to_finish=None)
 
     reqs = [req("a", False), req("b", True, top=2), req("c", True), req("d", True, ids=[3])]
+    assert [top_logprobs_num(r) for r in reqs] == [0, 2, 0, 0]
     batch = SimpleNamespace(reqs=reqs, return_logprob=True)
-    assert refuse_logprobs(batch) == ["b", "d"]
-    assert batch.return_logprob is True  # "c" still asks for its own logprobs
-    assert [r.return_logprob for r in reqs] == [False, False, True, False]
-    assert reqs[0].to_finish is None and reqs[2].to_finish is None
-    for aborted in (reqs[1], reqs[3]):
-        assert aborted.to_finish.message == flags.unsupported_output_error(False, 1, None, None)
-        assert aborted.to_finish.status_code == 400
-    only_b = SimpleNamespace(reqs=[req("b", True, top=2)], return_logprob=True)
-    assert refuse_logprobs(only_b) == ["b"] and only_b.return_logprob is False
+    assert refuse_logprobs(batch) == ["d"]
+    assert batch.return_logprob is True  # "b" and "c" still ask for theirs
+    assert [r.return_logprob for r in reqs] == [False, True, True, False]
+    assert all(r.to_finish is None for r in reqs[:3])
+    assert reqs[3].to_finish.message == flags.unsupported_output_error(False, 0, [0], None)
+    assert reqs[3].to_finish.status_code == 400
+    only_d = SimpleNamespace(reqs=[req("d", True, ids=[3])], return_logprob=True)
+    assert refuse_logprobs(only_d) == ["d"] and only_d.return_logprob is False
 
 
 _KEYWORDS_PROBE = """

@@ -165,53 +165,66 @@ def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference)
 
 @pytest.mark.parametrize("mode", REQUEST_MODES)
 def test_generated_token_logprobs_equal_reference(server, engine, reference, mode):
-    """`return_logprob`: each generated token's logprob under the distribution it was drawn
-    from (`TriModeEngine.generate(..., logprobs=True)`: AR rows for AR and self-speculation,
-    draft rows for diffusion), in a ragged batch where one request asks for none."""
+    """`return_logprob` (+ `top_logprobs_num`): each generated token's logprob under the
+    distribution it was drawn from, and that row's best (`TriModeEngine.generate(...,
+    logprobs=True, top_logprobs=k)`: AR rows for AR and self-speculation, draft rows for
+    diffusion), in a ragged batch where one request asks for none and one for no top-k."""
     ps, expected, _, _ = reference
+    k = 2
     want = engine.generate(
         ps, mode=mode, block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[],
-        logprobs=True,
+        logprobs=True, top_logprobs=k,
     )  # fmt: skip
-    body = _body(ps, mode) | {"return_logprob": [True, True, False, True]}
+    body = _body(ps, mode) | {
+        "return_logprob": [True, True, False, True],
+        "top_logprobs_num": [k, 0, 0, k],
+    }
     out = post_ok(server["base"] + "/generate", body)
     assert [o["output_ids"] for o in out] == expected[mode]
     for i, o in enumerate(out):
-        got = o["meta_info"].get("output_token_logprobs")
+        meta = o["meta_info"]
+        got = meta.get("output_token_logprobs")
         if i == 2:
             assert not got
             continue
         assert [t for _, t, _ in got] == expected[mode][i]
+        close = dict(atol=1e-4, rtol=1e-4)
+        lps = torch.tensor([lp for lp, _, _ in got])
+        torch.testing.assert_close(lps, torch.tensor(want[i].logprobs), **close)
+        tops = meta.get("output_top_logprobs")
+        if i == 1:
+            assert not tops or all(not t for t in tops)
+            continue
+        assert len(tops) == MAX_NEW_TOKENS
+        # the first token's top-k is SGLang's prefill's, the rest the worker's: all the same rows
+        assert [[tid for _, tid, _ in t] for t in tops] == [ids for _, ids in want[i].top_logprobs]
+        vals = torch.tensor([[v for v, _, _ in t] for t in tops])
         torch.testing.assert_close(
-            torch.tensor([lp for lp, _, _ in got]),
-            torch.tensor(want[i].logprobs),
-            atol=1e-4,
-            rtol=1e-4,
+            vals, torch.tensor([v for v, _ in want[i].top_logprobs]), **close
         )
 
 
-def test_top_logprob_requests_are_a_clear_400_and_server_keeps_serving(server, reference):
-    """The worker returns each generated token's own logprob only: asking for top-k or
-    chosen-token logprobs of generated tokens (native `top_logprobs_num`, OpenAI `logprobs: N`
-    / `top_logprobs`) is a 400 naming the field before the request reaches the scheduler (a
-    request for logprobs used to stop the scheduler); other requests are served as before."""
+def test_token_ids_logprob_requests_are_a_clear_400_and_server_keeps_serving(server, reference):
+    """The worker returns each generated token's own logprob and its row's top-k: asking for
+    chosen-token logprobs of generated tokens (`token_ids_logprob`) is a 400 naming the field
+    before the request reaches the scheduler (a request for logprobs used to stop the
+    scheduler); OpenAI `logprobs: N` / chat `top_logprobs` are served; others as before."""
     ps, expected, _, _ = reference
     base = server["base"]
-    for extra in ({"top_logprobs_num": 2}, {"token_ids_logprob": [5, 9]}):
-        status, out = request(base + "/generate", _body(ps[0], "diffusion") | extra)
-        assert status == 400, out
-        assert next(iter(extra)) in json.dumps(out) and "plain AR" in json.dumps(out)
+    status, out = request(
+        base + "/generate",
+        _body(ps[0], "diffusion") | {"token_ids_logprob": [5, 9], "return_logprob": True},
+    )
+    assert status == 400, out
+    assert "token_ids_logprob" in json.dumps(out) and "plain AR" in json.dumps(out)
     oai = {"model": "default", "prompt": ps[1], "max_tokens": 4, "temperature": 0.0}
-    status, out = request(base + "/v1/completions", oai | {"logprobs": 2})
-    assert status == 400 and "not supported with --speculative-algorithm TRIMODE" in str(out)
+    choice = post_ok(base + "/v1/completions", oai | {"logprobs": 2})["choices"][0]
+    assert len(choice["logprobs"]["top_logprobs"]) == 4
     chat = {"model": "default", "messages": [{"role": "user", "content": "def f():"}]}
     chat |= {"max_tokens": 6, "temperature": 0.0, "ignore_eos": True}
-    status, out = request(
-        base + "/v1/chat/completions", chat | {"logprobs": True, "top_logprobs": 2}
-    )
-    assert status == 400 and "not supported with --speculative-algorithm TRIMODE" in str(out)
-    served = post_ok(base + "/v1/chat/completions", chat | {"logprobs": True})["choices"][0]
-    assert len(served["logprobs"]["content"]) == 6
+    served = post_ok(base + "/v1/chat/completions", chat | {"logprobs": True, "top_logprobs": 2})
+    content = served["choices"][0]["logprobs"]["content"]
+    assert len(content) == 6 and all(len(c["top_logprobs"]) == 2 for c in content)
     one = post_ok(base + "/generate", _body(ps[2], "self_spec_quadratic"))
     assert one["output_ids"] == expected["self_spec_quadratic"][2]
     assert "Scheduler hit an exception" not in server["log"].read_text(errors="replace")
