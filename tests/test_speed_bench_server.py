@@ -152,3 +152,25 @@ def test_concurrency_4_batches_requests_on_the_server(server, runs):
     running = [int(m) for m in re.findall(r"#running-req: (\d+)", text)]
     assert running, "no decode-step log lines: was --decode-log-interval 1 dropped?"
     assert max(running) == REQUESTS, sorted(set(running))
+
+
+def test_server_mix_bench_runs_mixed_mode_loads(server, tmp_path):
+    """`bench/server_mix.py`: requests of several modes at once against the TRIMODE server; the
+    JSON counts every token and each mode's forwards; a bad `--mix` is refused naming it."""
+    from bench.server_mix import main as mix_main
+
+    out = tmp_path / "mix.json"
+    argv = ["--url", server["base"], "--mix", "ar:2,self_spec_quadratic:2", "--mix",
+            "diffusion:1,self_spec_linear:1", "--max-new-tokens", "8", "--repeats", "1",
+            "--out", str(out)]  # fmt: skip
+    result = mix_main(argv)
+    assert json.loads(out.read_text()) == result
+    first, second = result["rows"]
+    assert first["best"]["tokens"] == 4 * 8 and second["best"]["tokens"] == 2 * 8
+    quad = first["best"]["per_mode"]["self_spec_quadratic"]
+    ar = first["best"]["per_mode"]["ar"]
+    assert quad["requests"] == ar["requests"] == 2
+    assert ar["forwards"] == 2 * 7  # AR: one forward per token after the prefill's
+    assert quad["forwards"] < ar["forwards"]  # the shipped model's drafts get accepted
+    with pytest.raises(SystemExit):
+        mix_main(["--url", server["base"], "--mix", "turbo:2"])
