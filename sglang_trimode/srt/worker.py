@@ -49,7 +49,7 @@ from sglang.srt.speculative.ngram_info import NgramVerifyInput
 from sglang_trimode import masks
 from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
 from sglang_trimode.sampling import GreedyRows, SamplingParams, get_accept_rule
-from sglang_trimode.srt import flags, stats
+from sglang_trimode.srt import flags, logprobs, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
 from sglang_trimode.srt.spec import settings_from_server_args, verify_width
@@ -61,45 +61,6 @@ _DECODE = masks.decode()  # one causal token over the committed prefix (an AR st
 
 class RequestModeError(ValueError):
     """A request asked for a mode this server does not serve."""
-
-
-def abort_request(req, message: str) -> None:
-    """Finish `req` at the end of this step with HTTP 400 `message` (the others go on)."""
-    from http import HTTPStatus
-
-    from sglang.srt.managers.schedule_batch import FINISH_ABORT
-
-    req.to_finish = FINISH_ABORT(message, HTTPStatus.BAD_REQUEST, "BadRequestError")
-
-
-def top_logprobs_num(req) -> int:
-    """How many top logprobs per generated token `req` asks for (0: none or no logprobs)."""
-    info = getattr(req, "logprob", None)
-    return int(getattr(info, "top_logprobs_num", 0) or 0) if req.return_logprob else 0
-
-
-def unsupported_logprobs(req) -> bool:
-    """Chosen-token logprobs (`token_ids_logprob`): the worker returns each new token's own
-    logprob and its row's top-k only."""
-    info = getattr(req, "logprob", None)
-    return bool(req.return_logprob and getattr(info, "token_ids_logprob", None))
-
-
-def refuse_logprobs(batch) -> list[str]:
-    """Belt and braces for the plugin's 400 (`plugin._after_validate_one_request`): requests
-    asking for chosen-token logprobs of generated tokens that reached the worker anyway
-    are aborted with that message and ask for no logprobs any more, so SGLang's output
-    processing reads none the worker does not produce (it would stop the scheduler). Returns the
-    aborted request ids."""
-    msg = flags.unsupported_output_error(False, 0, [0], None)
-    aborted = []
-    for req in batch.reqs:
-        if unsupported_logprobs(req):
-            abort_request(req, msg)
-            req.return_logprob = False
-            aborted.append(req.rid)
-    batch.return_logprob = any(req.return_logprob for req in batch.reqs)
-    return aborted
 
 
 def request_mode(req, settings: flags.TriModeSettings) -> str:
@@ -187,7 +148,7 @@ class TriModeWorker(BaseSpecWorker):
         except RequestModeError as e:
             # Normally refused with HTTP 400 before it gets here (plugin hook); never let one
             # request take the scheduler down: abort it after one AR step.
-            abort_request(req, str(e))
+            logprobs.abort_request(req, str(e))
             mode = "ar"
         sp = req.sampling_params
         greedy = sp.top_k == 1 or sp.temperature < 1e-6
@@ -211,7 +172,7 @@ class TriModeWorker(BaseSpecWorker):
             out=out,
             seed=out[-1],
             logprobs=[] if req.return_logprob else None,
-            top_logprobs_num=top_logprobs_num(req),
+            top_logprobs_num=logprobs.top_logprobs_num(req),
         )
         if entry is not None:
             self._forget(req.rid)
@@ -432,7 +393,7 @@ class TriModeWorker(BaseSpecWorker):
 
         self._drop_departed(batch)
         if batch.return_logprob:
-            for rid in refuse_logprobs(batch):
+            for rid in logprobs.refuse_unsupported(batch):
                 logger.warning("TRIMODE: request %s asked for token_ids_logprob: aborted", rid)
         new_tokens, prefix = self._decode(batch)
         self._commit_kv(batch, new_tokens, prefix)
@@ -455,7 +416,9 @@ class TriModeWorker(BaseSpecWorker):
             accept_lens=accept_lens.to(self.device),
         )
         return GenerationBatchResult(
-            logits_output=self._logprobs_output(batch, new_tokens)
+            logits_output=logprobs.step_output(
+                batch, [self.states[req.rid].state for req in batch.reqs], new_tokens, self.width
+            )
             if batch.return_logprob
             else None,
             next_token_ids=flat.flatten(),
@@ -464,35 +427,6 @@ class TriModeWorker(BaseSpecWorker):
             new_seq_lens=new_seq_lens,
             next_draft_input=next_draft_input,
             speculative_num_draft_tokens=stride,
-        )
-
-    def _logprobs_output(self, batch: ScheduleBatch, new_tokens: list[list[int]]):
-        """This step's logprobs in SGLang's speculative layout: `next_token_logprobs [bs,
-        width]`, request i's new tokens' logprobs first (its policy's: the distribution each was
-        drawn from, `RequestState.logprobs`), zeros after; SGLang reads as many as it accepts.
-        Top logprobs: `bs * width` entries (request i, token j at `i * width + j`), each a
-        tensor of the request's `top_logprobs_num` values / ids (empty where none asked)."""
-        from sglang.srt.layers.logits_processor import LogitsProcessorOutput
-
-        bs, width = len(batch.reqs), self.width
-        logprobs = torch.zeros(bs, width, dtype=torch.float32)
-        empty_v, empty_i = torch.zeros(0), torch.zeros(0, dtype=torch.int64)
-        top_v, top_i = [empty_v] * (bs * width), [empty_i] * (bs * width)
-        for i, (req, toks) in enumerate(zip(batch.reqs, new_tokens, strict=True)):
-            r = self.states[req.rid].state
-            if not toks or not req.return_logprob or r.logprobs is None:
-                continue
-            logprobs[i, : len(toks)] = torch.tensor(r.logprobs[-len(toks) :])
-            if r.top_logprobs is not None:
-                for j, (v, ids) in enumerate(r.top_logprobs[-len(toks) :]):
-                    top_v[i * width + j] = torch.tensor(v)
-                    top_i[i * width + j] = torch.tensor(ids, dtype=torch.int64)
-        tops = any(self.states[req.rid].state.top_logprobs is not None for req in batch.reqs)
-        return LogitsProcessorOutput(
-            next_token_logits=None,
-            next_token_logprobs=logprobs,
-            next_token_top_logprobs_val=top_v if tops else None,
-            next_token_top_logprobs_idx=top_i if tops else None,
         )
 
     def _drop_departed(self, batch: ScheduleBatch) -> None:

@@ -183,7 +183,7 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
     request that reached it anyway: aborted with that text, the others keep their logprobs."""
     from types import SimpleNamespace
 
-    from sglang_trimode.srt.worker import refuse_logprobs, top_logprobs_num
+    from sglang_trimode.srt.logprobs import refuse_unsupported, top_logprobs_num
 
     assert flags.unsupported_output_error(None, 0, None) is None
     assert flags.unsupported_output_error(True, None, None) is None  # own logprobs: served
@@ -210,14 +210,14 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
     reqs = [req("a", False), req("b", True, top=2), req("c", True), req("d", True, ids=[3])]
     assert [top_logprobs_num(r) for r in reqs] == [0, 2, 0, 0]
     batch = SimpleNamespace(reqs=reqs, return_logprob=True)
-    assert refuse_logprobs(batch) == ["d"]
+    assert refuse_unsupported(batch) == ["d"]
     assert batch.return_logprob is True  # "b" and "c" still ask for theirs
     assert [r.return_logprob for r in reqs] == [False, True, True, False]
     assert all(r.to_finish is None for r in reqs[:3])
     assert reqs[3].to_finish.message == flags.unsupported_output_error(False, 0, [0], None)
     assert reqs[3].to_finish.status_code == 400
     only_d = SimpleNamespace(reqs=[req("d", True, ids=[3])], return_logprob=True)
-    assert refuse_logprobs(only_d) == ["d"] and only_d.return_logprob is False
+    assert refuse_unsupported(only_d) == ["d"] and only_d.return_logprob is False
 
 
 _KEYWORDS_PROBE = """

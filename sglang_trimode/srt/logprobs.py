@@ -1,0 +1,87 @@
+"""Log probabilities of the TRIMODE worker's tokens in SGLang's speculative result layout.
+
+The policies (`sglang_trimode.modes`) record, for requests with `return_logprob`, each emitted
+token's logprob under the distribution it was drawn from and, with `top_logprobs_num`, its row's
+best (`RequestState.logprobs` / `top_logprobs`). `step_output` turns one decode step's new tokens
+into the `LogitsProcessorOutput` SGLang's output processing reads for speculative batches:
+`next_token_logprobs [bs, width]` (request i's new tokens first) and `bs * width` top-k entries
+(request i, token j at `i * width + j`). Chosen-token logprobs (`token_ids_logprob`) are not
+produced: the plugin's hook refuses them with a 400, `refuse_unsupported` is the worker's guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sglang_trimode.modes import RequestState
+from sglang_trimode.srt import flags
+
+
+def abort_request(req, message: str) -> None:
+    """Finish `req` at the end of this step with HTTP 400 `message` (the others go on)."""
+    from http import HTTPStatus
+
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    req.to_finish = FINISH_ABORT(message, HTTPStatus.BAD_REQUEST, "BadRequestError")
+
+
+def top_logprobs_num(req) -> int:
+    """How many top logprobs per generated token `req` asks for (0: none or no logprobs)."""
+    info = getattr(req, "logprob", None)
+    return int(getattr(info, "top_logprobs_num", 0) or 0) if req.return_logprob else 0
+
+
+def unsupported(req) -> bool:
+    """Chosen-token logprobs (`token_ids_logprob`): the worker returns each new token's own
+    logprob and its row's top-k only."""
+    info = getattr(req, "logprob", None)
+    return bool(req.return_logprob and getattr(info, "token_ids_logprob", None))
+
+
+def refuse_unsupported(batch) -> list[str]:
+    """Belt and braces for the plugin's 400 (`plugin._after_validate_one_request`): requests
+    asking for chosen-token logprobs of generated tokens that reached the worker anyway are
+    aborted with that message and ask for no logprobs any more, so SGLang's output processing
+    reads none the worker does not produce (it would stop the scheduler). Returns their ids."""
+    msg = flags.unsupported_output_error(False, 0, [0], None)
+    aborted = []
+    for req in batch.reqs:
+        if unsupported(req):
+            abort_request(req, msg)
+            req.return_logprob = False
+            aborted.append(req.rid)
+    batch.return_logprob = any(req.return_logprob for req in batch.reqs)
+    return aborted
+
+
+def step_output(
+    batch, states: Sequence[RequestState], new_tokens: Sequence[Sequence[int]], width: int
+):
+    """This step's logprobs in SGLang's speculative layout: `next_token_logprobs [bs, width]`,
+    request i's new tokens' logprobs first, zeros after (SGLang reads as many as it accepts);
+    top logprobs: `bs * width` entries, each a tensor of the request's `top_logprobs_num`
+    values / ids (empty where none was asked for)."""
+    from sglang.srt.layers.logits_processor import LogitsProcessorOutput
+
+    bs = len(batch.reqs)
+    logprobs = torch.zeros(bs, width, dtype=torch.float32)
+    empty_v, empty_i = torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    top_v, top_i = [empty_v] * (bs * width), [empty_i] * (bs * width)
+    for i, (req, r, toks) in enumerate(zip(batch.reqs, states, new_tokens, strict=True)):
+        if not toks or not req.return_logprob or r.logprobs is None:
+            continue
+        logprobs[i, : len(toks)] = torch.tensor(r.logprobs[-len(toks) :])
+        if r.top_logprobs is not None:
+            for j, (values, ids) in enumerate(r.top_logprobs[-len(toks) :]):
+                top_v[i * width + j] = torch.tensor(values)
+                top_i[i * width + j] = torch.tensor(ids, dtype=torch.int64)
+    tops = any(r.top_logprobs is not None for r in states)
+    return LogitsProcessorOutput(
+        next_token_logits=None,
+        next_token_logprobs=logprobs,
+        next_token_top_logprobs_val=top_v if tops else None,
+        next_token_top_logprobs_idx=top_i if tops else None,
+    )
