@@ -307,14 +307,11 @@ def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
 MAX_NEW_TOKENS_WITH_TOKEN_IDS_LOGPROB = 1
 
 
-def unsupported_output_error(
-    return_logprob: Any, top_logprobs_num: Any, token_ids_logprob: Any, max_new_tokens: Any = None
-) -> str | None:
+def unsupported_output_error(token_ids_logprob: Any, max_new_tokens: Any = None) -> str | None:
     """The 400 message for a request asking a TRIMODE server for chosen-token log probabilities
     (`token_ids_logprob`) of tokens its worker generates (`max_new_tokens` None: SGLang's
     default, more than one), else None. `return_logprob` (each token's own) and
-    `top_logprobs_num` (its row's best) are served."""
-    del return_logprob, top_logprobs_num  # served by the worker
+    `top_logprobs_num` (its row's best) are served, so they take no part here."""
     if not token_ids_logprob:
         return None
     if max_new_tokens is not None and max_new_tokens <= MAX_NEW_TOKENS_WITH_TOKEN_IDS_LOGPROB:

@@ -46,7 +46,7 @@ def refuse_unsupported(batch) -> list[str]:
     asking for chosen-token logprobs of generated tokens that reached the worker anyway are
     aborted with that message and ask for no logprobs any more, so SGLang's output processing
     reads none the worker does not produce (it would stop the scheduler). Returns their ids."""
-    msg = flags.unsupported_output_error(False, 0, [0], None)
+    msg = flags.unsupported_output_error(True)
     aborted = []
     for req in batch.reqs:
         if unsupported(req):

@@ -96,10 +96,8 @@ def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs
     if (algorithm or "").upper() == flags.ALGORITHM:
         params = getattr(obj, "sampling_params", None)
         msg = flags.unsupported_output_error(
-            getattr(obj, "return_logprob", None),
-            getattr(obj, "top_logprobs_num", None),
             getattr(obj, "token_ids_logprob", None),
-            (params or {}).get("max_new_tokens") if isinstance(params, dict) else None,
+            params.get("max_new_tokens") if isinstance(params, dict) else None,
         ) or flags.unsupported_sampling_error(params, getattr(obj, "custom_logit_processor", None))
         if msg:
             raise ValueError(msg)

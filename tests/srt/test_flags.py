@@ -185,14 +185,14 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
 
     from sglang_trimode.srt.logprobs import refuse_unsupported, top_logprobs_num
 
-    assert flags.unsupported_output_error(None, 0, None) is None
-    assert flags.unsupported_output_error(True, None, None) is None  # own logprobs: served
-    assert flags.unsupported_output_error(True, 5, None, 100) is None  # top-k: served
-    msg = flags.unsupported_output_error(True, 0, [5, 7])
+    assert flags.unsupported_output_error(None) is None
+    assert flags.unsupported_output_error([]) is None  # own logprobs / top-k only: served
+    assert flags.unsupported_output_error(None, 100) is None
+    msg = flags.unsupported_output_error([5, 7])
     assert msg.startswith("token_ids_logprob with max_new_tokens unset is not supported")
     assert "--speculative-algorithm TRIMODE" in msg and "plain AR" in msg
-    assert flags.unsupported_output_error(True, 2, [5], 1) is None  # prompt scoring
-    assert "max_new_tokens 2 is not supported" in flags.unsupported_output_error(True, 3, [1], 2)
+    assert flags.unsupported_output_error([5], 1) is None  # prompt scoring
+    assert "max_new_tokens 2 is not supported" in flags.unsupported_output_error([1], 2)
     assert flags.unsupported_sampling_error(None) is None
     defaults = {"temperature": 0.0, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty":
                 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "logit_bias": {},
@@ -214,7 +214,7 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
     assert batch.return_logprob is True  # "b" and "c" still ask for theirs
     assert [r.return_logprob for r in reqs] == [False, True, True, False]
     assert all(r.to_finish is None for r in reqs[:3])
-    assert reqs[3].to_finish.message == flags.unsupported_output_error(False, 0, [0], None)
+    assert reqs[3].to_finish.message == flags.unsupported_output_error(True)
     assert reqs[3].to_finish.status_code == 400
     only_d = SimpleNamespace(reqs=[req("d", True, ids=[3])], return_logprob=True)
     assert refuse_unsupported(only_d) == ["d"] and only_d.return_logprob is False
