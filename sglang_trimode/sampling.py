@@ -75,6 +75,12 @@ class GreedyRows:
     def shape(self) -> tuple[int, ...]:
         return (*self.top.shape, self.vocab)
 
+    def prob_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each row's softmax probability of `tokens`, which must be the rows' argmax."""
+        if not torch.equal(tokens.cpu(), self.top):
+            raise ValueError("GreedyRows know the probability of each row's argmax token only")
+        return self.prob
+
     def argmax(self, dim: int = -1) -> torch.Tensor:
         if dim not in (-1, self.top.dim()):
             raise ValueError(f"GreedyRows: argmax over the vocabulary only (dim=-1), got {dim}")
@@ -129,9 +135,7 @@ def token_logprobs(
     with each row's ``top_k`` best when ``top_k > 0``. For :class:`GreedyRows` the tokens must
     be each row's argmax (``log prob``), and its top-k must have been computed."""
     if isinstance(logits, GreedyRows):
-        if not torch.equal(tokens.cpu(), logits.top):
-            raise ValueError("GreedyRows know the probability of each row's argmax token only")
-        own = torch.log(logits.prob).tolist()
+        own = torch.log(logits.prob_of(tokens)).tolist()
         if not top_k:
             return [(lp, None) for lp in own]
         if logits.topk_ids is None or logits.topk_ids.shape[-1] < top_k:
@@ -163,9 +167,7 @@ def sample(probs: Rows, generator: torch.Generator | None, greedy: bool) -> torc
 def confidence(logits: Rows, tokens: torch.Tensor) -> torch.Tensor:
     """Softmax probability of the chosen tokens under the raw logits ``[m, V]`` -> ``[m]``."""
     if isinstance(logits, GreedyRows):
-        if not torch.equal(tokens.cpu(), logits.top):
-            raise ValueError("GreedyRows know the probability of each row's argmax token only")
-        return logits.prob
+        return logits.prob_of(tokens)
     return torch.softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
