@@ -102,6 +102,15 @@ def attention_fn(impl: str) -> Callable[..., torch.Tensor]:
     return extend_attention
 
 
+def ragged_offsets(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs of `lengths [B]` (int64) packed one after another -> for each of their `T` elements
+    its run `owner [T]` and its offset within that run `[T]`."""
+    dev = lengths.device
+    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=dev), lengths)
+    start = torch.cumsum(lengths, 0) - lengths
+    return owner, torch.arange(owner.numel(), device=dev) - start[owner]
+
+
 def packed_prefix(pages: PageTable) -> tuple[torch.Tensor, PageTable]:
     """The pool slots of every prefix token of `pages` (page size 1), in request order, and a
     page table over a buffer holding them contiguously (for a pool of another dtype than q: the
@@ -110,12 +119,10 @@ def packed_prefix(pages: PageTable) -> tuple[torch.Tensor, PageTable]:
     dev = lengths.device
     indptr = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=dev)
     indptr[1:] = torch.cumsum(lengths, 0)
-    total = int(indptr[-1])
     # token t of request b lives at table[row_start[b] + t] (page size 1: req_to_token)
-    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=dev), lengths)
-    t = torch.arange(total, device=dev) - indptr[:-1][owner]
+    owner, t = ragged_offsets(lengths)
     slots = pages.flat()[pages.row_start[owner] + t].to(torch.int64)
-    return slots, PageTable.from_indptr(indptr, torch.arange(total, device=dev))
+    return slots, PageTable.from_indptr(indptr, torch.arange(owner.numel(), device=dev))
 
 
 def attend(

@@ -154,10 +154,11 @@ class TriModeAttnBackend:
         if getattr(layer, "logit_cap", 0.0) or getattr(layer, "sliding_window_size", -1) > 0:
             raise ValueError("TRIMODE attention supports no logit cap and no sliding window")
         self._prepare(plan, forward_batch, q.device)
-        plan.attn_metadata.check_tokens(q.reshape(-1, hq, dq).shape[0])
+        q = q.reshape(-1, hq, dq)
+        plan.attn_metadata.check_tokens(q.shape[0])
         pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v)
         out = packing.attend(
-            q.reshape(-1, hq, dq),
+            q,
             k.reshape(-1, hkv, dq),
             v.reshape(-1, hkv, dv),
             pool.get_key_buffer(layer.layer_id),

@@ -48,6 +48,7 @@ from sglang.srt.speculative.ngram_info import NgramVerifyInput
 
 from sglang_trimode import masks
 from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
+from sglang_trimode.packed import ragged_offsets
 from sglang_trimode.sampling import GreedyRows, SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
@@ -222,10 +223,8 @@ class TriModeWorker(BaseSpecWorker):
         tokens = torch.tensor([t for i in running for t in segs[i].tokens], dtype=torch.int64)
         pos = torch.cat([masks.positions(segs[i].desc, prefix[i]) for i in running])
         # slots: request i's token t goes to req_to_token[row_i, prefix_i + t]
-        owner = torch.repeat_interleave(torch.arange(len(segs)), lens)  # [T]
-        start = torch.cumsum(lens, 0) - lens
-        cols = torch.tensor(prefix, dtype=torch.int64)[owner] + torch.arange(len(owner))
-        cols -= start[owner]
+        owner, offset = ragged_offsets(lens)  # [T] each
+        cols = torch.tensor(prefix, dtype=torch.int64)[owner] + offset
         req_to_token = batch.req_to_token_pool.req_to_token
         rows = batch.req_pool_indices.to(req_to_token.device)
         dev_owner = owner.to(req_to_token.device)
@@ -302,11 +301,10 @@ class TriModeWorker(BaseSpecWorker):
     @staticmethod
     def _request_rows(logits: torch.Tensor, entries: list[_Req], segs: list) -> list:
         """Device logits `[T, V]` (`_forward`'s packed layout) -> what each request's policy
-        reads, on the CPU: for a
-        greedy request `GreedyRows` (argmax and its probability per row: two small tensors, one
-        batched reduction and transfer for all greedy requests), for a sampled one its own
-        `[len, V]` float32 rows (sampled with the request's CPU generator, as the reference
-        engine does); None for a request without a segment."""
+        reads, on the CPU: for a greedy request `GreedyRows` (argmax and its probability per
+        row: two small tensors, one batched reduction and transfer for all greedy requests),
+        for a sampled one its own `[len, V]` float32 rows (sampled with the request's CPU
+        generator, as the reference engine does); None for a request without a segment."""
         lens = [0 if s is None else s.desc.length for s in segs]
         greedy = [n > 0 and e.state.params.greedy for e, n in zip(entries, lens, strict=True)]
         top_k = max((e.state.top_logprobs_num for e, g in zip(entries, greedy) if g), default=0)
