@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sglang_trimode.rows import GreedyRows, Rows, SampledRows
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -36,61 +38,6 @@ class SamplingParams:
         return self.temperature == 0
 
 
-@dataclass(frozen=True)
-class GreedyRows:
-    """All that greedy decoding reads from logits rows ``[..., V]``: each row's argmax token
-    ``top`` (int64) and that token's softmax probability ``prob`` (float32; the diffusion
-    confidence). A device forward hands these two small tensors to the CPU instead of every row's
-    ``V`` logits. Wherever a request is greedy, :func:`probs_from_logits`, :func:`sample`,
-    :func:`confidence` and the acceptance rules take it in place of the logits tensor (rows are
-    indexed like the tensor: ``rows[i]``, ``rows[1:]``, ``rows[idx]``) and give the same result
-    (tests/test_greedy_rows.py). As a distribution (``probs_from_logits``) it is the one-hot of
-    ``top``. With ``top_k`` (requests asking for top logprobs) each row's ``top_k`` best log
-    probabilities and their ids come along (``topk_logprobs``, ``topk_ids`` ``[..., top_k]``)."""
-
-    top: torch.Tensor
-    prob: torch.Tensor
-    vocab: int
-    topk_logprobs: torch.Tensor | None = None
-    topk_ids: torch.Tensor | None = None
-
-    @classmethod
-    def from_logits(cls, logits: torch.Tensor, top_k: int = 0) -> GreedyRows:
-        """``logits [..., V]`` on any device -> the summary on the CPU (one transfer each)."""
-        top = logits.argmax(-1)
-        prob = torch.softmax(logits.float(), -1).gather(-1, top[..., None]).squeeze(-1)
-        vals = ids = None
-        if top_k:
-            best = torch.log_softmax(logits.float(), -1).topk(top_k, dim=-1)
-            vals, ids = best.values.cpu(), best.indices.cpu()
-        return cls(top.cpu(), prob.cpu(), int(logits.shape[-1]), vals, ids)
-
-    def __getitem__(self, key) -> GreedyRows:
-        if self.topk_ids is None:
-            return GreedyRows(self.top[key], self.prob[key], self.vocab)
-        vals, ids = self.topk_logprobs[key], self.topk_ids[key]
-        return GreedyRows(self.top[key], self.prob[key], self.vocab, vals, ids)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (*self.top.shape, self.vocab)
-
-    def prob_of(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Each row's softmax probability of `tokens`, which must be the rows' argmax."""
-        if not torch.equal(tokens.cpu(), self.top):
-            raise ValueError("GreedyRows know the probability of each row's argmax token only")
-        return self.prob
-
-    def argmax(self, dim: int = -1) -> torch.Tensor:
-        if dim not in (-1, self.top.dim()):
-            raise ValueError(f"GreedyRows: argmax over the vocabulary only (dim=-1), got {dim}")
-        return self.top
-
-
-#: Logits rows as the policies receive them: the full tensor, or (greedy requests) its summary.
-Rows = torch.Tensor | GreedyRows
-
-
 def _greedy_only(rows: GreedyRows, params: SamplingParams) -> None:
     if not params.greedy:
         raise ValueError(
@@ -105,6 +52,8 @@ def probs_from_logits(logits: Rows, params: SamplingParams) -> Rows:
     if isinstance(logits, GreedyRows):
         _greedy_only(logits, params)
         return GreedyRows(logits.top, torch.ones_like(logits.prob), logits.vocab)
+    if isinstance(logits, SampledRows):
+        return logits.as_probs(params)
     logits = logits.float()
     if params.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
@@ -142,6 +91,9 @@ def token_logprobs(
             raise ValueError(f"GreedyRows carry no top-{top_k} logprobs; build them with top_k")
         vals, ids = logits.topk_logprobs[:, :top_k].tolist(), logits.topk_ids[:, :top_k].tolist()
         return [(lp, (v, i)) for lp, v, i in zip(own, vals, ids, strict=True)]
+    if isinstance(logits, SampledRows):
+        own, tops = logits.token_logprobs(tokens, top_k)
+        return [(lp, None if tops is None else tops[k]) for k, lp in enumerate(own)]
     scaled = logits.float() if params.greedy else logits.float() / params.temperature
     logp = torch.log_softmax(scaled, -1)
     own = logp.gather(-1, tokens.to(logits.device)[:, None]).squeeze(-1).tolist()
@@ -154,6 +106,8 @@ def token_logprobs(
 
 def sample(probs: Rows, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
     """Draw one token per row of ``probs [N, V]`` -> int64 ``[N]`` (argmax when greedy)."""
+    if isinstance(probs, SampledRows):
+        return probs.draw  # drawn with the request's uniforms when the rows were built
     if greedy:
         return probs.argmax(-1)
     if isinstance(probs, GreedyRows):
@@ -168,6 +122,9 @@ def confidence(logits: Rows, tokens: torch.Tensor) -> torch.Tensor:
     """Softmax probability of the chosen tokens under the raw logits ``[m, V]`` -> ``[m]``."""
     if isinstance(logits, GreedyRows):
         return logits.prob_of(tokens)
+    if isinstance(logits, SampledRows):
+        logits.check_draw(tokens)
+        return logits.draw_conf
     return torch.softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -214,6 +171,8 @@ def accept_lossless(
     """
     if greedy:
         return accept_greedy(drafts, p)
+    if isinstance(p, SampledRows):
+        return _accept_lossless_rows(drafts, q, p, generator)
     for j in range(drafts.shape[0]):
         d = int(drafts[j])
         ratio = float(p[j, d] / q[j, d]) if q[j, d] > 0 else 0.0
@@ -225,6 +184,29 @@ def accept_lossless(
         residual = residual / total if total > 0 else p[j]
         return j, int(sample(residual[None], generator, greedy)[0])
     return _bonus(drafts, p, generator, greedy)
+
+
+def _accept_lossless_rows(
+    drafts: torch.Tensor, q: SampledRows | torch.Tensor, p: SampledRows, generator
+) -> tuple[int, int]:
+    """:func:`accept_lossless` on rows kept on the device: the ratio ``p_j(d_j) / q_j(d_j)`` comes
+    from the rows' small tensors (``p.next_prob``: the verify segment is ``[seed, d_1..d_k]``;
+    ``q.draw_prob``: the drafts are ``q``'s draws, so ``q_j(d_j) > 0``), the residual draw reads
+    the device rows of the rejected position only, the bonus is ``p``'s draw at row ``k``."""
+    k = int(drafts.shape[0])
+    if k and not (
+        isinstance(q, SampledRows)
+        and torch.equal(q.draw[:k], drafts.long())
+        and torch.equal(p.next_token[:k], drafts.long())
+    ):
+        raise ValueError("SampledRows acceptance: the drafts must be q's draws and p's segment")
+    ratios = (p.next_prob[:k] / q.draw_prob[:k]).tolist() if k else []
+    for j, ratio in enumerate(ratios):
+        u = float(torch.rand((), generator=generator))
+        if ratio >= 1.0 or u < ratio:
+            continue
+        return j, p.residual_draw(q, j, torch.rand((), generator=generator))
+    return k, int(p.draw[k])
 
 
 def accept_exact_match(

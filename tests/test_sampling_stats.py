@@ -13,6 +13,7 @@ import torch
 
 from sglang_trimode import TriModeEngine
 from sglang_trimode.reference.tiny import make_tiny_model
+from sglang_trimode.rows import SampledRows, inverse_cdf
 from sglang_trimode.sampling import SamplingParams, probs_from_logits, sample
 
 VOCAB, PROMPT, NEW, N, TEMP = 6, [1, 4, 5], 4, 4000, 2.0
@@ -68,7 +69,7 @@ def chi_square_rejects(samples, exact, alpha_z=3.29):
     return worst > 1.0, worst
 
 
-def run(engine, mode, acceptance):
+def run(engine, mode, acceptance, row_summary=False):
     outs = engine.generate(
         [PROMPT] * N,
         mode=mode,
@@ -78,16 +79,35 @@ def run(engine, mode, acceptance):
         stop_token_ids=[],
         seed=0,
         acceptance=acceptance,
+        row_summary=row_summary,
     )
     assert all(len(o.token_ids) == NEW for o in outs)
     return outs
 
 
+@pytest.mark.parametrize("row_summary", [False, True], ids=["full_rows", "sampled_rows"])
 @pytest.mark.parametrize("mode", ["self_spec_linear", "self_spec_quadratic", "ar"])
-def test_sampled_self_spec_matches_ar_distribution(engine, exact_ar, mode):
-    outs = run(engine, mode, "lossless")
+def test_sampled_self_spec_matches_ar_distribution(engine, exact_ar, mode, row_summary):
+    """`row_summary=True`: the SGLang worker's path (`rows.SampledRows`: rows processed in one
+    batch, inverse-CDF draws, acceptance from the rows' small tensors, residual on the device)."""
+    outs = run(engine, mode, "lossless", row_summary)
     rejects, ratio = chi_square_rejects([tuple(o.token_ids) for o in outs], exact_ar)
     assert not rejects, f"{mode}: chi-square / critical = {ratio:.2f}"
+
+
+def test_the_distribution_test_catches_a_wrong_residual_on_sampled_rows(
+    engine, exact_ar, monkeypatch
+):
+    """Mutation check of the `SampledRows` path: a residual draw from p instead of
+    norm(max(0, p - q)) must be detected."""
+
+    def from_p(self, q, j, uniform):
+        return int(inverse_cdf(self.probs[j][None].float(), uniform.reshape(1))[0])
+
+    monkeypatch.setattr(SampledRows, "residual_draw", from_p)
+    outs = run(engine, "self_spec_linear", "lossless", row_summary=True)
+    rejects, ratio = chi_square_rejects([tuple(o.token_ids) for o in outs], exact_ar)
+    assert rejects, f"wrong residual not detected: chi-square / critical = {ratio:.2f}"
 
 
 def accept_resample_from_p(drafts, q, p, generator, greedy):

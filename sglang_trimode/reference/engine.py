@@ -17,6 +17,7 @@ from sglang_trimode import masks
 from sglang_trimode.modes import POLICIES, ModeConfig, RequestState, RequestStats, Segment
 from sglang_trimode.reference.kv_cache import KVCache
 from sglang_trimode.reference.validation import validate_request
+from sglang_trimode.rows import request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.scheduler.driver import ModeDriver, TraceRow
@@ -112,6 +113,7 @@ class TriModeEngine:
         max_tokens_per_forward: int | None = None,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        row_summary: bool = False,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
 
@@ -125,6 +127,11 @@ class TriModeEngine:
         ``logprobs=True`` each token's log probability under the distribution it was drawn from
         (AR rows for AR and self-speculation, draft rows for diffusion; ``log_softmax(logits /
         T)``, raw logits when greedy), with ``top_logprobs=k`` also each row's ``k`` best.
+
+        ``row_summary=True`` hands the policies what the SGLang worker hands them
+        (``rows.request_rows``: ``GreedyRows`` / ``SampledRows`` from one batched pass over the
+        forward's rows) instead of each request's logits rows: greedy output is the same; sampled
+        output draws by inverse CDF (same distributions, other random draws).
         """
         if top_logprobs < 0 or (top_logprobs and not logprobs):
             raise ValueError(
@@ -171,11 +178,14 @@ class TriModeEngine:
             rows = driver.plan(reqs, active)  # fixed modes: every active request, its own policy
             segs = [policy.segment(reqs[i]) for i, policy in rows]
             logits = self._forward(cache, [i for i, _ in rows], segs)
+            views = [logits[j, : seg.desc.length] for j, seg in enumerate(segs)]
+            if row_summary:
+                views = request_rows(torch.cat(views), [reqs[i] for i, _ in rows], segs)
             for j, ((i, policy), seg) in enumerate(zip(rows, segs)):
                 r = reqs[i]
                 r.stats.forwards += 1
                 accepted_before = len(r.stats.accept_lengths)
-                keep = policy.consume(r, seg, logits[j, : seg.desc.length])
+                keep = policy.consume(r, seg, views[j])
                 cache.commit(j, keep)
                 driver.observe(i, seg, r, accepted_before)
             cache.end()

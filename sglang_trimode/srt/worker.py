@@ -49,7 +49,8 @@ from sglang.srt.speculative.ngram_info import NgramVerifyInput
 from sglang_trimode import masks
 from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
 from sglang_trimode.packed import ragged_offsets
-from sglang_trimode.sampling import GreedyRows, SamplingParams, get_accept_rule
+from sglang_trimode.rows import request_rows
+from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
@@ -298,30 +299,6 @@ class TriModeWorker(BaseSpecWorker):
                 setattr(batch, k, v)
         return result.logits_output.next_token_logits  # [bs, V]: one token per request
 
-    @staticmethod
-    def _request_rows(logits: torch.Tensor, entries: list[_Req], segs: list) -> list:
-        """Device logits `[T, V]` (`_forward`'s packed layout) -> what each request's policy
-        reads, on the CPU: for a greedy request `GreedyRows` (argmax and its probability per
-        row: two small tensors, one batched reduction and transfer for all greedy requests),
-        for a sampled one its own `[len, V]` float32 rows (sampled with the request's CPU
-        generator, as the reference engine does); None for a request without a segment."""
-        lens = [0 if s is None else s.desc.length for s in segs]
-        greedy = [n > 0 and e.state.params.greedy for e, n in zip(entries, lens, strict=True)]
-        top_k = max((e.state.top_logprobs_num for e, g in zip(entries, greedy) if g), default=0)
-        summary = GreedyRows.from_logits(logits, top_k) if any(greedy) else None
-        rows, start = [], 0
-        for i, n in enumerate(lens):
-            if not n:
-                rows.append(None)
-            elif greedy[i]:
-                rows.append(summary[start : start + n])
-            else:
-                rows.append(logits[start : start + n].float().cpu())
-            start += n
-        if start != logits.shape[0]:
-            raise RuntimeError(f"TRIMODE: {logits.shape[0]} logits rows for {start} tokens")
-        return rows
-
     def _decode(self, batch: ScheduleBatch) -> tuple[list[list[int]], list[int]]:
         install(self.model_runner, self.settings.attention_impl)
         entries = [self._state(req) for req in batch.reqs]
@@ -335,7 +312,8 @@ class TriModeWorker(BaseSpecWorker):
             for i, e in enumerate(entries):
                 segs.append(e.policy.segment(e.state) if runs[i] else None)
             t0 = time.perf_counter()
-            rows = self._request_rows(self._forward(batch, segs, prefix), entries, segs)
+            logits = self._forward(batch, segs, prefix)  # [T, V] on the device
+            rows = request_rows(logits, [e.state for e in entries], segs)
             if self.auto is not None:
                 tokens = sum(s.desc.length for s in segs if s is not None)
                 context = sum(p for p, s in zip(prefix, segs, strict=True) if s is not None)

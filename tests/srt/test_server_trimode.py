@@ -103,17 +103,20 @@ def test_generate_batch_and_single_equal_reference(server, reference, mode):
 
 @pytest.mark.parametrize("mode", REQUEST_MODES)
 def test_sampled_and_greedy_requests_share_forwards(server, reference, engine, mode):
-    """Greedy requests read the device's argmax summary (`GreedyRows`), sampled ones their full
-    logits rows (the request's CPU generator), in the same forwards. Requests 0 and 2 are greedy
+    """Greedy requests read the device's argmax summary (`GreedyRows`), sampled ones their rows
+    processed on the device (`SampledRows`: uniforms from the request's generator), in the same
+    forwards. Requests 0 and 2 are greedy
     and must equal the reference; request 1 samples at temperature 1e-4 (the sampled path on an
     all but one-hot distribution) and must equal the greedy reference too; request 3 samples at
-    temperature 1 with top-p/top-k: `max_new_tokens` tokens of the vocabulary, every token
-    accounted for in its stats."""
+    temperature 0.8 with top-p/top-k: `max_new_tokens` tokens of the vocabulary, every token
+    accounted for in its stats, and their logprobs and top-2 are the AR rows' at T (self-spec
+    and AR: one causal scoring forward)."""
     ps, expected, _, stats = reference
     greedy = _body(ps[0], mode)["sampling_params"]
     cold = greedy | {"temperature": 1e-4}
-    warm = greedy | {"temperature": 1.0, "top_p": 0.9, "top_k": 20}
+    warm = greedy | {"temperature": 0.8, "top_p": 0.9, "top_k": 20}
     body = {"input_ids": ps, "sampling_params": [greedy, cold, greedy, warm]}
+    body |= {"return_logprob": [False, False, False, True], "top_logprobs_num": [0, 0, 0, 2]}
     out = post_ok(server["base"] + "/generate", body)
     ids = [o["output_ids"] for o in out]
     assert ids[:3] == expected[mode][:3]
@@ -124,6 +127,24 @@ def test_sampled_and_greedy_requests_share_forwards(server, reference, engine, m
     # the same token count as a greedy request of this length: prefill token + accepted ones
     assert sum(meta["trimode_accept_lengths"]) == sum(stats[mode][3]["trimode_accept_lengths"])
     assert meta["trimode_forwards"] >= len(meta["trimode_accept_lengths"])
+    # logprobs of the sampled tokens: log_softmax(logits / T) of the rows they were drawn from
+    got = meta["output_token_logprobs"]
+    assert [t for _, t, _ in got] == ids[3]
+    tops = meta["output_top_logprobs"]
+    assert [len(t) for t in tops] == [2] * MAX_NEW_TOKENS
+    if mode == "diffusion":  # drawn from draft rows: not one causal forward's scores
+        assert all(lp <= 0 for lp, _, _ in got)
+        return
+    n = len(ps[3]) + MAX_NEW_TOKENS
+    with torch.no_grad():
+        logits = engine.model(
+            torch.tensor([ps[3] + ids[3]]), torch.arange(n)[None], engine.model.causal_mask(n)
+        )[0, len(ps[3]) - 1 : -1]
+    logp = torch.log_softmax(logits.float() / warm["temperature"], -1)
+    want = logp.gather(-1, torch.tensor(ids[3])[:, None])[:, 0]
+    close = dict(atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor([lp for lp, _, _ in got]), want, **close)
+    assert [[tid for _, tid, _ in t] for t in tops] == logp.topk(2, -1).indices.tolist()
 
 
 def test_ar_only_forwards_run_the_wrapped_backends_decode(server, reference):
