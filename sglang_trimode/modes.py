@@ -83,6 +83,10 @@ class RequestState:
     #: ``(logprobs, ids)``
     top_logprobs_num: int = 0
     top_logprobs: list[tuple[list[float], list[int]]] | None = None
+    #: with ``logprobs`` tracked: ids whose log probabilities each token's row reports
+    #: (``token_ids_logprob``), and per token those values (``chosen_logprobs``)
+    chosen_ids: tuple[int, ...] = ()
+    chosen_logprobs: list[list[float]] | None = None
     # per-mode scratch
     block: list[int] | None = None  # diffusion: current block tokens
     masked: list[bool] | None = None  # diffusion: which block positions are still masks
@@ -98,6 +102,10 @@ class RequestState:
     def __post_init__(self) -> None:
         if self.logprobs is not None and self.top_logprobs_num and self.top_logprobs is None:
             self.top_logprobs = []
+        if self.logprobs is None:
+            self.chosen_ids = ()
+        elif self.chosen_ids and self.chosen_logprobs is None:
+            self.chosen_logprobs = []
 
     def emit(self, tokens: list[int], logprobs: list[TokenLogprob] | None = None) -> None:
         """Append tokens (and, when tracked, their ``logprobs`` entries), stopping at a stop token
@@ -109,9 +117,11 @@ class RequestState:
                 return
             self.out.append(int(t))
             if self.logprobs is not None:
-                self.logprobs.append(float(logprobs[k][0]))
+                self.logprobs.append(float(logprobs[k].logprob))
                 if self.top_logprobs is not None:
-                    self.top_logprobs.append(logprobs[k][1])
+                    self.top_logprobs.append(logprobs[k].top)
+                if self.chosen_logprobs is not None:
+                    self.chosen_logprobs.append(logprobs[k].chosen)
             if t in self.stop_token_ids:
                 self.done, self.finish_reason = True, "stop"
             elif len(self.out) >= self.max_new_tokens:
@@ -130,7 +140,7 @@ class RequestState:
             return None
         ids = torch.as_tensor(tokens, dtype=torch.long)
         top_k = self.top_logprobs_num if self.top_logprobs is not None else 0
-        return token_logprobs(rows, ids, self.params, top_k)
+        return token_logprobs(rows, ids, self.params, top_k, self.chosen_ids)
 
     def sample_next(self, logits: torch.Tensor) -> int:
         """Sample one token from one row of logits ``[V]``."""

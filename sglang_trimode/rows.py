@@ -52,23 +52,60 @@ class GreedyRows:
     vocab: int
     topk_logprobs: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
+    chosen_ids: tuple[int, ...] = ()
+    chosen_logprobs: torch.Tensor | None = None  # [..., len(chosen_ids)]
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor, top_k: int = 0) -> GreedyRows:
-        """``logits [..., V]`` on any device -> the summary on the CPU (one transfer each)."""
+    def from_logits(
+        cls, logits: torch.Tensor, top_k: int = 0, chosen_ids: Sequence[int] = ()
+    ) -> GreedyRows:
+        """``logits [..., V]`` on any device -> the summary on the CPU (one transfer each); with
+        ``chosen_ids`` also each row's log probabilities at those ids (``token_ids_logprob``)."""
         top = logits.argmax(-1)
         prob = torch.softmax(logits.float(), -1).gather(-1, top[..., None]).squeeze(-1)
-        vals = ids = None
+        vals = ids = chosen = None
+        if top_k or chosen_ids:
+            logp = torch.log_softmax(logits.float(), -1)
         if top_k:
-            best = torch.log_softmax(logits.float(), -1).topk(top_k, dim=-1)
+            best = logp.topk(top_k, dim=-1)
             vals, ids = best.values.cpu(), best.indices.cpu()
-        return cls(top.cpu(), prob.cpu(), int(logits.shape[-1]), vals, ids)
+        if chosen_ids:
+            chosen = logp[..., torch.tensor(list(chosen_ids), device=logp.device)].cpu()
+        vocab = int(logits.shape[-1])
+        return cls(top.cpu(), prob.cpu(), vocab, vals, ids, tuple(chosen_ids), chosen)
 
     def __getitem__(self, key) -> GreedyRows:
-        if self.topk_ids is None:
-            return GreedyRows(self.top[key], self.prob[key], self.vocab)
-        vals, ids = self.topk_logprobs[key], self.topk_ids[key]
-        return GreedyRows(self.top[key], self.prob[key], self.vocab, vals, ids)
+        def at(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[key]
+
+        return GreedyRows(
+            self.top[key],
+            self.prob[key],
+            self.vocab,
+            at(self.topk_logprobs),
+            at(self.topk_ids),
+            self.chosen_ids,
+            at(self.chosen_logprobs),
+        )
+
+    def best(self, top_k: int) -> list[tuple[list[float], list[int]]] | None:
+        """Each row's ``top_k`` best log probabilities and ids (None for ``top_k`` 0)."""
+        if not top_k:
+            return None
+        if self.topk_ids is None or self.topk_ids.shape[-1] < top_k:
+            raise ValueError(f"GreedyRows carry no top-{top_k} logprobs; build them with top_k")
+        vals, ids = self.topk_logprobs[:, :top_k].tolist(), self.topk_ids[:, :top_k].tolist()
+        return list(zip(vals, ids, strict=True))
+
+    def chosen(self, ids: Sequence[int]) -> list[list[float]] | None:
+        """Each row's log probabilities at ``ids`` (None when ``ids`` is empty)."""
+        if not ids:
+            return None
+        missing = sorted(set(ids) - set(self.chosen_ids))
+        if missing or self.chosen_logprobs is None:
+            raise ValueError(f"GreedyRows carry no logprobs of ids {missing}; build them with them")
+        cols = torch.tensor([self.chosen_ids.index(i) for i in ids])
+        return self.chosen_logprobs[:, cols].tolist()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -183,19 +220,16 @@ class SampledRows:
         if not torch.equal(tokens.cpu().long(), self.draw):
             raise ValueError("SampledRows know the draw of each row only; sample() returns it")
 
-    def token_logprobs(
-        self, tokens: torch.Tensor, top_k: int
-    ) -> tuple[list[float], list[tuple[list[float], list[int]]] | None]:
-        """``log_softmax(logits / T)`` of ``tokens [n]`` and each row's ``top_k`` best, read from
-        the device rows (one gather and transfer)."""
+    def token_logprobs(self, tokens: torch.Tensor, top_k: int, ids: Sequence[int]):
+        """``log_softmax(logits / T)`` of ``tokens [n]``, each row's ``top_k`` best and its values
+        at ``ids``, read from the device rows -> ``(own, tops | None, chosen | None)``."""
+        from sglang_trimode.sampling import logprob_extras
+
         if self.logits is None:
             raise ValueError("SampledRows.as_probs() dropped the logits; read logprobs before")
         logp = torch.log_softmax(self.logits.float() / self.params.temperature, -1)
         own = logp.gather(-1, tokens.to(logp.device).long()[:, None]).squeeze(-1).tolist()
-        if not top_k:
-            return own, None
-        best = logp.topk(top_k, dim=-1)
-        return own, list(zip(best.values.tolist(), best.indices.tolist(), strict=True))
+        return (own, *logprob_extras(logp, top_k, ids))
 
     def residual_draw(self, q: SampledRows, j: int, uniform: torch.Tensor) -> int:
         """Lossless speculative sampling after rejecting draft ``j``: a token from
@@ -285,7 +319,8 @@ def request_rows(
     out: list[Rows | None] = [None] * len(lens)
     if any(greedy):
         top_k = max((r.top_logprobs_num for r, g in zip(states, greedy) if g), default=0)
-        summary = GreedyRows.from_logits(logits, top_k)
+        chosen = sorted({i for r, g in zip(states, greedy) if g for i in r.chosen_ids})
+        summary = GreedyRows.from_logits(logits, top_k, chosen)
         for i in (i for i, g in enumerate(greedy) if g):
             out[i] = summary[starts[i] : starts[i + 1]]
     if any(sampled):

@@ -9,8 +9,9 @@ same acceptance code reduces to exact matching.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -72,36 +73,54 @@ def probs_from_logits(logits: Rows, params: SamplingParams) -> Rows:
     return probs
 
 
-#: One token's log probability and, when asked for, its row's top ``(logprobs, ids)``.
-TokenLogprob = tuple[float, tuple[list[float], list[int]] | None]
+class TokenLogprob(NamedTuple):
+    """One emitted token's log probability; when asked for, its row's top ``(logprobs, ids)``
+    and the log probabilities of the request's chosen ids (``token_ids_logprob``) in that row."""
+
+    logprob: float
+    top: tuple[list[float], list[int]] | None = None
+    chosen: list[float] | None = None
 
 
 def token_logprobs(
-    logits: Rows, tokens: torch.Tensor, params: SamplingParams, top_k: int = 0
+    logits: Rows,
+    tokens: torch.Tensor,
+    params: SamplingParams,
+    top_k: int = 0,
+    ids: Sequence[int] = (),
 ) -> list[TokenLogprob]:
     """Log probability of ``tokens [m]`` under the rows they were drawn from, ``logits [m, V]``:
     ``log_softmax(logits / T)`` (raw logits when greedy), what SGLang reports for AR decoding,
-    with each row's ``top_k`` best when ``top_k > 0``. For :class:`GreedyRows` the tokens must
-    be each row's argmax (``log prob``), and its top-k must have been computed."""
+    with each row's ``top_k`` best when ``top_k > 0`` and each row's values at ``ids`` when
+    given. For :class:`GreedyRows` the tokens must be each row's argmax (``log prob``), and its
+    top-k and chosen ids must have been computed."""
     if isinstance(logits, GreedyRows):
         own = torch.log(logits.prob_of(tokens)).tolist()
-        if not top_k:
-            return [(lp, None) for lp in own]
-        if logits.topk_ids is None or logits.topk_ids.shape[-1] < top_k:
-            raise ValueError(f"GreedyRows carry no top-{top_k} logprobs; build them with top_k")
-        vals, ids = logits.topk_logprobs[:, :top_k].tolist(), logits.topk_ids[:, :top_k].tolist()
-        return [(lp, (v, i)) for lp, v, i in zip(own, vals, ids, strict=True)]
-    if isinstance(logits, SampledRows):
-        own, tops = logits.token_logprobs(tokens, top_k)
-        return [(lp, None if tops is None else tops[k]) for k, lp in enumerate(own)]
-    scaled = logits.float() if params.greedy else logits.float() / params.temperature
-    logp = torch.log_softmax(scaled, -1)
-    own = logp.gather(-1, tokens.to(logits.device)[:, None]).squeeze(-1).tolist()
-    if not top_k:
-        return [(lp, None) for lp in own]
-    best = logp.topk(top_k, dim=-1)
-    tops = zip(best.values.tolist(), best.indices.tolist(), strict=True)
-    return [(lp, top) for lp, top in zip(own, tops, strict=True)]
+        tops, chosen = logits.best(top_k), logits.chosen(ids)
+    elif isinstance(logits, SampledRows):
+        own, tops, chosen = logits.token_logprobs(tokens, top_k, ids)
+    else:
+        scaled = logits.float() if params.greedy else logits.float() / params.temperature
+        logp = torch.log_softmax(scaled, -1)
+        own = logp.gather(-1, tokens.to(logits.device)[:, None]).squeeze(-1).tolist()
+        tops, chosen = logprob_extras(logp, top_k, ids)
+    m = len(own)
+    tops, chosen = tops or [None] * m, chosen or [None] * m
+    return [TokenLogprob(*e) for e in zip(own, tops, chosen, strict=True)]
+
+
+def logprob_extras(
+    logp: torch.Tensor, top_k: int, ids: Sequence[int]
+) -> tuple[list | None, list | None]:
+    """Each row of log probabilities ``logp [m, V]``: its ``top_k`` best ``(values, ids)`` and
+    its values at ``ids`` (None where not asked for)."""
+    tops = chosen = None
+    if top_k:
+        best = logp.topk(top_k, dim=-1)
+        tops = list(zip(best.values.tolist(), best.indices.tolist(), strict=True))
+    if ids:
+        chosen = logp[:, torch.tensor(list(ids), device=logp.device)].tolist()
+    return tops, chosen
 
 
 def sample(probs: Rows, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:

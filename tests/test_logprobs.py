@@ -134,3 +134,56 @@ def test_top_logprobs_need_logprobs(engine, prompts):
 def test_without_logprobs_nothing_is_tracked(engine, prompts):
     (o,) = engine.generate(prompts[:1], mode="diffusion", block_size=4, max_new_tokens=8)
     assert o.logprobs is None
+
+
+def scored_rows(engine, prompt, out, ids, temperature=0.0):
+    """Each generated position's log probabilities at `ids` from one causal forward."""
+    seq = prompt + out
+    n = len(seq)
+    with torch.no_grad():
+        logits = engine.model(
+            torch.tensor([seq]), torch.arange(n)[None], engine.model.causal_mask(n)
+        )[0].double()
+    logp = torch.log_softmax(logits / (temperature or 1.0), -1)
+    return logp[len(prompt) - 1 : n - 1][:, ids].tolist()
+
+
+@pytest.mark.parametrize("row_summary", [False, True], ids=["full_rows", "row_summary"])
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+@pytest.mark.parametrize("mode", ["ar", "self_spec_linear", "self_spec_quadratic"])
+def test_token_ids_logprobs_are_the_ar_rows_values(engine, prompts, mode, temperature, row_summary):
+    """`token_ids_logprob=ids`: per generated token, its AR row's logprobs at `ids` (duplicates
+    and the last vocabulary id included), for full rows and for the worker's row summaries
+    (`GreedyRows` over the ids' union, `SampledRows` reading the device rows)."""
+    ids = [5, 0, engine.config.vocab_size - 1, 5]
+    outs = engine.generate(
+        prompts, mode=mode, block_size=4, max_new_tokens=NEW, stop_token_ids=[], logprobs=True,
+        token_ids_logprob=ids, temperature=temperature, row_summary=row_summary,
+    )  # fmt: skip
+    for p, o in zip(prompts, outs, strict=True):
+        assert len(o.token_ids_logprobs) == len(o.token_ids)
+        close(o.token_ids_logprobs, scored_rows(engine, p, o.token_ids, ids, temperature))
+
+
+def test_diffusion_token_ids_logprobs_come_from_the_draft_rows(engine, prompts):
+    """Diffusion: the chosen ids' values come from the row the token was drawn from, so at the
+    token's own id they equal its logprob; block size 1 (= AR) equals the AR rows."""
+    (o,) = engine.generate(
+        prompts[:1], mode="diffusion", block_size=4, max_new_tokens=NEW, stop_token_ids=[],
+        logprobs=True, token_ids_logprob=list(range(engine.config.vocab_size)),
+    )  # fmt: skip
+    close([row[t] for row, t in zip(o.token_ids_logprobs, o.token_ids)], o.logprobs)
+    ids = [3, 11]
+    one = engine.generate(
+        prompts, mode="diffusion", block_size=1, max_new_tokens=8, stop_token_ids=[],
+        logprobs=True, token_ids_logprob=ids,
+    )  # fmt: skip
+    for p, o in zip(prompts, one, strict=True):
+        close(o.token_ids_logprobs, scored_rows(engine, p, o.token_ids, ids))
+
+
+def test_token_ids_logprob_is_checked(engine, prompts):
+    with pytest.raises(ValueError, match="token_ids_logprob needs logprobs=True"):
+        engine.generate(prompts[:1], max_new_tokens=2, token_ids_logprob=[1])
+    with pytest.raises(ValueError, match=r"token_ids_logprob: ids \[-1, 99999\] are not"):
+        engine.generate(prompts[:1], max_new_tokens=2, logprobs=True, token_ids_logprob=[-1, 99999])

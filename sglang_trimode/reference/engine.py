@@ -35,6 +35,8 @@ class GenerationOutput:
     logprobs: list[float] | None = None
     #: per token, its row's best ``(logprobs, ids)`` when ``generate(..., top_logprobs=k)``
     top_logprobs: list[tuple[list[float], list[int]]] | None = None
+    #: per token, its row's log probabilities at ``generate(..., token_ids_logprob=ids)``
+    token_ids_logprobs: list[list[float]] | None = None
 
 
 class TriModeEngine:
@@ -113,6 +115,7 @@ class TriModeEngine:
         max_tokens_per_forward: int | None = None,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        token_ids_logprob: Sequence[int] | None = None,
         row_summary: bool = False,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
@@ -126,7 +129,8 @@ class TriModeEngine:
         the generated tokens only and the request's stats (forwards after the prefill), and with
         ``logprobs=True`` each token's log probability under the distribution it was drawn from
         (AR rows for AR and self-speculation, draft rows for diffusion; ``log_softmax(logits /
-        T)``, raw logits when greedy), with ``top_logprobs=k`` also each row's ``k`` best.
+        T)``, raw logits when greedy), with ``top_logprobs=k`` also each row's ``k`` best and with
+        ``token_ids_logprob=ids`` each row's values at ``ids`` (SGLang's field of that name).
 
         ``row_summary=True`` hands the policies what the SGLang worker hands them
         (``rows.request_rows``: ``GreedyRows`` / ``SampledRows`` from one batched pass over the
@@ -136,6 +140,15 @@ class TriModeEngine:
         if top_logprobs < 0 or (top_logprobs and not logprobs):
             raise ValueError(
                 f"top_logprobs must be >= 0 and needs logprobs=True, got {top_logprobs}"
+            )
+        chosen = tuple(token_ids_logprob or ())
+        if chosen and not logprobs:
+            raise ValueError("token_ids_logprob needs logprobs=True")
+        bad = [i for i in chosen if not (isinstance(i, int) and 0 <= i < self.config.vocab_size)]
+        if bad:
+            raise ValueError(
+                f"token_ids_logprob: ids {bad} are not token ids of this vocabulary "
+                f"(0..{self.config.vocab_size - 1})"
             )
         cfg = self.config
         block_size = cfg.block_size if block_size is None else block_size
@@ -169,6 +182,7 @@ class TriModeEngine:
                 generator=torch.Generator().manual_seed(s),
                 logprobs=[] if logprobs else None,
                 top_logprobs_num=top_logprobs,
+                chosen_ids=chosen,
             )
             for p, s in zip(prompts, seeds)
         ]
@@ -191,7 +205,9 @@ class TriModeEngine:
             cache.end()
             driver.end_step()
         return [
-            GenerationOutput(r.out, r.stats, r.finish_reason, m, r.logprobs, r.top_logprobs)
+            GenerationOutput(
+                r.out, r.stats, r.finish_reason, m, r.logprobs, r.top_logprobs, r.chosen_logprobs
+            )
             for r, m in zip(reqs, modes)
         ]
 

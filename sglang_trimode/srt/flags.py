@@ -301,31 +301,6 @@ def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
     return None
 
 
-#: Most new tokens a request asking for chosen-token log probabilities may generate on a
-#: TRIMODE server: the prompt's and the first token's come from SGLang's own prefill (prompt
-#: scoring); the worker returns each generated token's own logprob and its row's top-k only.
-MAX_NEW_TOKENS_WITH_TOKEN_IDS_LOGPROB = 1
-
-
-def unsupported_output_error(token_ids_logprob: Any, max_new_tokens: Any = None) -> str | None:
-    """The 400 message for a request asking a TRIMODE server for chosen-token log probabilities
-    (`token_ids_logprob`) of tokens its worker generates (`max_new_tokens` None: SGLang's
-    default, more than one), else None. `return_logprob` (each token's own) and
-    `top_logprobs_num` (its row's best) are served, so they take no part here."""
-    if not token_ids_logprob:
-        return None
-    if max_new_tokens is not None and max_new_tokens <= MAX_NEW_TOKENS_WITH_TOKEN_IDS_LOGPROB:
-        return None
-    return (
-        f"token_ids_logprob with max_new_tokens "
-        f"{'unset' if max_new_tokens is None else max_new_tokens} is not supported with "
-        f"--speculative-algorithm {ALGORITHM}: its worker returns each generated token's own "
-        "logprob and the row's top logprobs only (return_logprob, top_logprobs_num). Prompt "
-        f"scoring works (max_new_tokens <= {MAX_NEW_TOKENS_WITH_TOKEN_IDS_LOGPROB}); otherwise "
-        f"drop the field, or ask a server started without {ALGORITHM} (plain AR)"
-    )
-
-
 #: SGLang sampling fields the TRIMODE worker does not apply, with their neutral values. A request
 #: setting one is refused: it would otherwise get an answer that silently ignores it.
 IGNORED_SAMPLING: dict[str, Any] = {

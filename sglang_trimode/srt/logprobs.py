@@ -4,9 +4,8 @@ The policies (`sglang_trimode.modes`) record, for requests with `return_logprob`
 token's logprob under the distribution it was drawn from and, with `top_logprobs_num`, its row's
 best (`RequestState.logprobs` / `top_logprobs`). `step_output` turns one decode step's new tokens
 into the `LogitsProcessorOutput` SGLang's output processing reads for speculative batches:
-`next_token_logprobs [bs, width]` (request i's new tokens first) and `bs * width` top-k entries
-(request i, token j at `i * width + j`). Chosen-token logprobs (`token_ids_logprob`) are not
-produced: the plugin's hook refuses them with a 400, `refuse_unsupported` is the worker's guard.
+`next_token_logprobs [bs, width]` (request i's new tokens first), and `bs * width` top-k
+entries and chosen-id entries (`token_ids_logprob`; request i, token j at `i * width + j`).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from collections.abc import Sequence
 import torch
 
 from sglang_trimode.modes import RequestState
-from sglang_trimode.srt import flags
 
 
 def abort_request(req, message: str) -> None:
@@ -34,27 +32,12 @@ def top_logprobs_num(req) -> int:
     return int(getattr(info, "top_logprobs_num", 0) or 0) if req.return_logprob else 0
 
 
-def unsupported(req) -> bool:
-    """Chosen-token logprobs (`token_ids_logprob`): the worker returns each new token's own
-    logprob and its row's top-k only."""
+def chosen_ids(req) -> tuple[int, ...]:
+    """The ids whose log probabilities `req` asks for at each generated token
+    (`token_ids_logprob`; empty without `return_logprob`)."""
     info = getattr(req, "logprob", None)
-    return bool(req.return_logprob and getattr(info, "token_ids_logprob", None))
-
-
-def refuse_unsupported(batch) -> list[str]:
-    """Belt and braces for the plugin's 400 (`plugin._after_validate_one_request`): requests
-    asking for chosen-token logprobs of generated tokens that reached the worker anyway are
-    aborted with that message and ask for no logprobs any more, so SGLang's output processing
-    reads none the worker does not produce (it would stop the scheduler). Returns their ids."""
-    msg = flags.unsupported_output_error(True)
-    aborted = []
-    for req in batch.reqs:
-        if unsupported(req):
-            abort_request(req, msg)
-            req.return_logprob = False
-            aborted.append(req.rid)
-    batch.return_logprob = any(req.return_logprob for req in batch.reqs)
-    return aborted
+    ids = getattr(info, "token_ids_logprob", None) if req.return_logprob else None
+    return tuple(int(i) for i in ids or ())
 
 
 def step_output(
@@ -79,9 +62,19 @@ def step_output(
                 top_v[i * width + j] = torch.tensor(values)
                 top_i[i * width + j] = torch.tensor(ids, dtype=torch.int64)
     tops = any(r.top_logprobs is not None for r in states)
+    # always filled: SGLang reads an entry for every request whose `token_ids_logprob` is not
+    # None, even an empty list (the worker tracks nothing for it)
+    chosen_v, chosen_i = [empty_v] * (bs * width), [[]] * (bs * width)
+    for i, (req, r, toks) in enumerate(zip(batch.reqs, states, new_tokens, strict=True)):
+        if toks and req.return_logprob and r.chosen_logprobs is not None:
+            for j, values in enumerate(r.chosen_logprobs[-len(toks) :]):
+                chosen_v[i * width + j] = torch.tensor(values)
+                chosen_i[i * width + j] = list(r.chosen_ids)
     return LogitsProcessorOutput(
         next_token_logits=None,
         next_token_logprobs=logprobs,
         next_token_top_logprobs_val=top_v if tops else None,
         next_token_top_logprobs_idx=top_i if tops else None,
+        next_token_token_ids_logprobs_val=chosen_v,
+        next_token_token_ids_logprobs_idx=chosen_i,
     )

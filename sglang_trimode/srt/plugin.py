@@ -14,10 +14,8 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
 - a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding the
   checkpoint's mask token is a clear HTTP 400 naming the field; on a TRIMODE server, a request
-  for chosen-token log probabilities of generated tokens (`token_ids_logprob`; each token's own
-  and its row's top-k are served, and prompt scoring in full) or for sampling fields its
-  worker does not apply (`flags.IGNORED_SAMPLING`: penalties, `min_p`, `min_new_tokens`,
-  `logit_bias`, grammars, beams) too;
+  for sampling fields its worker does not apply (`flags.IGNORED_SAMPLING`: penalties, `min_p`,
+  `min_new_tokens`, `logit_bias`, grammars, beams) too;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
   `trimode_step_modes` in each response's `meta_info` (hook on
   `TokenizerManager.update_request_meta_info`, `srt/stats.py`).
@@ -89,16 +87,13 @@ def mask_token_error(input_ids, mask_token_id: int, from_text: bool) -> str | No
 
 def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs):
     """Refuse a prompt that holds the checkpoint's mask token, and on a TRIMODE server a request
-    for what its worker does not produce or apply (HTTP 400 via ValueError)."""
+    for what its worker does not apply (HTTP 400 via ValueError)."""
     from sglang_trimode.config import ARCHITECTURE
 
     algorithm = getattr(getattr(manager, "server_args", None), "speculative_algorithm", None)
     if (algorithm or "").upper() == flags.ALGORITHM:
         params = getattr(obj, "sampling_params", None)
-        msg = flags.unsupported_output_error(
-            getattr(obj, "token_ids_logprob", None),
-            params.get("max_new_tokens") if isinstance(params, dict) else None,
-        ) or flags.unsupported_sampling_error(params, getattr(obj, "custom_logit_processor", None))
+        msg = flags.unsupported_sampling_error(params, getattr(obj, "custom_logit_processor", None))
         if msg:
             raise ValueError(msg)
 

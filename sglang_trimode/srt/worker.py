@@ -175,6 +175,7 @@ class TriModeWorker(BaseSpecWorker):
             seed=out[-1],
             logprobs=[] if req.return_logprob else None,
             top_logprobs_num=logprobs.top_logprobs_num(req),
+            chosen_ids=logprobs.chosen_ids(req),
         )
         if entry is not None:
             self._forget(req.rid)
@@ -368,9 +369,6 @@ class TriModeWorker(BaseSpecWorker):
             return result
 
         self._drop_departed(batch)
-        if batch.return_logprob:
-            for rid in logprobs.refuse_unsupported(batch):
-                logger.warning("TRIMODE: request %s asked for token_ids_logprob: aborted", rid)
         new_tokens, prefix = self._decode(batch)
         self._commit_kv(batch, new_tokens, prefix)
         for req, toks in zip(batch.reqs, new_tokens, strict=True):

@@ -177,22 +177,14 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
     assert "returns no hidden states" in got["hidden_states"]
 
 
-def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
-    """The 400 text of the tokenizer-manager hook (chosen-token logprobs of generated tokens;
-    each token's own logprob and its row's top-k are served), and the worker's guard for a
-    request that reached it anyway: aborted with that text, the others keep their logprobs."""
+def test_sampling_messages_and_what_the_worker_reads_of_a_logprob_request():
+    """The 400 texts of the tokenizer-manager hook (sampling fields the worker does not apply,
+    hidden states), and the logprob settings the worker reads from a request: its top-k count
+    and its chosen ids (`token_ids_logprob`), nothing without `return_logprob`."""
     from types import SimpleNamespace
 
-    from sglang_trimode.srt.logprobs import refuse_unsupported, top_logprobs_num
+    from sglang_trimode.srt.logprobs import chosen_ids, top_logprobs_num
 
-    assert flags.unsupported_output_error(None) is None
-    assert flags.unsupported_output_error([]) is None  # own logprobs / top-k only: served
-    assert flags.unsupported_output_error(None, 100) is None
-    msg = flags.unsupported_output_error([5, 7])
-    assert msg.startswith("token_ids_logprob with max_new_tokens unset is not supported")
-    assert "--speculative-algorithm TRIMODE" in msg and "plain AR" in msg
-    assert flags.unsupported_output_error([5], 1) is None  # prompt scoring
-    assert "max_new_tokens 2 is not supported" in flags.unsupported_output_error([1], 2)
     assert flags.unsupported_sampling_error(None) is None
     defaults = {"temperature": 0.0, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty":
                 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "logit_bias": {},
@@ -205,19 +197,16 @@ def test_logprob_requests_get_a_message_and_the_worker_guard_aborts_them():
 
     def req(rid, return_logprob, top=0, ids=None):
         info = SimpleNamespace(top_logprobs_num=top, token_ids_logprob=ids)
-        return SimpleNamespace(rid=rid, return_logprob=return_logprob, logprob=info, to_finish=None)
+        return SimpleNamespace(rid=rid, return_logprob=return_logprob, logprob=info)
 
-    reqs = [req("a", False), req("b", True, top=2), req("c", True), req("d", True, ids=[3])]
+    reqs = [
+        req("a", False, 3, [1]),
+        req("b", True, top=2),
+        req("c", True),
+        req("d", True, 0, [3, 1]),
+    ]
     assert [top_logprobs_num(r) for r in reqs] == [0, 2, 0, 0]
-    batch = SimpleNamespace(reqs=reqs, return_logprob=True)
-    assert refuse_unsupported(batch) == ["d"]
-    assert batch.return_logprob is True  # "b" and "c" still ask for theirs
-    assert [r.return_logprob for r in reqs] == [False, True, True, False]
-    assert all(r.to_finish is None for r in reqs[:3])
-    assert reqs[3].to_finish.message == flags.unsupported_output_error(True)
-    assert reqs[3].to_finish.status_code == 400
-    only_d = SimpleNamespace(reqs=[req("d", True, ids=[3])], return_logprob=True)
-    assert refuse_unsupported(only_d) == ["d"] and only_d.return_logprob is False
+    assert [chosen_ids(r) for r in reqs] == [(), (), (), (3, 1)]
 
 
 _KEYWORDS_PROBE = """

@@ -225,19 +225,38 @@ def test_generated_token_logprobs_equal_reference(server, engine, reference, mod
         )
 
 
-def test_token_ids_logprob_requests_are_a_clear_400_and_server_keeps_serving(server, reference):
-    """The worker returns each generated token's own logprob and its row's top-k: asking for
-    chosen-token logprobs of generated tokens (`token_ids_logprob`) is a 400 naming the field
-    before the request reaches the scheduler (a request for logprobs used to stop the
-    scheduler); OpenAI `logprobs: N` / chat `top_logprobs` are served; others as before."""
+@pytest.mark.parametrize("mode", REQUEST_MODES)
+def test_token_ids_logprob_equal_reference(server, engine, reference, mode):
+    """`token_ids_logprob`: for each generated token, its row's logprobs at the given ids
+    (`TriModeEngine.generate(..., token_ids_logprob=ids)`), in a ragged batch where requests ask
+    for different ids (the greedy summary computes their union), one asks for none."""
+    ps, expected, _, _ = reference
+    ids = [[5, 9, 5], [0], [], [engine.config.vocab_size - 1, 7]]
+    body = _body(ps, mode) | {"return_logprob": True, "token_ids_logprob": ids}
+    out = post_ok(server["base"] + "/generate", body)
+    assert [o["output_ids"] for o in out] == expected[mode]
+    for i, o in enumerate(out):
+        got = o["meta_info"].get("output_token_ids_logprobs")
+        if not ids[i]:
+            assert not got or all(not g for g in got)
+            continue
+        (want,) = engine.generate(
+            [ps[i]], mode=mode, block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS,
+            stop_token_ids=[], logprobs=True, token_ids_logprob=ids[i],
+        )  # fmt: skip
+        assert len(got) == MAX_NEW_TOKENS
+        assert [[e[1] for e in row] for row in got] == [ids[i]] * MAX_NEW_TOKENS
+        vals = torch.tensor([[e[0] for e in row] for row in got])
+        torch.testing.assert_close(
+            vals, torch.tensor(want.token_ids_logprobs), atol=1e-4, rtol=1e-4
+        )
+
+
+def test_openai_logprob_requests_are_served(server, reference):
+    """OpenAI `logprobs: N` / chat `top_logprobs` are served (a request for logprobs used to
+    stop the scheduler); the server keeps serving."""
     ps, expected, _, _ = reference
     base = server["base"]
-    status, out = request(
-        base + "/generate",
-        _body(ps[0], "diffusion") | {"token_ids_logprob": [5, 9], "return_logprob": True},
-    )
-    assert status == 400, out
-    assert "token_ids_logprob" in json.dumps(out) and "plain AR" in json.dumps(out)
     oai = {"model": "default", "prompt": ps[1], "max_tokens": 4, "temperature": 0.0}
     choice = post_ok(base + "/v1/completions", oai | {"logprobs": 2})["choices"][0]
     assert len(choice["logprobs"]["top_logprobs"]) == 4
