@@ -30,19 +30,22 @@ def prompts(engine):
     return [tok(t)["input_ids"] for t in texts]
 
 
-def scored(engine, prompt, out, temperature=0.0):
-    """Logprobs of `out` after `prompt` from one causal forward: log_softmax(logits / T)."""
-    ids = prompt + out
-    n = len(ids)
+def causal_logp(engine, prompt, out, temperature=0.0):
+    """log_softmax(logits / T) of one causal forward over prompt + out, at the generated
+    positions: ``[len(out), V]`` (float64)."""
+    seq = prompt + out
+    n = len(seq)
     with torch.no_grad():
         logits = engine.model(
-            torch.tensor([ids]), torch.arange(n)[None], engine.model.causal_mask(n)
+            torch.tensor([seq]), torch.arange(n)[None], engine.model.causal_mask(n)
         )[0].double()
-    if temperature:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, -1)
-    start = len(prompt) - 1
-    return [logp[start + t, tok].item() for t, tok in enumerate(out)]
+    return torch.log_softmax(logits / (temperature or 1.0), -1)[len(prompt) - 1 : n - 1]
+
+
+def scored(engine, prompt, out, temperature=0.0):
+    """Logprobs of `out` after `prompt` from one causal forward: log_softmax(logits / T)."""
+    logp = causal_logp(engine, prompt, out, temperature)
+    return [logp[t, tok].item() for t, tok in enumerate(out)]
 
 
 def close(a, b, tol=1e-4):
@@ -138,14 +141,7 @@ def test_without_logprobs_nothing_is_tracked(engine, prompts):
 
 def scored_rows(engine, prompt, out, ids, temperature=0.0):
     """Each generated position's log probabilities at `ids` from one causal forward."""
-    seq = prompt + out
-    n = len(seq)
-    with torch.no_grad():
-        logits = engine.model(
-            torch.tensor([seq]), torch.arange(n)[None], engine.model.causal_mask(n)
-        )[0].double()
-    logp = torch.log_softmax(logits / (temperature or 1.0), -1)
-    return logp[len(prompt) - 1 : n - 1][:, ids].tolist()
+    return causal_logp(engine, prompt, out, temperature)[:, ids].tolist()
 
 
 @pytest.mark.parametrize("row_summary", [False, True], ids=["full_rows", "row_summary"])
