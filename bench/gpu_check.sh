@@ -4,9 +4,11 @@
 #      compiled on the GPU, fp32/fp16/bf16;
 #   2. bench/kernels.py: ours vs SDPA dense mask, FlashInfer, SGLang (each where it runs) and the
 #      unmasked flash reference, contexts 1k-32k, batch 1-64, block 32 / quad 8, 16 / decode;
-#   3. a small FlexAttention pass (one compile per shape, so a few shapes only).
-# Logs and JSON go to $OUT (default out/gpu_check): env.txt, tests.txt, tests.xml, bench.txt,
-# bench/kernels.json, flex.txt, flex/kernels.json. Exit status: non-zero if a step failed.
+#   3. a small FlexAttention pass (one compile per shape, so a few shapes only);
+#   4. tests/test_sampled_rows.py with the logits on the GPU (the worker's sampled-request path).
+# Logs and JSON go to $OUT (default out/gpu_check): env.txt, tests.txt, tests.xml, sampling.txt,
+# bench.txt, bench/kernels.json, flex.txt, flex/kernels.json. Exit status: non-zero if a step
+# failed.
 #
 #   bash bench/gpu_check.sh                                    # on the GPU machine, ~6-8 min
 #   TRITON_INTERPRET=1 bash bench/gpu_check.sh --cpu-smoke     # check this script on a CPU, ~1 min
@@ -75,6 +77,10 @@ step() {  # step NAME LOG CMD...: run, tee the log, remember a failure
 
 step tests "$OUT_DIR/tests.txt" "$PY" -m pytest tests/kernels -q -p no:cacheprovider \
     --junitxml="$OUT_DIR/tests.xml"
+# the worker's row summaries with logits on the device (SampledRows / GreedyRows; needs
+# transformers for the tiny model): the cuda cases on a GPU, the cpu cases in the smoke run
+step sampling "$OUT_DIR/sampling.txt" "$PY" -m pytest tests/test_sampled_rows.py -q -rs \
+    -p no:cacheprovider -k "$([[ $mode == gpu ]] && echo cuda || echo cpu)"
 if [[ $mode == cpu ]]; then
     step bench "$OUT_DIR/bench.txt" "$PY" bench/kernels.py --quick --out "$OUT_DIR/bench"
     step flex "$OUT_DIR/flex.txt" "$PY" bench/kernels.py --quick --methods ours,flex \

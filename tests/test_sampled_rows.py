@@ -17,6 +17,16 @@ from sglang_trimode.rows import SampledRows, inverse_cdf, processed_probs, reque
 from sglang_trimode.sampling import SamplingParams, accept_lossless, probs_from_logits
 
 V = 9
+#: the device the logits live on: the CPU here; bench/gpu_check.sh runs the cuda cases on a GPU
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="no CUDA device (bench/gpu_check.sh runs these)"
+        ),
+    ),
+]
 SETTINGS = [
     SamplingParams(temperature=1.0),
     SamplingParams(temperature=0.5, top_k=3),
@@ -61,16 +71,17 @@ def test_inverse_cdf_hits_each_token_with_its_probability():
     assert torch.all(probs[0, got] > 0), got
 
 
-def _rows(params, lens, seed):
+def _rows(params, lens, seed, device="cpu"):
     logits = _logits(seed, sum(lens))
     g = torch.Generator().manual_seed(seed)
     nxt = torch.randint(0, V, (sum(lens),), generator=g)
-    return logits, nxt, torch.rand(sum(lens), generator=g)
+    return logits.to(device), nxt, torch.rand(sum(lens), generator=g)
 
 
-def test_a_batch_equals_its_requests_one_by_one():
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_batch_equals_its_requests_one_by_one(device):
     lens = [3, 1, 5, 2, 4, 6]
-    logits, nxt, uni = _rows(SETTINGS, lens, 1)
+    logits, nxt, uni = _rows(SETTINGS, lens, 1, device)
     batch = SampledRows.batch(logits, SETTINGS, lens, nxt, uni)
     start = 0
     for p, n, got in zip(SETTINGS, lens, batch):
@@ -80,9 +91,9 @@ def test_a_batch_equals_its_requests_one_by_one():
             assert torch.equal(getattr(got, name), getattr(one, name)), name
         torch.testing.assert_close(got.probs, one.probs, rtol=0, atol=0)
         # the small tensors are what the device rows say
-        want = probs_from_logits(logits[sl], p)
+        want = probs_from_logits(logits[sl].cpu(), p)
         torch.testing.assert_close(got.draw_prob, want.gather(-1, got.draw[:, None])[:, 0])
-        conf = torch.softmax(logits[sl], -1).gather(-1, got.draw[:, None])[:, 0]
+        conf = torch.softmax(logits[sl].cpu(), -1).gather(-1, got.draw[:, None])[:, 0]
         torch.testing.assert_close(got.draw_conf, conf)
         torch.testing.assert_close(got.next_prob, want.gather(-1, nxt[sl][:, None])[:, 0])
         start += n
@@ -103,13 +114,14 @@ def test_sampled_rows_refuse_other_params_and_other_tokens():
 
 
 def _acceptance_counts(k, p, q, drafts, trials, residual_from_p=False):
-    """(accepted, next) of `accept_lossless` on SampledRows, fresh p rows (draws) per trial."""
+    """(accepted, next) of `accept_lossless` on SampledRows, fresh p rows (draws) per trial;
+    the rows live on the device of `p` and `q`."""
     params = SamplingParams(temperature=1.0)
     logits_p = torch.log(p)  # processed at T=1 with no filter: probs == p
+    q_draft = q.cpu().gather(-1, drafts[:, None])[:, 0]
     q_rows = SampledRows(
-        drafts, q.gather(-1, drafts[:, None])[:, 0], q.gather(-1, drafts[:, None])[:, 0],
-        torch.full((k,), -1), torch.zeros(k), q, None, params,
-    )  # fmt: skip
+        drafts, q_draft, q_draft, torch.full((k,), -1), torch.zeros(k), q, None, params
+    )
     g = torch.Generator().manual_seed(3)
     nxt = torch.cat([drafts, torch.tensor([-1])])
     counts = torch.zeros(k + 1, V)
@@ -162,14 +174,16 @@ def _chi2_ratio(counts, expected, trials):
     return stat / crit
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_lossless_acceptance_on_sampled_rows_has_the_exact_distribution(seed):
+def test_lossless_acceptance_on_sampled_rows_has_the_exact_distribution(seed, device):
     k, trials = 3, 6000
     g = torch.Generator().manual_seed(seed)
     p = torch.softmax(torch.randn(k + 1, V, generator=g) * 1.5, -1)
     q = torch.softmax(torch.randn(k, V, generator=g) * 1.5, -1)
     drafts = torch.multinomial(q, 1, generator=g)[:, 0]
     expected = _expected(k, p, q, drafts)
+    p, q = p.to(device), q.to(device)
     counts = _acceptance_counts(k, p, q, drafts, trials)
     assert counts.sum() == trials
     assert _chi2_ratio(counts, expected, trials) < 1.0
@@ -177,9 +191,10 @@ def test_lossless_acceptance_on_sampled_rows_has_the_exact_distribution(seed):
     assert _chi2_ratio(wrong, expected, trials) > 1.0, "a wrong residual must be detected"
 
 
-@pytest.fixture(scope="module")
-def engine():
-    return TriModeEngine(make_tiny_model(seed=3, vocab_size=48, mask_token_id=47, head_std=1.0))
+@pytest.fixture(scope="module", params=DEVICES)
+def engine(request):
+    model = make_tiny_model(seed=3, vocab_size=48, mask_token_id=47, head_std=1.0)
+    return TriModeEngine(model.to(request.param))
 
 
 PROMPTS = [[1, 4, 5], [1, 6, 7, 8, 9, 10], [1, 11]]
@@ -221,9 +236,9 @@ def test_request_rows_mixes_greedy_sampled_and_idle_requests(engine):
         return RequestState([1], SamplingParams(temperature=t), 8, frozenset(), g)
 
     segs = [Segment([1, 2, 3], masks.linear_verify(3)), None, Segment([4, 5], masks.commit(2))]
-    logits = _logits(4, 5)
+    logits = _logits(4, 5).to(engine.device)
     got = request_rows(logits, [state(0.0), state(1.0), state(0.7)], segs)
-    assert torch.equal(got[0].top, logits[:3].argmax(-1))
+    assert torch.equal(got[0].top, logits[:3].argmax(-1).cpu())
     assert got[1] is None
     assert isinstance(got[2], SampledRows) and torch.equal(got[2].logits, logits[3:])
     assert got[2].next_token.tolist() == [5, -1]
