@@ -51,12 +51,17 @@ def _post(url: str, body: dict, timeout: float) -> dict:
         raise RuntimeError(f"{url}/generate answered {e.code}: {e.read()[:300]!r}") from e
 
 
-def run_mix(url: str, mix: list[tuple[str, int]], max_new: int, timeout: float) -> dict:
-    """Send every request of `mix` at once; wall time, tokens and per-mode stats."""
+def run_mix(
+    url: str, mix: list[tuple[str, int]], max_new: int, timeout: float, sampling: dict | None = None
+) -> dict:
+    """Send every request of `mix` at once; wall time, tokens and per-mode stats. `sampling`:
+    extra sampling params (e.g. temperature, top_p); request i gets `sampling_seed` i."""
     modes = [m for m, n in mix for _ in range(n)]
 
     def one(i: int) -> dict:
         sp = {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}
+        if sampling:
+            sp |= sampling | {"sampling_seed": i}
         sp["custom_params"] = {"trimode_mode": modes[i]}
         text = f"def function_{i}(path, mode):\n    "
         return _post(url, {"text": text, "sampling_params": sp}, timeout)
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--mix", action="append", required=True, help="MODE:N,MODE:N (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out", default="out/server_mix.json")
@@ -98,11 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(str(e))
     if a.repeats < 1 or a.max_new_tokens < 1:
         p.error("--repeats and --max-new-tokens must be >= 1")
+    if a.temperature < 0 or not 0 < a.top_p <= 1:
+        p.error("--temperature must be >= 0 and --top-p in (0, 1]")
+    sampling = {"temperature": a.temperature, "top_p": a.top_p} if a.temperature > 0 else None
     rows = []
     for text, mix in mixes:
         runs = []
         for rep in range(a.repeats):
-            runs.append(run_mix(a.url, mix, a.max_new_tokens, a.timeout))
+            runs.append(run_mix(a.url, mix, a.max_new_tokens, a.timeout, sampling))
             print(f"[server_mix] {text} repeat {rep + 1}/{a.repeats}: "
                   f"{runs[-1]['wall_s']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
         best = min(runs, key=lambda r: r["wall_s"])
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         tps = b["tokens"] / b["wall_s"]
         print(f"{row['mix']:<40} {b['tokens']:>7} {b['wall_s']:>7.2f} {tps:>7.1f}  {modes}")
-    result = {"url": a.url, "max_new_tokens": a.max_new_tokens, "rows": rows}
+    result = {"url": a.url, "max_new_tokens": a.max_new_tokens, "sampling": sampling, "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {a.out}")

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
+
+from sglang_trimode.masks import MaskKind
 
 
 class _Params(Protocol):  # sampling.SamplingParams (not imported: sampling imports this module)
@@ -158,44 +160,122 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     1) for ``uniform [N]`` in [0, 1): the first token whose cumulative mass exceeds
     ``uniform * total``. A token of zero mass is never returned."""
     cdf = probs.float().cumsum(-1)
-    target = uniform.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    # rounding can put the target at the total: fall back to the last token with mass
-    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1)
-    return torch.minimum(idx, last)
+    total = cdf[:, -1:]
+    # strictly below the total (rounding of u * total could reach it): the first cdf entry
+    # above the target is then a token whose own mass makes the cdf step over it
+    below = torch.nextafter(total, torch.zeros_like(total))
+    target = torch.minimum(uniform.to(cdf.device, cdf.dtype)[:, None] * total, below)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
 
 
-@dataclass(frozen=True)
-class SampledRows:
-    """A sampled request's view of its logits rows ``[n, V]``, which stay on the device.
-
-    CPU ``[n]``: ``draw`` (a token drawn from each processed row), ``draw_prob`` (its processed
-    probability: ``q_j(d_j)`` when the row drafted it), ``draw_conf`` (its softmax probability
-    under the raw logits: the diffusion confidence), ``next_token`` / ``next_prob`` (the segment's
-    next token, -1 after the last, and its processed probability: ``p_j(d_j)`` when row ``j``
-    verifies draft ``d_j``). Device ``[n, V]``: ``probs`` (processed) and ``logits`` (raw; None
-    for a distribution from :meth:`as_probs`). Indexed like a tensor."""
+class _Processed(NamedTuple):
+    """Per row: the draw, its processed and raw probabilities, the processed probability of the
+    segment's next token (CPU ``[n]``), and the processed rows (device ``[n, V]``)."""
 
     draw: torch.Tensor
     draw_prob: torch.Tensor
     draw_conf: torch.Tensor
-    next_token: torch.Tensor
     next_prob: torch.Tensor
     probs: torch.Tensor
-    logits: torch.Tensor | None
-    params: _Params
+
+    def at(self, key) -> _Processed:
+        return _Processed(*(t[key] for t in self))
+
+
+def _process(
+    logits: torch.Tensor,
+    params: Sequence[_Params],
+    lens: Sequence[int],
+    next_tokens: torch.Tensor,
+    uniforms: torch.Tensor,
+) -> _Processed:
+    """All rows at once: ``logits [N, V]`` (device), row settings from ``params`` (request
+    ``i`` owns ``lens[i]`` rows), ``next_tokens [N]`` (-1: none) and ``uniforms [N]`` (CPU).
+    Each row's result depends on that row only (tests/test_sampled_rows.py)."""
+    dev = logits.device
+    if not logits.shape[0]:
+        empty = torch.zeros(0)
+        return _Processed(empty.long(), empty, empty, empty, logits.float())
+    per_row = [(p.temperature, p.top_k, p.top_p) for p, m in zip(params, lens) for _ in range(m)]
+    temp, k, top_p = (torch.tensor(c, dtype=torch.float64) for c in zip(*per_row))
+    probs = processed_probs(logits, temp, k.long(), top_p)
+    draw = inverse_cdf(probs, uniforms.to(dev))
+    nxt = next_tokens.to(dev)
+    small = torch.stack(
+        [
+            probs.gather(-1, draw[:, None]).squeeze(-1),
+            torch.softmax(logits.float(), -1).gather(-1, draw[:, None]).squeeze(-1),
+            probs.gather(-1, nxt.clamp_min(0)[:, None]).squeeze(-1) * (nxt >= 0),
+        ]
+    ).cpu()
+    return _Processed(draw.cpu(), small[0], small[1], small[2], probs)
+
+
+class SampledRows:
+    """A sampled request's view of its logits rows ``[n, V]``, which stay on the device.
+
+    CPU ``[n]``: ``draw`` (a token drawn from each processed row with the row's ``uniform``),
+    ``draw_prob`` (its processed probability: ``q_j(d_j)`` when the row drafted it),
+    ``draw_conf`` (its softmax probability under the raw logits: the diffusion confidence),
+    ``next_token`` / ``next_prob`` (the segment's next token, -1 after the last, and its processed
+    probability: ``p_j(d_j)`` when row ``j`` verifies draft ``d_j``). Device ``[n, V]``:
+    ``probs`` (processed) and ``logits`` (raw; None for a distribution from :meth:`as_probs`).
+    Indexed like a tensor.
+
+    Built processed (:meth:`batch`: many requests' rows in one pass) or lazy (:meth:`lazy`: the
+    rows a policy reads are processed when it first reads them, e.g. the one mask group of a
+    quadratic step that follows the accepted drafts); both give the same values, since a row's
+    result depends on its logits, settings and uniform only."""
+
+    def __init__(
+        self,
+        logits: torch.Tensor | None,
+        params: _Params,
+        next_token: torch.Tensor,
+        uniform: torch.Tensor,
+        processed: _Processed | None = None,
+    ) -> None:
+        if logits is None and processed is None:
+            raise ValueError("SampledRows need logits or processed rows")
+        self.logits, self.params = logits, params
+        self.next_token, self.uniform = next_token, uniform
+        self._processed = processed
+
+    @classmethod
+    def lazy(
+        cls, logits: torch.Tensor, params: _Params, next_token: torch.Tensor, uniform: torch.Tensor
+    ) -> SampledRows:
+        """Rows processed only where and when a policy reads them."""
+        return cls(logits, params, next_token, uniform)
+
+    def _rows(self) -> _Processed:
+        if self._processed is None and self.next_token.dim() == 0:  # one row, as rows[i]
+            one = SampledRows(
+                self.logits[None], self.params, self.next_token[None], self.uniform[None]
+            )
+            self._processed = one._rows().at(0)
+        if self._processed is None:
+            n = int(self.next_token.shape[0])
+            self._processed = _process(
+                self.logits, [self.params], [n], self.next_token, self.uniform
+            )
+        return self._processed
+
+    draw = property(lambda self: self._rows().draw)
+    draw_prob = property(lambda self: self._rows().draw_prob)
+    draw_conf = property(lambda self: self._rows().draw_conf)
+    next_prob = property(lambda self: self._rows().next_prob)
+    probs = property(lambda self: self._rows().probs)
 
     def __getitem__(self, key) -> SampledRows:
-        def at(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[key]
-
-        small = (self.draw, self.draw_prob, self.draw_conf, self.next_token, self.next_prob)
-        fields = [t[key] for t in small]
-        return SampledRows(*fields, at(self.probs), at(self.logits), self.params)
+        logits = None if self.logits is None else self.logits[key]
+        done = None if self._processed is None else self._processed.at(key)
+        return SampledRows(logits, self.params, self.next_token[key], self.uniform[key], done)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.probs.shape)
+        rows = self.logits if self.logits is not None else self._processed.probs
+        return tuple(rows.shape)
 
     def as_probs(self, params: _Params) -> SampledRows:
         """The processed distribution (``probs_from_logits``), copied off the forward's batch so
@@ -205,16 +285,9 @@ class SampledRows:
                 f"SampledRows were processed with {self.params}, not {params}: build them with "
                 "the request's own sampling parameters"
             )
-        return SampledRows(
-            self.draw,
-            self.draw_prob,
-            self.draw_conf,
-            self.next_token,
-            self.next_prob,
-            self.probs.clone(),
-            None,
-            self.params,
-        )
+        done = self._rows()
+        done = done._replace(probs=done.probs.clone())
+        return SampledRows(None, self.params, self.next_token, self.uniform, done)
 
     def check_draw(self, tokens: torch.Tensor) -> None:
         if not torch.equal(tokens.cpu().long(), self.draw):
@@ -250,51 +323,19 @@ class SampledRows:
     ) -> list[SampledRows]:
         """Rows of several sampled requests packed one after another: ``logits [N, V]`` on the
         device, request ``i`` owns ``lens[i]`` rows processed with ``params[i]``;
-        ``next_tokens [N]`` (-1: none) and ``uniforms [N]`` on the CPU. One batched pass, five
-        small transfers -> one :class:`SampledRows` per request."""
+        ``next_tokens [N]`` (-1: none) and ``uniforms [N]`` on the CPU. One batched pass, a few
+        small transfers -> one processed :class:`SampledRows` per request."""
         n = int(logits.shape[0])
         if sum(lens) != n or next_tokens.shape != (n,) or uniforms.shape != (n,):
             raise ValueError(f"SampledRows.batch: {n} rows, lens {list(lens)} do not match")
-        if not n:
-            return [cls._empty(logits, p) for p in params]
-        dev = logits.device
-        per_row = [
-            (p.temperature, p.top_k, p.top_p) for p, m in zip(params, lens) for _ in range(m)
-        ]
-        temp, k, top_p = (torch.tensor(c, dtype=torch.float64) for c in zip(*per_row))
-        probs = processed_probs(logits, temp, k.long(), top_p)
-        draw = inverse_cdf(probs, uniforms.to(dev))
-        nxt = next_tokens.to(dev)
-        small = torch.stack(
-            [
-                probs.gather(-1, draw[:, None]).squeeze(-1),
-                torch.softmax(logits.float(), -1).gather(-1, draw[:, None]).squeeze(-1),
-                probs.gather(-1, nxt.clamp_min(0)[:, None]).squeeze(-1) * (nxt >= 0),
-            ]
-        ).cpu()
-        draw = draw.cpu()
+        done = _process(logits, params, lens, next_tokens, uniforms) if n else None
         out, start = [], 0
         for p, m in zip(params, lens, strict=True):
             sl = slice(start, start + m)
-            out.append(
-                cls(
-                    draw[sl],
-                    small[0, sl],
-                    small[1, sl],
-                    next_tokens[sl],
-                    small[2, sl],
-                    probs[sl],
-                    logits[sl],
-                    p,
-                )
-            )
+            part = None if done is None else done.at(sl)
+            out.append(cls(logits[sl], p, next_tokens[sl], uniforms[sl], part))
             start += m
         return out
-
-    @classmethod
-    def _empty(cls, logits: torch.Tensor, params: _Params) -> SampledRows:
-        z, zl = torch.zeros(0), torch.zeros(0, dtype=torch.long)
-        return cls(zl, z, z, zl, z, logits.float(), logits, params)
 
 
 #: What the policies read for one request: a logits tensor, or one of the summaries.
@@ -324,15 +365,25 @@ def request_rows(
         for i in (i for i, g in enumerate(greedy) if g):
             out[i] = summary[starts[i] : starts[i + 1]]
     if any(sampled):
-        idx = [i for i, s in enumerate(sampled) if s]
-        rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in idx])
-        nxt = [torch.tensor([*segs[i].tokens[1:], -1], dtype=torch.long) for i in idx]
-        uni = [torch.rand(lens[i], generator=states[i].generator) for i in idx]
-        picked = logits[rows.to(logits.device)]
-        views = SampledRows.batch(
-            picked, [states[i].params for i in idx], [lens[i] for i in idx],
-            torch.cat(nxt), torch.cat(uni),
-        )  # fmt: skip
-        for i, v in zip(idx, views, strict=True):
-            out[i] = v
+        nxt, uni = {}, {}
+        for i in (i for i, s in enumerate(sampled) if s):
+            nxt[i] = torch.tensor([*segs[i].tokens[1:], -1], dtype=torch.long)
+            uni[i] = torch.rand(lens[i], generator=states[i].generator)
+        # a quadratic step reads its causal rows and ONE of its mask groups (the one after the
+        # accepted drafts): its rows are processed when read; every other kind of segment is
+        # read whole, so those are processed in one batch
+        lazy = [i for i in nxt if segs[i].desc.kind == MaskKind.QUADRATIC]
+        for i in lazy:
+            rows_i = logits[starts[i] : starts[i + 1]]
+            out[i] = SampledRows.lazy(rows_i, states[i].params, nxt[i], uni[i])
+        eager = [i for i in nxt if i not in lazy]
+        if eager:
+            rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in eager])
+            views = SampledRows.batch(
+                logits[rows.to(logits.device)], [states[i].params for i in eager],
+                [lens[i] for i in eager], torch.cat([nxt[i] for i in eager]),
+                torch.cat([uni[i] for i in eager]),
+            )  # fmt: skip
+            for i, v in zip(eager, views, strict=True):
+                out[i] = v
     return out

@@ -13,7 +13,13 @@ import torch
 
 from sglang_trimode import TriModeEngine
 from sglang_trimode.reference.tiny import make_tiny_model
-from sglang_trimode.rows import SampledRows, inverse_cdf, processed_probs, request_rows
+from sglang_trimode.rows import (
+    SampledRows,
+    _Processed,
+    inverse_cdf,
+    processed_probs,
+    request_rows,
+)
 from sglang_trimode.sampling import SamplingParams, accept_lossless, probs_from_logits
 
 V = 9
@@ -99,6 +105,22 @@ def test_a_batch_equals_its_requests_one_by_one(device):
         start += n
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_lazy_rows_equal_the_batch_processed_ones(device):
+    """`SampledRows.lazy` (a quadratic step's rows, processed where and when read) gives the
+    values the batched pass gives, slice by slice."""
+    lens = [12, 5]
+    logits, nxt, uni = _rows(SETTINGS[:2], lens, 3, device)
+    eager = SampledRows.batch(logits, SETTINGS[:2], lens, nxt, uni)[0]
+    lazy = SampledRows.lazy(logits[:12], SETTINGS[0], nxt[:12], uni[:12])
+    for key in (slice(0, 4), slice(4, 12), torch.tensor([1, 7, 9]), 5):
+        a, b = eager[key], lazy[key]
+        assert b._processed is None  # nothing processed before it is read
+        for name in ("draw", "draw_prob", "draw_conf", "next_prob", "probs"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (key, name)
+    assert lazy._processed is None  # reading slices processes those slices only
+
+
 def test_sampled_rows_refuse_other_params_and_other_tokens():
     logits, nxt, uni = _rows(SETTINGS[:1], [4], 2)
     (rows,) = SampledRows.batch(logits, SETTINGS[:1], [4], nxt, uni)
@@ -119,9 +141,8 @@ def _acceptance_counts(k, p, q, drafts, trials, residual_from_p=False):
     params = SamplingParams(temperature=1.0)
     logits_p = torch.log(p)  # processed at T=1 with no filter: probs == p
     q_draft = q.cpu().gather(-1, drafts[:, None])[:, 0]
-    q_rows = SampledRows(
-        drafts, q_draft, q_draft, torch.full((k,), -1), torch.zeros(k), q, None, params
-    )
+    done = _Processed(drafts, q_draft, q_draft, torch.zeros(k), q)  # q's draws are the drafts
+    q_rows = SampledRows(None, params, torch.full((k,), -1), torch.zeros(k), done)
     g = torch.Generator().manual_seed(3)
     nxt = torch.cat([drafts, torch.tensor([-1])])
     counts = torch.zeros(k + 1, V)
@@ -131,7 +152,7 @@ def _acceptance_counts(k, p, q, drafts, trials, residual_from_p=False):
     )  # fmt: skip
     for rows in p_rows:
         if residual_from_p:
-            rows = _ResidualFromP(*rows.__dict__.values())
+            rows = _ResidualFromP(rows.logits, params, rows.next_token, rows.uniform, rows._rows())
         a, t = accept_lossless(drafts, q_rows, rows, g, False)
         counts[a, t] += 1
     return counts
