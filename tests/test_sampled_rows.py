@@ -13,13 +13,8 @@ import torch
 
 from sglang_trimode import TriModeEngine
 from sglang_trimode.reference.tiny import make_tiny_model
-from sglang_trimode.rows import (
-    SampledRows,
-    _Processed,
-    inverse_cdf,
-    processed_probs,
-    request_rows,
-)
+from sglang_trimode.rows import SampledRows, inverse_cdf, processed_probs, request_rows
+from sglang_trimode.rows.sampled import _Processed
 from sglang_trimode.sampling import SamplingParams, accept_lossless, probs_from_logits
 
 V = 9

@@ -1,31 +1,12 @@
-"""What the policies read from a forward's logits rows when the rows stay on the device.
-
-The reference engine hands each request its own ``[n, V]`` logits rows (sampled on the CPU with
-the request's generator). A server must not move ``V`` floats per row to the CPU, so the SGLang
-worker (and the reference engine with ``row_summary=True``) hands each request one of:
-
-- :class:`GreedyRows` (temperature 0): each row's argmax and its softmax probability;
-- :class:`SampledRows` (temperature > 0): the rows processed on the device in one batch for all
-  sampled requests (per-row temperature, top-k, top-p), one draw per row by inverse CDF from a
-  uniform of the request's own generator (so a request's tokens depend on its seed, not on the
-  batch it shares), the draw's processed and raw probabilities, and the processed probability of
-  the segment's next token (the ``p_j(d_j)`` of the acceptance ratio); the device rows stay
-  referenced for the rare reads that need a whole row (the residual draw after a rejection,
-  logprobs).
-
-:func:`request_rows` builds both from one packed ``[T, V]`` logits tensor. The functions of
-:mod:`sglang_trimode.sampling` take these in place of logits tensors. No sglang import here.
-"""
+"""`SampledRows`: what a sampled request reads from logits rows that stay on the device, and
+the batched per-row filters and inverse-CDF draw behind it (see the package docstring)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch
-
-from sglang_trimode.masks import MaskKind
 
 
 class _Params(Protocol):  # sampling.SamplingParams (not imported: sampling imports this module)
@@ -35,94 +16,6 @@ class _Params(Protocol):  # sampling.SamplingParams (not imported: sampling impo
 
     @property
     def greedy(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class GreedyRows:
-    """All that greedy decoding reads from logits rows ``[..., V]``: each row's argmax token
-    ``top`` (int64) and that token's softmax probability ``prob`` (float32; the diffusion
-    confidence). A device forward hands these two small tensors to the CPU instead of every row's
-    ``V`` logits. Wherever a request is greedy, :func:`probs_from_logits`, :func:`sample`,
-    :func:`confidence` and the acceptance rules take it in place of the logits tensor (rows are
-    indexed like the tensor: ``rows[i]``, ``rows[1:]``, ``rows[idx]``) and give the same result
-    (tests/test_greedy_rows.py). As a distribution (``probs_from_logits``) it is the one-hot of
-    ``top``. With ``top_k`` (requests asking for top logprobs) each row's ``top_k`` best log
-    probabilities and their ids come along (``topk_logprobs``, ``topk_ids`` ``[..., top_k]``)."""
-
-    top: torch.Tensor
-    prob: torch.Tensor
-    vocab: int
-    topk_logprobs: torch.Tensor | None = None
-    topk_ids: torch.Tensor | None = None
-    chosen_ids: tuple[int, ...] = ()
-    chosen_logprobs: torch.Tensor | None = None  # [..., len(chosen_ids)]
-
-    @classmethod
-    def from_logits(
-        cls, logits: torch.Tensor, top_k: int = 0, chosen_ids: Sequence[int] = ()
-    ) -> GreedyRows:
-        """``logits [..., V]`` on any device -> the summary on the CPU (one transfer each); with
-        ``chosen_ids`` also each row's log probabilities at those ids (``token_ids_logprob``)."""
-        top = logits.argmax(-1)
-        prob = torch.softmax(logits.float(), -1).gather(-1, top[..., None]).squeeze(-1)
-        vals = ids = chosen = None
-        if top_k or chosen_ids:
-            logp = torch.log_softmax(logits.float(), -1)
-        if top_k:
-            best = logp.topk(top_k, dim=-1)
-            vals, ids = best.values.cpu(), best.indices.cpu()
-        if chosen_ids:
-            chosen = logp[..., torch.tensor(list(chosen_ids), device=logp.device)].cpu()
-        vocab = int(logits.shape[-1])
-        return cls(top.cpu(), prob.cpu(), vocab, vals, ids, tuple(chosen_ids), chosen)
-
-    def __getitem__(self, key) -> GreedyRows:
-        def at(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[key]
-
-        return GreedyRows(
-            self.top[key],
-            self.prob[key],
-            self.vocab,
-            at(self.topk_logprobs),
-            at(self.topk_ids),
-            self.chosen_ids,
-            at(self.chosen_logprobs),
-        )
-
-    def best(self, top_k: int) -> list[tuple[list[float], list[int]]] | None:
-        """Each row's ``top_k`` best log probabilities and ids (None for ``top_k`` 0)."""
-        if not top_k:
-            return None
-        if self.topk_ids is None or self.topk_ids.shape[-1] < top_k:
-            raise ValueError(f"GreedyRows carry no top-{top_k} logprobs; build them with top_k")
-        vals, ids = self.topk_logprobs[:, :top_k].tolist(), self.topk_ids[:, :top_k].tolist()
-        return list(zip(vals, ids, strict=True))
-
-    def chosen(self, ids: Sequence[int]) -> list[list[float]] | None:
-        """Each row's log probabilities at ``ids`` (None when ``ids`` is empty)."""
-        if not ids:
-            return None
-        missing = sorted(set(ids) - set(self.chosen_ids))
-        if missing or self.chosen_logprobs is None:
-            raise ValueError(f"GreedyRows carry no logprobs of ids {missing}; build them with them")
-        cols = torch.tensor([self.chosen_ids.index(i) for i in ids])
-        return self.chosen_logprobs[:, cols].tolist()
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (*self.top.shape, self.vocab)
-
-    def prob_of(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Each row's softmax probability of `tokens`, which must be the rows' argmax."""
-        if not torch.equal(tokens.cpu(), self.top):
-            raise ValueError("GreedyRows know the probability of each row's argmax token only")
-        return self.prob
-
-    def argmax(self, dim: int = -1) -> torch.Tensor:
-        if dim not in (-1, self.top.dim()):
-            raise ValueError(f"GreedyRows: argmax over the vocabulary only (dim=-1), got {dim}")
-        return self.top
 
 
 def processed_probs(
@@ -336,54 +229,3 @@ class SampledRows:
             out.append(cls(logits[sl], p, next_tokens[sl], uniforms[sl], part))
             start += m
         return out
-
-
-#: What the policies read for one request: a logits tensor, or one of the summaries.
-Rows = torch.Tensor | GreedyRows | SampledRows
-
-
-def request_rows(
-    logits: torch.Tensor,
-    states: Sequence,
-    segs: Sequence,
-) -> list[Rows | None]:
-    """Packed device logits ``[T, V]`` (each running request's segment rows one after another)
-    -> what each request's policy reads: ``GreedyRows`` for greedy requests, ``SampledRows`` for
-    sampled ones (one batched pass each, uniforms from each request's generator), None for a
-    request without a segment (``segs[i]`` None). ``states[i]`` is a ``modes.RequestState``."""
-    lens = [0 if s is None else s.desc.length for s in segs]
-    if sum(lens) != logits.shape[0]:
-        raise RuntimeError(f"TRIMODE: {logits.shape[0]} logits rows for {sum(lens)} tokens")
-    greedy = [n > 0 and r.params.greedy for r, n in zip(states, lens, strict=True)]
-    sampled = [n > 0 and not g for n, g in zip(lens, greedy)]
-    starts = torch.tensor([0, *lens]).cumsum(0).tolist()
-    out: list[Rows | None] = [None] * len(lens)
-    if any(greedy):
-        top_k = max((r.top_logprobs_num for r, g in zip(states, greedy) if g), default=0)
-        chosen = sorted({i for r, g in zip(states, greedy) if g for i in r.chosen_ids})
-        summary = GreedyRows.from_logits(logits, top_k, chosen)
-        for i in (i for i, g in enumerate(greedy) if g):
-            out[i] = summary[starts[i] : starts[i + 1]]
-    if any(sampled):
-        nxt, uni = {}, {}
-        for i in (i for i, s in enumerate(sampled) if s):
-            nxt[i] = torch.tensor([*segs[i].tokens[1:], -1], dtype=torch.long)
-            uni[i] = torch.rand(lens[i], generator=states[i].generator)
-        # a quadratic step reads its causal rows and ONE of its mask groups (the one after the
-        # accepted drafts): its rows are processed when read; every other kind of segment is
-        # read whole, so those are processed in one batch
-        lazy = [i for i in nxt if segs[i].desc.kind == MaskKind.QUADRATIC]
-        for i in lazy:
-            rows_i = logits[starts[i] : starts[i + 1]]
-            out[i] = SampledRows.lazy(rows_i, states[i].params, nxt[i], uni[i])
-        eager = [i for i in nxt if i not in lazy]
-        if eager:
-            rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in eager])
-            views = SampledRows.batch(
-                logits[rows.to(logits.device)], [states[i].params for i in eager],
-                [lens[i] for i in eager], torch.cat([nxt[i] for i in eager]),
-                torch.cat([uni[i] for i in eager]),
-            )  # fmt: skip
-            for i, v in zip(eager, views, strict=True):
-                out[i] = v
-    return out

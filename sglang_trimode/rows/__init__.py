@@ -1,0 +1,81 @@
+"""What the policies read from a forward's logits rows when the rows stay on the device.
+
+The reference engine hands each request its own ``[n, V]`` logits rows (sampled on the CPU with
+the request's generator). A server must not move ``V`` floats per row to the CPU, so the SGLang
+worker (and the reference engine with ``row_summary=True``) hands each request one of:
+
+- :class:`GreedyRows` (temperature 0): each row's argmax and its softmax probability;
+- :class:`SampledRows` (temperature > 0): the rows processed on the device in one batch for all
+  sampled requests (per-row temperature, top-k, top-p), one draw per row by inverse CDF from a
+  uniform of the request's own generator (so a request's tokens depend on its seed, not on the
+  batch it shares), the draw's processed and raw probabilities, and the processed probability of
+  the segment's next token (the ``p_j(d_j)`` of the acceptance ratio); the device rows stay
+  referenced for the rare reads that need a whole row (the residual draw after a rejection,
+  logprobs).
+
+:func:`request_rows` builds both from one packed ``[T, V]`` logits tensor. The functions of
+:mod:`sglang_trimode.sampling` take these in place of logits tensors. No sglang import here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sglang_trimode.masks import MaskKind
+from sglang_trimode.rows.greedy import GreedyRows
+from sglang_trimode.rows.sampled import SampledRows, inverse_cdf, processed_probs
+
+__all__ = ["GreedyRows", "Rows", "SampledRows", "inverse_cdf", "processed_probs", "request_rows"]
+
+
+#: What the policies read for one request: a logits tensor, or one of the summaries.
+Rows = torch.Tensor | GreedyRows | SampledRows
+
+
+def request_rows(
+    logits: torch.Tensor,
+    states: Sequence,
+    segs: Sequence,
+) -> list[Rows | None]:
+    """Packed device logits ``[T, V]`` (each running request's segment rows one after another)
+    -> what each request's policy reads: ``GreedyRows`` for greedy requests, ``SampledRows`` for
+    sampled ones (one batched pass each, uniforms from each request's generator), None for a
+    request without a segment (``segs[i]`` None). ``states[i]`` is a ``modes.RequestState``."""
+    lens = [0 if s is None else s.desc.length for s in segs]
+    if sum(lens) != logits.shape[0]:
+        raise RuntimeError(f"TRIMODE: {logits.shape[0]} logits rows for {sum(lens)} tokens")
+    greedy = [n > 0 and r.params.greedy for r, n in zip(states, lens, strict=True)]
+    sampled = [n > 0 and not g for n, g in zip(lens, greedy)]
+    starts = torch.tensor([0, *lens]).cumsum(0).tolist()
+    out: list[Rows | None] = [None] * len(lens)
+    if any(greedy):
+        top_k = max((r.top_logprobs_num for r, g in zip(states, greedy) if g), default=0)
+        chosen = sorted({i for r, g in zip(states, greedy) if g for i in r.chosen_ids})
+        summary = GreedyRows.from_logits(logits, top_k, chosen)
+        for i in (i for i, g in enumerate(greedy) if g):
+            out[i] = summary[starts[i] : starts[i + 1]]
+    if any(sampled):
+        nxt, uni = {}, {}
+        for i in (i for i, s in enumerate(sampled) if s):
+            nxt[i] = torch.tensor([*segs[i].tokens[1:], -1], dtype=torch.long)
+            uni[i] = torch.rand(lens[i], generator=states[i].generator)
+        # a quadratic step reads its causal rows and ONE of its mask groups (the one after the
+        # accepted drafts): its rows are processed when read; every other kind of segment is
+        # read whole, so those are processed in one batch
+        lazy = [i for i in nxt if segs[i].desc.kind == MaskKind.QUADRATIC]
+        for i in lazy:
+            rows_i = logits[starts[i] : starts[i + 1]]
+            out[i] = SampledRows.lazy(rows_i, states[i].params, nxt[i], uni[i])
+        eager = [i for i in nxt if i not in lazy]
+        if eager:
+            rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in eager])
+            views = SampledRows.batch(
+                logits[rows.to(logits.device)], [states[i].params for i in eager],
+                [lens[i] for i in eager], torch.cat([nxt[i] for i in eager]),
+                torch.cat([uni[i] for i in eager]),
+            )  # fmt: skip
+            for i, v in zip(eager, views, strict=True):
+                out[i] = v
+    return out
