@@ -45,14 +45,17 @@ def step_output(
 ):
     """This step's logprobs in SGLang's speculative layout: `next_token_logprobs [bs, width]`,
     request i's new tokens' logprobs first, zeros after (SGLang reads as many as it accepts);
-    top logprobs: `bs * width` entries, each a tensor of the request's `top_logprobs_num`
-    values / ids (empty where none was asked for)."""
+    top logprobs and chosen-id logprobs (`token_ids_logprob`): `bs * width` entries each, a
+    tensor of the request's values (and its ids), empty where none was asked for."""
     from sglang.srt.layers.logits_processor import LogitsProcessorOutput
 
     bs = len(batch.reqs)
     logprobs = torch.zeros(bs, width, dtype=torch.float32)
     empty_v, empty_i = torch.zeros(0), torch.zeros(0, dtype=torch.int64)
     top_v, top_i = [empty_v] * (bs * width), [empty_i] * (bs * width)
+    # chosen ids always filled: SGLang reads an entry for every request whose
+    # `token_ids_logprob` is not None, even an empty list (the worker tracks nothing for it)
+    chosen_v, chosen_i = [empty_v] * (bs * width), [[]] * (bs * width)
     for i, (req, r, toks) in enumerate(zip(batch.reqs, states, new_tokens, strict=True)):
         if not toks or not req.return_logprob or r.logprobs is None:
             continue
@@ -61,15 +64,11 @@ def step_output(
             for j, (values, ids) in enumerate(r.top_logprobs[-len(toks) :]):
                 top_v[i * width + j] = torch.tensor(values)
                 top_i[i * width + j] = torch.tensor(ids, dtype=torch.int64)
-    tops = any(r.top_logprobs is not None for r in states)
-    # always filled: SGLang reads an entry for every request whose `token_ids_logprob` is not
-    # None, even an empty list (the worker tracks nothing for it)
-    chosen_v, chosen_i = [empty_v] * (bs * width), [[]] * (bs * width)
-    for i, (req, r, toks) in enumerate(zip(batch.reqs, states, new_tokens, strict=True)):
-        if toks and req.return_logprob and r.chosen_logprobs is not None:
+        if r.chosen_logprobs is not None:
             for j, values in enumerate(r.chosen_logprobs[-len(toks) :]):
                 chosen_v[i * width + j] = torch.tensor(values)
                 chosen_i[i * width + j] = list(r.chosen_ids)
+    tops = any(r.top_logprobs is not None for r in states)
     return LogitsProcessorOutput(
         next_token_logits=None,
         next_token_logprobs=logprobs,
