@@ -64,22 +64,26 @@ def run_mix(
             sp |= sampling | {"sampling_seed": i}
         sp["custom_params"] = {"trimode_mode": modes[i]}
         text = f"def function_{i}(path, mode):\n    "
-        return _post(url, {"text": text, "sampling_params": sp}, timeout)
+        out = _post(url, {"text": text, "sampling_params": sp}, timeout)
+        return out, time.perf_counter() - start  # this request's latency
 
     start = time.perf_counter()
     with ThreadPoolExecutor(len(modes)) as ex:
         outs = list(ex.map(one, range(len(modes))))
     wall = time.perf_counter() - start
     per_mode: dict[str, dict] = {}
-    for mode, out in zip(modes, outs, strict=True):
+    for mode, (out, latency) in zip(modes, outs, strict=True):
         meta = out["meta_info"]
         if meta.get("trimode_mode") != mode:
             raise RuntimeError(
                 f"{url} ran mode {meta.get('trimode_mode')!r} for a {mode!r} request: start it "
                 "with --speculative-algorithm TRIMODE (every mode is served by default)"
             )
-        stats = per_mode.setdefault(mode, {"requests": 0, "tokens": 0, "forwards": 0})
+        stats = per_mode.setdefault(
+            mode, {"requests": 0, "tokens": 0, "forwards": 0, "latency_s": 0.0}
+        )
         stats["requests"] += 1
+        stats["latency_s"] += latency / sum(m == mode for m in modes)  # mean over the mode
         stats["tokens"] += meta["completion_tokens"]
         stats["forwards"] += meta["trimode_forwards"]
     tokens = sum(s["tokens"] for s in per_mode.values())
@@ -117,11 +121,13 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{runs[-1]['wall_s']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
         best = min(runs, key=lambda r: r["wall_s"])
         rows.append({"mix": text, "best": best, "walls_s": [r["wall_s"] for r in runs]})
-    print(f"{'mix':<40} {'tokens':>7} {'wall s':>7} {'tok/s':>7}  forwards/req, TPF per mode")
+    print(f"{'mix':<40} {'tokens':>7} {'wall s':>7} {'tok/s':>7}  "
+          "per mode: forwards/req, TPF, mean latency s")  # fmt: skip
     for row in rows:
         b = row["best"]
         modes = "  ".join(
-            f"{m}: {s['forwards'] / s['requests']:.1f}, {s['tokens'] / max(s['forwards'], 1):.2f}"
+            f"{m}: {s['forwards'] / s['requests']:.1f}, {s['tokens'] / max(s['forwards'], 1):.2f}, "
+            f"{s['latency_s']:.2f}"
             for m, s in b["per_mode"].items()
         )
         tps = b["tokens"] / b["wall_s"]

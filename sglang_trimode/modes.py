@@ -187,6 +187,12 @@ class ARPolicy:
         """Whether another policy may take ``r`` over before its next forward (no cycle open)."""
         return True
 
+    def one_forward_tokens(self) -> int:
+        """For a policy whose every cycle is one forward (AR, quadratic): the most tokens one
+        cycle emits; 0 for policies whose cycles span several forwards. A batched server fills
+        the forwards other requests' longer cycles take with further cycles of these."""
+        return 1
+
     def take_over(self, r: RequestState, previous: ARPolicy) -> None:
         """Start running ``r``, left by ``previous`` at a switch point (``previous.switchable``):
         pending drafts are dropped (they were only proposals, so output is unchanged)."""
@@ -211,6 +217,9 @@ class DiffusionPolicy(ARPolicy):
 
     def switchable(self, r: RequestState) -> bool:
         return r.block is None
+
+    def one_forward_tokens(self) -> int:
+        return 0  # draft forwards until no mask is left, then a commit pass
 
     def segment(self, r: RequestState) -> Segment:
         if r.block is None:
@@ -276,6 +285,9 @@ class LinearSpecPolicy(ARPolicy):
     def switchable(self, r: RequestState) -> bool:
         return r.q is None
 
+    def one_forward_tokens(self) -> int:
+        return 0  # a draft forward, then a verify forward
+
     def segment(self, r: RequestState) -> Segment:
         if r.q is None:  # draft phase
             n = min(self.cfg.block_size, r.remaining)
@@ -315,6 +327,9 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
 
     def switchable(self, r: RequestState) -> bool:
         return True
+
+    def one_forward_tokens(self) -> int:
+        return self.cfg.block_size  # the accepted pre-drafts (<= B - 1) and the bonus token
 
     def take_over(self, r: RequestState, previous: ARPolicy) -> None:
         """From another quadratic policy, keep the pre-drafts that fit this block size."""

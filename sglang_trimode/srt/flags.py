@@ -25,6 +25,11 @@ Flags (all optional):
   on a CUDA device; on a CPU only under the Triton interpreter, `TRITON_INTERPRET=1` in the
   server's environment), `torch` its pure-torch reference `sglang_trimode.kernels.reference`
   (same signature). Default `auto`: triton on a CUDA device, torch otherwise.
+- `--trimode-fill-in {on,off}`: default `on`: while some requests of a decode step are still in
+  a cycle of several forwards (a diffusion block, a linear draft + verify), the requests whose
+  cycles take one forward (`ar`, `self_spec_quadratic`) and have finished theirs run further
+  cycles in those forwards, as long as their tokens fit the step's KV slots, instead of waiting
+  for the step's end. `off`: one cycle per request per step. Outputs are the same either way.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ REQUEST_MODE_KEY = "trimode_mode"
 #: Choices of `--trimode-attention-impl` (`auto`: triton on a CUDA device, torch otherwise).
 ATTENTION_IMPLS = ("auto", "triton", "torch")
 DEFAULT_ATTENTION_IMPL = "auto"
+#: Choices of `--trimode-fill-in`.
+ON_OFF = ("on", "off")
 
 
 def positive_int(text: str) -> int:
@@ -168,6 +175,15 @@ FLAGS: tuple[Flag, ...] = (
         "(default: triton on a CUDA device, torch otherwise).",
         choices=ATTENTION_IMPLS,
     ),
+    Flag(
+        "--trimode-fill-in",
+        "trimode_fill_in",
+        None,
+        "While other requests of a step are mid-cycle (diffusion blocks, linear draft + verify), "
+        "let finished one-forward requests (ar, self_spec_quadratic) run further cycles in those "
+        "forwards: 'on' (default) or 'off' (one cycle per request per step).",
+        choices=ON_OFF,
+    ),
 )
 
 DESTS = tuple(f.dest for f in FLAGS)
@@ -223,6 +239,7 @@ class TriModeSettings:
     serve_modes: tuple[str, ...]
     cost_file: str | None = None
     attention_impl: str = DEFAULT_ATTENTION_IMPL
+    fill_in: bool = True
 
 
 def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSettings:
@@ -240,6 +257,7 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
         serve_modes=tuple(serve),
         cost_file=values.get("trimode_cost_file"),
         attention_impl=values.get("trimode_attention_impl") or DEFAULT_ATTENTION_IMPL,
+        fill_in=values.get("trimode_fill_in") != "off",
     )
 
 

@@ -94,12 +94,13 @@ class TriModeSpecAlgo(CustomSpecAlgo):
         server_args.speculative_num_steps = max(1, settings.block_size - 1)
         logger.info(
             "TRIMODE: mode=%s block_size=%d threshold=%s serve_modes=%s attention_impl=%s "
-            "(%d tokens/step)",
+            "fill_in=%s (%d tokens/step)",
             settings.mode,
             settings.block_size,
             settings.threshold,
             ",".join(settings.serve_modes),
             settings.attention_impl,
+            "on" if settings.fill_in else "off",
             width,
         )
 

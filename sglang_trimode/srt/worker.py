@@ -17,17 +17,19 @@ request of the batch, one *cycle* of its mode with the reference engine's own po
 
 Requests of different modes share each forward: every sub-forward is one TARGET_VERIFY forward of
 the running requests' segments packed one after another (no padding: a 1-token AR step and a
-72-token quadratic step cost 73 tokens of linear layers and MLPs; a request whose cycle is
-complete rides along with no tokens). The plan (`TriModeForwardInput`) carries each request's
+72-token quadratic step cost 73 tokens of linear layers and MLPs). A request whose cycle is complete
+rides along with no tokens, unless its cycles take one forward (`ar`, quadratic): then it runs
+further cycles in the forwards the others' longer cycles still take, while its tokens fit the step's
+slots (`--trimode-fill-in`, `_fills_in`). The plan (`TriModeForwardInput`) carries each request's
 `MaskDescriptor` (None: rides along) and committed prefix, no dense masks; the attention of these
-forwards is `sglang_trimode.srt.attention.TriModeAttnBackend`, one `extend_attention` call per
-layer (`--trimode-attention-impl`). Building a forward loops over requests only (tokens,
-positions), never over tokens; the KV slots are one gather from `req_to_token`. Segment KV goes
-to the request's reserved slots right after its committed prefix; only the tokens a policy
-commits advance the request (`accept_lens`), the rest is overwritten by later forwards and freed
-with the request (SGLang's spec-v2 over-allocation). A forward in which every request runs one
-causal token (an AR step) and none rides along is SGLang's own DECODE forward instead, through
-the wrapped backend's decode attention (`_forward_decode`).
+forwards is `sglang_trimode.srt.attention.TriModeAttnBackend`, one `extend_attention` call per layer
+(`--trimode-attention-impl`). Building a forward loops over requests only (tokens, positions), never
+over tokens; the KV slots are one gather from `req_to_token`. Segment KV goes to the request's
+reserved slots right after its committed prefix; only the tokens a policy commits advance the
+request (`accept_lens`), the rest is overwritten by later forwards and freed with the request
+(SGLang's spec-v2 over-allocation). A forward in which every request runs one causal token (an AR
+step) and none rides along is SGLang's own DECODE forward instead, through the wrapped backend's
+decode attention (`_forward_decode`).
 
 Per-request state (pending drafts, RNG, stats) lives in `self.states` keyed by request id and is
 dropped when a request leaves the batch.
@@ -190,6 +192,19 @@ class TriModeWorker(BaseSpecWorker):
         if entry is not None and entry.auto is not None:
             self.auto.remove(entry.auto, rid)
 
+    def _fills_in(self, e: _Req, emitted: int) -> bool:
+        """Whether a request that has emitted `emitted` tokens this step (its cycle complete: it
+        is only asked while other requests are mid-cycle) runs one more cycle in the next
+        forward (`--trimode-fill-in`): only one-forward cycles (AR, quadratic), so the step
+        does not get longer, and only while the cycle's tokens fit the step: at most `width`
+        tokens per request, whose KV (prefix + segment <= start + emitted + width) stays in
+        the `2 * width` slots SGLang reserves past the committed prefix each decode step."""
+        r = e.state
+        if not self.settings.fill_in or e.auto is not None or r.done:
+            return False
+        most = e.policy.one_forward_tokens()
+        return 0 < most and emitted + most <= self.width
+
     def _plan_auto(self, entries: list[_Req], done: list[bool]) -> list[bool]:
         """Mode `auto`: set each running auto request's policy for the next forward; True for
         the requests in it (an auto request the scheduler holds back this forward rides along)."""
@@ -306,12 +321,13 @@ class TriModeWorker(BaseSpecWorker):
         start = batch.seq_lens.tolist()
         prefix = list(start)
         emitted_from = [len(e.state.out) for e in entries]
-        done = [False] * len(entries)
+        done = [False] * len(entries)  # the request's cycle of this step is complete
         while not all(done):
             runs = self._plan_auto(entries, done)
             segs = []
             for i, e in enumerate(entries):
-                segs.append(e.policy.segment(e.state) if runs[i] else None)
+                fill = done[i] and self._fills_in(e, len(e.state.out) - emitted_from[i])
+                segs.append(e.policy.segment(e.state) if runs[i] or fill else None)
             t0 = time.perf_counter()
             logits = self._forward(batch, segs, prefix)  # [T, V] on the device
             rows = request_rows(logits, [e.state for e in entries], segs)

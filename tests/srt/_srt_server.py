@@ -45,6 +45,11 @@ def prompts() -> list[list[int]]:
     return out
 
 
+#: One mode per prompt of `TEXTS` for the mixed-batch fill-in tests: one-forward cycles (ar,
+#: quadratic) next to cycles of several forwards (diffusion blocks, linear draft + verify).
+FILL_IN_MODES = ("ar", "diffusion", "self_spec_quadratic", "self_spec_linear")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

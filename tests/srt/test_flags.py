@@ -47,10 +47,14 @@ def test_flags_module_is_consistent():
         "--trimode-serve-modes",
         "--trimode-cost-file",
         "--trimode-attention-impl",
+        "--trimode-fill-in",
     ]
     assert flags.parse_trimode_args(["--x", "1", "--trimode-mode", "ar"])["trimode_mode"] == "ar"
     s = flags.resolve({"trimode_block_size": 4}, model_block_size=32)
     assert (s.mode, s.block_size, s.threshold) == (flags.DEFAULT_MODE, 4, flags.DEFAULT_THRESHOLD)
+    assert s.fill_in is True  # on unless --trimode-fill-in off
+    assert flags.resolve({"trimode_fill_in": "on"}, 4).fill_in is True
+    assert flags.resolve({"trimode_fill_in": "off"}, 4).fill_in is False
     assert flags.check_combination({"trimode_mode": "diffusion"}, None)
     assert flags.check_combination({"trimode_mode": "ar"}, None) is None
     assert flags.check_combination({"trimode_mode": "diffusion"}, "trimode") is None
@@ -104,7 +108,7 @@ out = {}
 
 sa = prepare_server_args(base + ["--speculative-algorithm", "TRIMODE", "--trimode-mode",
                                  "diffusion", "--trimode-block-size", "8",
-                                 "--trimode-threshold", "0.5"])
+                                 "--trimode-threshold", "0.5", "--trimode-fill-in", "off"])
 out["values"] = pickle.loads(pickle.dumps(sa))._trimode_args
 sa.resolve_once()
 cfg = resolving_view(sa)
@@ -124,6 +128,7 @@ for name, extra in {
     "threshold_2": ["--speculative-algorithm", "TRIMODE", "--trimode-threshold", "2"],
     "bad_serve": ["--speculative-algorithm", "TRIMODE", "--trimode-serve-modes", "ar,turbo"],
     "bad_impl": ["--speculative-algorithm", "TRIMODE", "--trimode-attention-impl", "flash"],
+    "bad_fill_in": ["--speculative-algorithm", "TRIMODE", "--trimode-fill-in", "yes"],
     "no_algo": ["--trimode-mode", "diffusion"],
     "mode_not_served": ["--speculative-algorithm", "TRIMODE", "--trimode-mode", "diffusion",
                         "--trimode-serve-modes", "ar"],
@@ -158,6 +163,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
         "trimode_serve_modes": None,
         "trimode_cost_file": None,
         "trimode_attention_impl": None,
+        "trimode_fill_in": "off",
     }
     assert got["plain_ar"] == dict.fromkeys(flags.DESTS)
     assert got["overlap_disabled"] is True
@@ -171,6 +177,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
     assert "--trimode-threshold: must be in (0, 1]" in errors["threshold_2"][1]
     assert "unknown: turbo" in errors["bad_serve"][1]
     assert "--trimode-attention-impl: invalid choice: 'flash'" in errors["bad_impl"][1]
+    assert "--trimode-fill-in: invalid choice: 'yes'" in errors["bad_fill_in"][1]
     assert "need --speculative-algorithm TRIMODE" in errors["no_algo"][1]
     assert "not among --trimode-serve-modes" in errors["mode_not_served"][1]
     assert "--enable-return-hidden-states" in got["hidden_states"]
@@ -232,6 +239,7 @@ for name, kw in {
     "block_float": dict(trimode_block_size=2.5),
     "threshold_2": dict(trimode_threshold=2),
     "bad_serve": dict(trimode_serve_modes=["ar", "turbo"]),
+    "bad_fill_in": dict(trimode_fill_in="yes"),
     "no_algo": dict(speculative_algorithm=None, trimode_mode="diffusion"),
     "mode_not_served": dict(trimode_mode="diffusion", trimode_serve_modes="ar"),
     "unknown": dict(trimode_turbo=1),
@@ -271,6 +279,7 @@ def test_offline_server_args_take_the_flags_as_keywords(tmp_path):
     assert "trimode_block_size=2.5: expected a positive integer" in errors["block_float"]
     assert "trimode_threshold=2: must be in (0, 1]" in errors["threshold_2"]
     assert "unknown: turbo" in errors["bad_serve"]
+    assert "trimode_fill_in='yes': expected one of on, off" in errors["bad_fill_in"]
     assert "trimode_mode need speculative_algorithm=TRIMODE" in errors["no_algo"]
     assert "trimode_mode diffusion is not among trimode_serve_modes ar" in errors["mode_not_served"]
     assert "trimode_turbo" in errors["unknown"]

@@ -21,6 +21,7 @@ pytest.importorskip(
 
 import torch  # noqa: E402
 from _srt_server import (  # noqa: E402
+    FILL_IN_MODES,
     LEAK_MARKERS,
     kv_pool_problems,
     leak_lines,
@@ -159,6 +160,28 @@ def test_ar_only_forwards_run_the_wrapped_backends_decode(server, reference):
     log = server["log"].read_text(errors="replace")
     line = "TRIMODE: AR-only forward via the wrapped backend's decode (TorchNativeAttnBackend)"
     assert log.count(line) == 1, log[-4000:]
+
+
+def test_fill_in_runs_one_forward_cycles_while_others_are_mid_cycle(server, reference):
+    """`--trimode-fill-in` (default on), one ragged batch of four modes: the ar and quadratic
+    requests, whose cycles take one forward, run further cycles in the forwards the diffusion
+    blocks and linear draft + verify cycles take, so they need fewer SGLang steps
+    (`spec_verify_ct`) than cycles, while the multi-forward modes keep one step per cycle; every
+    request's tokens and stats still equal the reference engine's. The control without fill-in
+    (one step per cycle for all) is tests/srt/test_server_fill_in_off.py."""
+    ps, expected, steps, stats = reference
+    params = [_body(ps[i], m)["sampling_params"] for i, m in enumerate(FILL_IN_MODES)]
+    out = post_ok(server["base"] + "/generate", {"input_ids": ps, "sampling_params": params})
+    for i, (o, mode) in enumerate(zip(out, FILL_IN_MODES, strict=True)):
+        assert o["output_ids"] == expected[mode][i], mode
+        assert _stats(o) == stats[mode][i], mode
+    verify = [o["meta_info"]["spec_verify_ct"] for o in out]
+    cycles = [steps[mode][i] for i, mode in enumerate(FILL_IN_MODES)]
+    for i, mode in enumerate(FILL_IN_MODES):
+        if mode in ("ar", "self_spec_quadratic"):
+            assert verify[i] < cycles[i], (mode, verify, cycles)
+        else:
+            assert verify[i] == cycles[i], (mode, verify, cycles)
 
 
 def test_server_default_mode_is_self_spec_linear(server, reference):
