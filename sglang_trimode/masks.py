@@ -63,6 +63,15 @@ class MaskDescriptor:
     def is_causal(self) -> bool:
         return self.kind == MaskKind.BLOCK and self.block == 1
 
+    @property
+    def committable(self) -> int:
+        """Leading segment tokens whose KV a step may keep: a causal segment's all (AR step,
+        commit, linear verify), a quadratic step's causal tokens, none of a bidirectional
+        draft (its KV is not the causal KV later tokens must see)."""
+        if self.kind == MaskKind.QUADRATIC:
+            return self.num_causal
+        return self.length if self.is_causal else 0
+
     def group_slice(self, i: int) -> slice:
         """Segment indices of quadratic mask group ``i``."""
         start = self.num_causal + i * self.block

@@ -172,6 +172,18 @@ def _all(n: int) -> torch.Tensor:
 _NONE = torch.zeros(0, dtype=torch.long)
 
 
+def kept_prefix(seg: Segment, keep: torch.Tensor) -> int:
+    """How many leading tokens of ``seg`` a policy's ``consume`` kept (``keep``), checked: a
+    prefix of the segment within ``seg.desc.committable`` (servers store only those tokens' KV)."""
+    k = int(keep.numel())
+    if not torch.equal(keep, torch.arange(k)) or k > seg.desc.committable:
+        raise RuntimeError(
+            f"a step kept segment tokens {keep.tolist()}: only a prefix of at most "
+            f"{seg.desc.committable} (the committable tokens of {seg.desc}) may be kept"
+        )
+    return k
+
+
 class ARPolicy:
     """Causal decoding, one token per forward."""
 

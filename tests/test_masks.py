@@ -85,3 +85,40 @@ def test_quadratic_with_one_group_member_and_no_drafts():
 def test_descriptor_rejects_bad_values(kwargs, field):
     with pytest.raises(ValueError, match=field):
         masks.MaskDescriptor(**kwargs)
+
+
+@given(k=st.integers(0, 7), g=st.integers(1, 8), n=st.integers(1, 16))
+@settings(max_examples=40, deadline=None)
+def test_committable_tokens_see_only_causal_context(k, g, n):
+    """`committable`: the leading tokens whose KV a step may keep (a server stores only those):
+    every real token of a causal segment, a quadratic step's causal tokens (not its mask groups),
+    nothing of a bidirectional draft. Each committable token's dense mask row is the causal row
+    (it sees the tokens before it and itself, nothing after), so its KV is what a causal pass
+    writes."""
+    cases = [
+        (masks.quadratic(k, g), k + 1),
+        (masks.decode(), 1),
+        (masks.commit(n), n),
+        (masks.linear_verify(n), n),
+        (masks.diffusion_draft(max(n, 2), n), 0),
+    ]
+    for desc, want in cases:
+        assert desc.committable == want, desc
+        m = masks.dense_mask(desc, prefix_len=0)  # [n, n] bool, True = may attend
+        causal = torch.ones(desc.length, desc.length, dtype=torch.bool).tril()
+        assert torch.equal(m[:want], causal[:want]), desc
+
+
+def test_kept_prefix_refuses_keeping_more_than_the_committable_tokens():
+    from sglang_trimode.modes import Segment, kept_prefix
+
+    quad = Segment([0] * 15, masks.quadratic(2, 4))  # 3 causal tokens, 3 groups of 4
+    assert kept_prefix(quad, torch.arange(3)) == 3
+    with pytest.raises(RuntimeError, match="at most 3"):
+        kept_prefix(quad, torch.arange(4))
+    with pytest.raises(RuntimeError, match="prefix"):
+        kept_prefix(quad, torch.tensor([0, 2]))
+    draft = Segment([0] * 4, masks.diffusion_draft(4))
+    assert kept_prefix(draft, torch.zeros(0, dtype=torch.long)) == 0
+    with pytest.raises(RuntimeError):
+        kept_prefix(draft, torch.arange(1))

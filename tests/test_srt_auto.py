@@ -27,9 +27,11 @@ def test_online_calibration_fits_after_three_shapes():
 
 def test_auto_modes_candidates_and_cost_source(tmp_path):
     served = flags.resolve({"trimode_block_size": 4}, 32)
-    auto = AutoModes(served, CFG, width=20)
-    assert auto.candidates == [AR] + [Choice("self_spec_quadratic", b) for b in (2, 3, 4)] + [
-        Choice("self_spec_linear", b) for b in (4, 8, 16)
+    # width = a step's tokens per request (2 B with fill-in): blocks up to it
+    auto = AutoModes(served, CFG, width=flags.verify_width(served))
+    assert flags.verify_width(served) == 8
+    assert auto.candidates == [AR] + [Choice("self_spec_quadratic", b) for b in (2, 3, 4, 6, 8)] + [
+        Choice("self_spec_linear", b) for b in (4, 8)
     ]
     assert auto.cost() is None  # no file: measured online, nothing timed yet
     views = [RequestView(i, 10, accepted=30) for i in range(3)]  # drafts accepted

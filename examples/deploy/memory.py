@@ -6,9 +6,11 @@ Numbers are those of the published config.json files (vocab 131072, 32 query / 8
 head_dim 128, untied output head; layers/hidden/intermediate per size), in bf16 (2 bytes).
 Tensor parallelism shards every weight matrix (SGLang also splits the embedding and head over
 the vocabulary) and the KV heads (8 heads: TP up to 8 without replication). A TRIMODE server
-also reserves verify slots per running request: B tokens (draft / verify / diffusion block), or
-B * (B + 1) when quadratic self-speculation is served. Not counted here: activations, logits,
-CUDA graphs and NCCL buffers, which live in the 1 - --mem-fraction-static left over.
+also reserves step slots per running request: SGLang keeps 2 x W KV slots past each request's
+committed prefix every decode step, W = `speculative_num_draft_tokens` = the most tokens a
+request emits per step: B, or 2 B with `--trimode-fill-in on` (the default). Not counted here:
+activations, logits, CUDA graphs and NCCL buffers, which live in the 1 - --mem-fraction-static
+left over.
 """
 
 import argparse
@@ -35,12 +37,13 @@ def kv_bytes_per_token(size: str, tp: int) -> int:
 def report(size: str, tp: int, context: int, requests: int, width: int) -> str:
     weights = parameters(size) * BYTES / tp / GIB
     kv = requests * context * kv_bytes_per_token(size, tp) / GIB
-    slots = requests * width * kv_bytes_per_token(size, tp) / GIB
+    reserve = 2 * width if width > 1 else 1  # plain AR (width 1): one slot per step
+    slots = requests * reserve * kv_bytes_per_token(size, tp) / GIB
     return (
         f"{size} ({parameters(size) / 1e9:.2f}B params) TP{tp}: weights {weights:.1f} GiB"
         f" + KV {kv:.1f} GiB ({requests} x {context} tokens,"
         f" {kv_bytes_per_token(size, tp) // 1024} KiB/token)"
-        f" + verify slots {slots:.2f} GiB ({width} tokens/request)"
+        f" + step slots {slots:.2f} GiB ({reserve} tokens/request)"
         f" = {weights + kv + slots:.1f} GiB per GPU"
     )
 
@@ -51,7 +54,12 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--context", type=int, required=True, help="--context-length")
     p.add_argument("--requests", type=int, required=True, help="--max-running-requests")
-    p.add_argument("--verify-width", type=int, default=1, help="1 (AR), B or B*(B+1)")
+    p.add_argument(
+        "--verify-width",
+        type=int,
+        default=1,
+        help="speculative_num_draft_tokens: 1 (AR), B, or 2 B with fill-in",
+    )
     a = p.parse_args(argv)
     return report(a.size, a.tp, a.context, a.requests, a.verify_width)
 

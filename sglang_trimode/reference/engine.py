@@ -14,9 +14,16 @@ from pathlib import Path
 import torch
 
 from sglang_trimode import masks
-from sglang_trimode.modes import POLICIES, ModeConfig, RequestState, RequestStats, Segment
+from sglang_trimode.modes import (
+    POLICIES,
+    ModeConfig,
+    RequestState,
+    RequestStats,
+    Segment,
+    kept_prefix,
+)
 from sglang_trimode.reference.kv_cache import KVCache
-from sglang_trimode.reference.validation import validate_request
+from sglang_trimode.reference.validation import validate_logprobs, validate_request
 from sglang_trimode.rows import request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
@@ -137,19 +144,7 @@ class TriModeEngine:
         forward's rows) instead of each request's logits rows: greedy output is the same; sampled
         output draws by inverse CDF (same distributions, other random draws).
         """
-        if top_logprobs < 0 or (top_logprobs and not logprobs):
-            raise ValueError(
-                f"top_logprobs must be >= 0 and needs logprobs=True, got {top_logprobs}"
-            )
-        chosen = tuple(token_ids_logprob or ())
-        if chosen and not logprobs:
-            raise ValueError("token_ids_logprob needs logprobs=True")
-        bad = [i for i in chosen if not (isinstance(i, int) and 0 <= i < self.config.vocab_size)]
-        if bad:
-            raise ValueError(
-                f"token_ids_logprob: ids {bad} are not token ids of this vocabulary "
-                f"(0..{self.config.vocab_size - 1})"
-            )
+        chosen = validate_logprobs(self.config, logprobs, top_logprobs, token_ids_logprob)
         cfg = self.config
         block_size = cfg.block_size if block_size is None else block_size
         modes = [mode] * len(prompts) if isinstance(mode, str) else list(mode)
@@ -200,6 +195,7 @@ class TriModeEngine:
                 r.stats.forwards += 1
                 accepted_before = len(r.stats.accept_lengths)
                 keep = policy.consume(r, seg, views[j])
+                kept_prefix(seg, keep)
                 cache.commit(j, keep)
                 driver.observe(i, seg, r, accepted_before)
             cache.end()

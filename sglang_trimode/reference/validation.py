@@ -68,3 +68,21 @@ def validate_request(
                 + (f" + block_size {lookahead} (quadratic look-ahead)" if lookahead else "")
                 + f" exceeds max_position_embeddings {limit}; lower max_new_tokens"
             )
+
+
+def validate_logprobs(
+    cfg, logprobs: bool, top_logprobs: int, token_ids_logprob: Sequence[int] | None
+) -> tuple[int, ...]:
+    """Check ``generate``'s logprob options; returns the ``token_ids_logprob`` ids as a tuple."""
+    if top_logprobs < 0 or (top_logprobs and not logprobs):
+        raise ValueError(f"top_logprobs must be >= 0 and needs logprobs=True, got {top_logprobs}")
+    chosen = tuple(token_ids_logprob or ())
+    if chosen and not logprobs:
+        raise ValueError("token_ids_logprob needs logprobs=True")
+    bad = [i for i in chosen if not (isinstance(i, int) and 0 <= i < cfg.vocab_size)]
+    if bad:
+        raise ValueError(
+            f"token_ids_logprob: ids {bad} are not token ids of this vocabulary "
+            f"(0..{cfg.vocab_size - 1})"
+        )
+    return chosen

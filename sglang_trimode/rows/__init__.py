@@ -34,6 +34,15 @@ __all__ = ["GreedyRows", "Rows", "SampledRows", "inverse_cdf", "processed_probs"
 Rows = torch.Tensor | GreedyRows | SampledRows
 
 
+def _rows_of(logits: torch.Tensor, starts: list[int], picked: list[int]) -> torch.Tensor:
+    """The rows of requests ``picked`` (ascending; request ``i`` owns rows ``starts[i]`` to
+    ``starts[i + 1]``); ``logits`` itself, not a copy, when they are all its rows."""
+    if sum(starts[i + 1] - starts[i] for i in picked) == logits.shape[0]:
+        return logits
+    rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in picked])
+    return logits[rows.to(logits.device)]
+
+
 def request_rows(
     logits: torch.Tensor,
     states: Sequence,
@@ -53,9 +62,12 @@ def request_rows(
     if any(greedy):
         top_k = max((r.top_logprobs_num for r, g in zip(states, greedy) if g), default=0)
         chosen = sorted({i for r, g in zip(states, greedy) if g for i in r.chosen_ids})
-        summary = GreedyRows.from_logits(logits, top_k, chosen)
-        for i in (i for i, g in enumerate(greedy) if g):
-            out[i] = summary[starts[i] : starts[i + 1]]
+        picked = [i for i, g in enumerate(greedy) if g]
+        summary = GreedyRows.from_logits(_rows_of(logits, starts, picked), top_k, chosen)
+        at = 0
+        for i in picked:
+            out[i] = summary[at : at + lens[i]]
+            at += lens[i]
     if any(sampled):
         nxt, uni = {}, {}
         for i in (i for i, s in enumerate(sampled) if s):
@@ -70,9 +82,8 @@ def request_rows(
             out[i] = SampledRows.lazy(rows_i, states[i].params, nxt[i], uni[i])
         eager = [i for i in nxt if i not in lazy]
         if eager:
-            rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in eager])
             views = SampledRows.batch(
-                logits[rows.to(logits.device)], [states[i].params for i in eager],
+                _rows_of(logits, starts, eager), [states[i].params for i in eager],
                 [lens[i] for i in eager], torch.cat([nxt[i] for i in eager]),
                 torch.cat([uni[i] for i in eager]),
             )  # fmt: skip

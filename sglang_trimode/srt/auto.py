@@ -6,7 +6,7 @@ decode step the worker asks it for each `auto` request's mode policy: the schedu
 `AutoPolicy` picks mode and draft length from the requests in the forward (the load), their
 acceptance history and the cost model; a request changes mode only at a switch point of its
 current one (a linear draft is followed by its verify; diffusion is never chosen). Candidates
-are the served lossless modes whose tokens fit the per-request KV reservation (`verify_width`).
+are the served lossless modes whose block fits a step's tokens per request (`verify_width`).
 
 Cost model: `--trimode-cost-file` (a `bench/calibrate.py` calibration file), else the worker's
 own timed forwards (`scheduler.calibrate.OnlineCalibration`; AR until they span three shapes).
@@ -71,12 +71,13 @@ class AutoModes:
         self.fixed_cost = CostModel.load(settings.cost_file) if settings.cost_file else None
         self.calibration = None if self.fixed_cost else OnlineCalibration()
         served = [m for m in settings.serve_modes if m in LOSSLESS_MODES]
-        self.candidates = default_candidates(width, served)
+        # a choice of block b emits (and keeps the KV of) at most b tokens per step
+        self.candidates = [c for c in default_candidates(None, served) if c.block <= width]
         policy = _MeasuredAuto(self)
         budgets = os.environ.get(BUDGETS_ENV)
         if budgets:
             policy = LoadSchedule(policy, [int(b) for b in budgets.split(",")])
-        big = Budget(1 << 30, 1 << 30, 1 << 30)  # SGLang's scheduler admits; KV fits width
+        big = Budget(1 << 30, 1 << 30, 1 << 30)  # SGLang's scheduler admits; blocks fit width
         self.driver = ModeDriver([], mode_cfg, policy, big, keep_trace=False)
         self._runs: dict[int, list[list]] = {}  # index -> [[label, forwards], ...]
         logger.info(

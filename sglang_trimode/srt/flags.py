@@ -261,6 +261,17 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
     )
 
 
+def verify_width(settings: TriModeSettings) -> int:
+    """Most tokens one request emits, and so commits, in one decode step: SGLang's
+    `speculative_num_draft_tokens`, from which it reserves `2 x` this many KV slots past each
+    request's committed prefix every step. One cycle of any mode emits at most `B` tokens (and
+    keeps the KV of at most `B`: a quadratic step's mask groups and a diffusion draft write none,
+    `MaskDescriptor.committable`); `--trimode-fill-in` lets one-forward cycles add up to another
+    `B` (so a quadratic request fits one more cycle)."""
+    b = settings.block_size
+    return 2 * b if settings.fill_in else b
+
+
 def triton_interpret_env(environ=None) -> bool:
     """Whether `TRITON_INTERPRET` asks for Triton's interpreter (Triton's own truthy values)."""
     value = (os.environ if environ is None else environ).get("TRITON_INTERPRET", "")

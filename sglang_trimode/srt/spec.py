@@ -5,7 +5,7 @@
 `TriModeSpecAlgo` whose `create_worker` yields `sglang_trimode.srt.worker.TriModeWorker`.
 `handle_server_args` resolves the server settings the scheduler sizes memory by: overlap
 scheduling and mixed chunks off, one draft chain (`topk` 1), and
-`speculative_num_draft_tokens` = the widest verify segment a request can need.
+`speculative_num_draft_tokens` = the most tokens a request emits in one decode step.
 """
 
 from __future__ import annotations
@@ -49,15 +49,6 @@ def settings_from_server_args(server_args: Any) -> flags.TriModeSettings:
     return flags.resolve(trimode_values(server_args), model_block_size(server_args.model_path))
 
 
-def verify_width(settings: flags.TriModeSettings) -> int:
-    """Most tokens one request puts into one forward (KV slots reserved per decode step)."""
-    b = settings.block_size
-    width = b  # linear verify / diffusion draft + commit: [seed, B-1 tokens]
-    if "self_spec_quadratic" in settings.serve_modes or settings.mode == "self_spec_quadratic":
-        width = max(width, b * (b + 1))  # quadratic: (k+1)(L+1) with k = L = B - 1 at most
-    return width
-
-
 class TriModeSpecAlgo(CustomSpecAlgo):
     """`CustomSpecAlgo` plus the methods SGLang 0.5.23's scheduler calls but the base lacks."""
 
@@ -89,7 +80,7 @@ class TriModeSpecAlgo(CustomSpecAlgo):
         server_args.disable_overlap_schedule = True
         server_args.enable_mixed_chunk = False
         server_args.speculative_eagle_topk = 1
-        width = verify_width(settings)
+        width = flags.verify_width(settings)
         server_args.speculative_num_draft_tokens = width
         server_args.speculative_num_steps = max(1, settings.block_size - 1)
         logger.info(

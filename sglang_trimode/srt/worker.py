@@ -49,14 +49,21 @@ from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.ngram_info import NgramVerifyInput
 
 from sglang_trimode import masks
-from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
+from sglang_trimode.modes import (
+    ARPolicy,
+    ModeConfig,
+    RequestState,
+    Segment,
+    get_policy,
+    kept_prefix,
+)
 from sglang_trimode.packed import ragged_offsets
 from sglang_trimode.rows import request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
-from sglang_trimode.srt.spec import settings_from_server_args, verify_width
+from sglang_trimode.srt.spec import settings_from_server_args
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +108,7 @@ class TriModeWorker(BaseSpecWorker):
         self.model_runner = target_worker.model_runner
         self.device = self.model_runner.device
         self.settings = settings_from_server_args(server_args)
-        self.width = verify_width(self.settings)
+        self.width = flags.verify_width(self.settings)
         msg = flags.attention_impl_error(
             self.settings.attention_impl,
             torch.device(self.device).type,
@@ -197,8 +204,8 @@ class TriModeWorker(BaseSpecWorker):
         is only asked while other requests are mid-cycle) runs one more cycle in the next
         forward (`--trimode-fill-in`): only one-forward cycles (AR, quadratic), so the step
         does not get longer, and only while the cycle's tokens fit the step: at most `width`
-        tokens per request, whose KV (prefix + segment <= start + emitted + width) stays in
-        the `2 * width` slots SGLang reserves past the committed prefix each decode step."""
+        emitted per request, so the KV it keeps (at most what it emits, from `start + emitted`)
+        stays in the `2 * width` slots SGLang reserves past the committed prefix each step."""
         r = e.state
         if not self.settings.fill_in or e.auto is not None or r.done:
             return False
@@ -239,13 +246,18 @@ class TriModeWorker(BaseSpecWorker):
         running = [i for i, s in enumerate(segs) if s is not None]
         tokens = torch.tensor([t for i in running for t in segs[i].tokens], dtype=torch.int64)
         pos = torch.cat([masks.positions(segs[i].desc, prefix[i]) for i in running])
-        # slots: request i's token t goes to req_to_token[row_i, prefix_i + t]
+        # slots: request i's token t goes to req_to_token[row_i, prefix_i + t] when a step may
+        # keep its KV (t < desc.committable); every other token's K/V goes to SGLang's padding
+        # slot 0 (never read), so a request needs slots for its committable tokens only
         owner, offset = ragged_offsets(lens)  # [T] each
+        keepable = torch.tensor([0 if d is None else d.committable for d in descs])
+        stored = offset < keepable[owner]  # [T]
         cols = torch.tensor(prefix, dtype=torch.int64)[owner] + offset
         req_to_token = batch.req_to_token_pool.req_to_token
         rows = batch.req_pool_indices.to(req_to_token.device)
-        dev_owner = owner.to(req_to_token.device)
-        locs = req_to_token[rows[dev_owner], cols.to(req_to_token.device)].to(torch.int64)
+        dev_owner, dev_cols = owner[stored].to(rows.device), cols[stored].to(rows.device)
+        locs = torch.zeros(len(tokens), dtype=torch.int64, device=req_to_token.device)
+        locs[stored.to(rows.device)] = req_to_token[rows[dev_owner], dev_cols].to(torch.int64)
         dev = self.device
         batch.forward_mode = ForwardMode.TARGET_VERIFY
         batch.input_ids = tokens.to(dev)
@@ -344,11 +356,7 @@ class TriModeWorker(BaseSpecWorker):
                 keep = e.policy.consume(r, seg, rows[i])
                 if e.auto is not None:
                     self.auto.observe(e.auto, seg, r, accepted_before)
-                kept = int(keep.numel())
-                if kept:
-                    if not torch.equal(keep, torch.arange(kept)):
-                        raise RuntimeError(f"TRIMODE: non-prefix commit {keep.tolist()}")
-                    prefix[i] += kept
+                prefix[i] += kept_prefix(seg, keep)
                 if r.done or (len(r.out) > emitted_from[i] and e.policy.switchable(r)):
                     done[i] = True
                 if r.done and e.auto is not None:

@@ -132,7 +132,7 @@ def parse_main() -> None:
     load_plugins()
     from sglang.srt.server_args import prepare_server_args
 
-    from sglang_trimode.srt import spec
+    from sglang_trimode.srt import flags, spec
 
     results = []
     for argv in json.load(sys.stdin):
@@ -144,7 +144,7 @@ def parse_main() -> None:
             results.append({"ok": False, "error": err.getvalue()[-600:], "code": e.code})
             continue
         is_trimode = (sa.speculative_algorithm or "").upper() == "TRIMODE"
-        width = spec.verify_width(spec.settings_from_server_args(sa)) if is_trimode else 1
+        width = flags.verify_width(spec.settings_from_server_args(sa)) if is_trimode else 1
         fields = (
             "model_path", "tp_size", "pp_size", "dp_size", "nnodes", "node_rank",
             "dist_init_addr", "context_length", "max_running_requests", "mem_fraction_static",

@@ -167,7 +167,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
     }
     assert got["plain_ar"] == dict.fromkeys(flags.DESTS)
     assert got["overlap_disabled"] is True
-    assert got["num_draft_tokens"] >= 8
+    assert got["num_draft_tokens"] == 8  # B: fill-in off
     assert got["worker"] == "sglang_trimode.srt.worker.TriModeWorker"
     assert got["model"] == "sglang_trimode.srt.model.NemotronLabsDiffusionModel"
     errors = got["errors"]
@@ -231,7 +231,7 @@ out["values"] = pickle.loads(pickle.dumps(sa))._trimode_args
 out["served"] = list(plugin._served_modes)
 out["log_level"] = sa.log_level
 sa.resolve_once()
-out["num_draft_tokens"] = resolving_view(sa).speculative_num_draft_tokens  # 4 * (4 + 1)
+out["num_draft_tokens"] = resolving_view(sa).speculative_num_draft_tokens  # 2 * 4
 errors = {}
 for name, kw in {
     "bad_mode": dict(trimode_mode="fast"),
@@ -272,7 +272,7 @@ def test_offline_server_args_take_the_flags_as_keywords(tmp_path):
     }
     assert got["served"] == ["ar", "diffusion", "self_spec_quadratic"]
     assert got["log_level"] == "error"  # as sglang.Engine(**kwargs) defaults it
-    assert got["num_draft_tokens"] == 20
+    assert got["num_draft_tokens"] == 8  # 2 B: a step's tokens per request with fill-in
     errors = got["errors"]
     assert "trimode_mode='fast': expected one of ar, diffusion" in errors["bad_mode"]
     assert "trimode_block_size=0: must be a positive integer" in errors["block_0"]

@@ -196,6 +196,9 @@ def test_server_used_our_worker_and_model(server):
     log = server["log"].read_text(errors="replace")
     assert "type=NemotronLabsDiffusionModel" in log
     assert "TRIMODE: mode=self_spec_linear block_size=4" in log
+    # a step's tokens per request (SGLang reserves twice this many KV slots per request): 2 B
+    # with fill-in, though the quadratic steps served here put B (B + 1) = 20 tokens in a forward
+    assert "fill_in=on (8 tokens/step)" in log
 
 
 def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference):
