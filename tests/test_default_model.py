@@ -83,3 +83,29 @@ def test_chat_template_shipped_and_kept_by_export(tmp_path):
         dst = export(src, tmp_path / f"dst{own is None}", torch.bfloat16)
         got = json.loads((dst / "tokenizer_config.json").read_text())
         assert got == cfg | {"chat_template": own or CHAT_TEMPLATE}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_the_worker_reads_of_quadratic_rows_equal_the_full_rows(model, temperature):
+    """`row_summary=True` is the SGLang worker's path: a quadratic step's logits are computed for
+    its causal rows only and its one mask group is read through the head when the policy reads
+    it (`rows.DeferredGroups`). Drafts come from that group, so on this trained model (drafts
+    accepted: AL well above 1) reading a wrong group would change the accept lengths even
+    though greedy tokens stay AR's; the stats must equal the full rows' exactly (greedy), and a
+    sampled run must equal itself through the same rows (same seeds)."""
+    engine, _, prompts = model
+    kw = dict(mode="self_spec_quadratic", max_new_tokens=32, block_size=8)
+    if temperature:
+        kw |= dict(temperature=temperature, top_p=0.95, seed=3)
+    full = engine.generate(prompts[:4], **kw)
+    worker = engine.generate(prompts[:4], row_summary=True, **kw)
+    assert sum(sum(o.stats.accept_lengths) for o in full) > 1.2 * sum(
+        len(o.stats.accept_lengths) for o in full
+    )
+    if not temperature:
+        assert [o.token_ids for o in worker] == [o.token_ids for o in full]
+        assert [o.stats for o in worker] == [o.stats for o in full]
+    else:  # inverse-CDF draws differ from the full rows' sampler; batch of 1 == batch of 4
+        one = engine.generate(prompts[1:2], row_summary=True, **(kw | dict(seed=4)))
+        assert one[0].token_ids == worker[1].token_ids
+        assert one[0].stats == worker[1].stats

@@ -24,7 +24,7 @@ from sglang_trimode.modes import (
 )
 from sglang_trimode.reference.kv_cache import KVCache
 from sglang_trimode.reference.validation import validate_logprobs, validate_request
-from sglang_trimode.rows import request_rows
+from sglang_trimode.rows import eager_rows, request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.scheduler.driver import ModeDriver, TraceRow
@@ -188,8 +188,8 @@ class TriModeEngine:
             segs = [policy.segment(reqs[i]) for i, policy in rows]
             logits = self._forward(cache, [i for i, _ in rows], segs)
             views = [logits[j, : seg.desc.length] for j, seg in enumerate(segs)]
-            if row_summary:
-                views = request_rows(torch.cat(views), [reqs[i] for i, _ in rows], segs)
+            if row_summary:  # the worker's reads: quadratic mask groups through a head
+                views = _summaries(views, [reqs[i] for i, _ in rows], segs)
             for j, ((i, policy), seg) in enumerate(zip(rows, segs)):
                 r = reqs[i]
                 r.stats.forwards += 1
@@ -260,3 +260,15 @@ class TriModeEngine:
 
 
 SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)
+
+
+def _summaries(views: list[torch.Tensor], states: list[RequestState], segs: list[Segment]):
+    """What the SGLang worker hands the policies for these rows: ``rows.request_rows`` over each
+    segment's eager rows, with a quadratic step's mask groups read through a head (here a slice
+    of the full logits; in the worker the LM head over the forward's hidden states)."""
+    full = torch.cat(views)  # [T, V]
+    starts = torch.tensor([0, *(s.desc.length for s in segs)]).cumsum(0).tolist()
+    eager = torch.cat(
+        [torch.arange(a, a + eager_rows(s.desc)) for a, s in zip(starts, segs, strict=False)]
+    )
+    return request_rows(full[eager], states, segs, head=lambda idx: full[idx])

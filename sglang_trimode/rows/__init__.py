@@ -19,19 +19,29 @@ worker (and the reference engine with ``row_summary=True``) hands each request o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from sglang_trimode.masks import MaskKind
+from sglang_trimode.rows.deferred import DeferredGroups, eager_rows
 from sglang_trimode.rows.greedy import GreedyRows
 from sglang_trimode.rows.sampled import SampledRows, inverse_cdf, processed_probs
 
-__all__ = ["GreedyRows", "Rows", "SampledRows", "inverse_cdf", "processed_probs", "request_rows"]
+__all__ = [
+    "DeferredGroups",
+    "GreedyRows",
+    "Rows",
+    "SampledRows",
+    "eager_rows",
+    "inverse_cdf",
+    "processed_probs",
+    "request_rows",
+]
 
 
 #: What the policies read for one request: a logits tensor, or one of the summaries.
-Rows = torch.Tensor | GreedyRows | SampledRows
+Rows = torch.Tensor | GreedyRows | SampledRows | DeferredGroups
 
 
 def _rows_of(logits: torch.Tensor, starts: list[int], picked: list[int]) -> torch.Tensor:
@@ -47,17 +57,25 @@ def request_rows(
     logits: torch.Tensor,
     states: Sequence,
     segs: Sequence,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[Rows | None]:
     """Packed device logits ``[T, V]`` (each running request's segment rows one after another)
     -> what each request's policy reads: ``GreedyRows`` for greedy requests, ``SampledRows`` for
     sampled ones (one batched pass each, uniforms from each request's generator), None for a
-    request without a segment (``segs[i]`` None). ``states[i]`` is a ``modes.RequestState``."""
+    request without a segment (``segs[i]`` None). ``states[i]`` is a ``modes.RequestState``.
+
+    ``head``: the forward computed logits for each segment's ``deferred.eager_rows`` only (a
+    quadratic step's causal rows) and ``head(idx)`` gives the logits of rows ``idx`` of the full
+    packed layout; a quadratic request then reads ``DeferredGroups`` whose mask groups are
+    computed when read. Same values as from the full logits."""
     lens = [0 if s is None else s.desc.length for s in segs]
-    if sum(lens) != logits.shape[0]:
-        raise RuntimeError(f"TRIMODE: {logits.shape[0]} logits rows for {sum(lens)} tokens")
+    rows_of = lens if head is None else [0 if s is None else eager_rows(s.desc) for s in segs]
+    if sum(rows_of) != logits.shape[0]:
+        raise RuntimeError(f"TRIMODE: {logits.shape[0]} logits rows for {sum(rows_of)} tokens")
     greedy = [n > 0 and r.params.greedy for r, n in zip(states, lens, strict=True)]
     sampled = [n > 0 and not g for n, g in zip(lens, greedy)]
-    starts = torch.tensor([0, *lens]).cumsum(0).tolist()
+    starts = torch.tensor([0, *rows_of]).cumsum(0).tolist()
+    full = torch.tensor([0, *lens]).cumsum(0).tolist()  # starts in the full packed layout
     out: list[Rows | None] = [None] * len(lens)
     if any(greedy):
         top_k = max((r.top_logprobs_num for r, g in zip(states, greedy) if g), default=0)
@@ -66,27 +84,47 @@ def request_rows(
         summary = GreedyRows.from_logits(_rows_of(logits, starts, picked), top_k, chosen)
         at = 0
         for i in picked:
-            out[i] = summary[at : at + lens[i]]
-            at += lens[i]
-    if any(sampled):
-        nxt, uni = {}, {}
-        for i in (i for i, s in enumerate(sampled) if s):
-            nxt[i] = torch.tensor([*segs[i].tokens[1:], -1], dtype=torch.long)
-            uni[i] = torch.rand(lens[i], generator=states[i].generator)
-        # a quadratic step reads its causal rows and ONE of its mask groups (the one after the
-        # accepted drafts): its rows are processed when read; every other kind of segment is
-        # read whole, so those are processed in one batch
-        lazy = [i for i in nxt if segs[i].desc.kind == MaskKind.QUADRATIC]
-        for i in lazy:
-            rows_i = logits[starts[i] : starts[i + 1]]
-            out[i] = SampledRows.lazy(rows_i, states[i].params, nxt[i], uni[i])
-        eager = [i for i in nxt if i not in lazy]
-        if eager:
-            views = SampledRows.batch(
-                _rows_of(logits, starts, eager), [states[i].params for i in eager],
-                [lens[i] for i in eager], torch.cat([nxt[i] for i in eager]),
-                torch.cat([uni[i] for i in eager]),
-            )  # fmt: skip
-            for i, v in zip(eager, views, strict=True):
-                out[i] = v
+            out[i] = summary[at : at + rows_of[i]]
+            at += rows_of[i]
+    nxt, uni = {}, {}
+    for i in (i for i, s in enumerate(sampled) if s):
+        nxt[i] = torch.tensor([*segs[i].tokens[1:], -1], dtype=torch.long)
+        uni[i] = torch.rand(lens[i], generator=states[i].generator)
+    # a quadratic step reads its causal rows and ONE of its mask groups (the one after the
+    # accepted drafts): its rows are processed when read; every other kind of segment is read
+    # whole, so those are processed in one batch
+    lazy = [i for i in nxt if segs[i].desc.kind == MaskKind.QUADRATIC]
+    for i in lazy:
+        rows_i = logits[starts[i] : starts[i + 1]]
+        out[i] = SampledRows.lazy(
+            rows_i, states[i].params, nxt[i][: rows_of[i]], uni[i][: rows_of[i]]
+        )
+    eager = [i for i in nxt if i not in lazy]
+    if eager:
+        views = SampledRows.batch(
+            _rows_of(logits, starts, eager), [states[i].params for i in eager],
+            [lens[i] for i in eager], torch.cat([nxt[i] for i in eager]),
+            torch.cat([uni[i] for i in eager]),
+        )  # fmt: skip
+        for i, v in zip(eager, views, strict=True):
+            out[i] = v
+    if head is not None:  # quadratic steps: mask groups from the head when read
+        for i, seg in enumerate(segs):
+            if seg is not None and seg.desc.kind == MaskKind.QUADRATIC:
+                make = _group_maker(head, seg.desc, full[i], states[i], nxt.get(i), uni.get(i))
+                out[i] = DeferredGroups(seg.desc, out[i], make)
     return out
+
+
+def _group_maker(head, desc, start: int, state, nxt, uni) -> Callable[[int], Rows]:
+    """Mask group ``g`` of the quadratic step at packed rows ``start ..``: its logits from the
+    head, summarised as the request reads them (greedy: argmax; sampled: its rows' uniforms)."""
+
+    def make(g: int) -> Rows:
+        sl = desc.group_slice(g)
+        logits = head(torch.arange(start + sl.start, start + sl.stop))
+        if state.params.greedy:
+            return GreedyRows.from_logits(logits)
+        return SampledRows.lazy(logits, state.params, nxt[sl], uni[sl])
+
+    return make

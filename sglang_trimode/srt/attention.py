@@ -74,6 +74,10 @@ class TriModeForwardInput:
         self.window_kv_indices = None
         self.attn_metadata: packing.Packed | None = None  # once per forward (backend)
         self.attn_impl: str | None = None  # `triton` or `torch`, resolved once per forward
+        #: rows whose logits the forward returns (None: all); then `head(rows)` computes any
+        #: other rows' logits from the forward's hidden states (set by `srt/model.py`)
+        self.logit_rows: torch.Tensor | None = None
+        self.head = None
 
     def is_draft_input(self) -> bool:
         return False

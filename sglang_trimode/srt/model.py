@@ -7,9 +7,13 @@ Weight names map `encoder.*` -> `model.*` and `diffusion_head.weight` -> `lm_hea
 stacked `qkv_proj` / `gate_up_proj` shards are handled by the Llama loader.
 
 Only causal attention is served here; the diffusion / self-speculation masks need the TRIMODE
-worker and its attention backend (`srt/worker.py`, `srt/attention.py`). The Llama-4 query scaling
-happens in SGLang's `Ministral3Attention.forward` (q times the per-position factor) before
-attention is called, so no attention backend scales q again.
+worker and its attention backend (`srt/worker.py`, `srt/attention.py`). One hook for the worker:
+a forward whose plan (`forward_batch.spec_info`) names `logit_rows` returns the logits of those
+rows only and leaves `plan.head(rows)`, the LM head over any other rows' hidden states of the
+same forward (a quadratic step reads one of its mask groups, chosen after verifying).
+
+The Llama-4 query scaling happens in SGLang's `Ministral3Attention.forward` (q times the
+per-position factor) before attention is called, so no attention backend scales q again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from sglang.srt.layers.logits_processor import LogitsMetadata, LogitsProcessorOutput
 from sglang.srt.models.ministral3 import Ministral3ForCausalLM
 
 _RENAMES = (("encoder.", "model."), ("diffusion_head.", "lm_head."))
@@ -52,6 +57,33 @@ class NemotronLabsDiffusionModel(Ministral3ForCausalLM):
                 attn = getattr(layer, "self_attn", None)
                 if attn is not None and hasattr(attn, "llama_4_scaling_beta"):
                     attn.max_position_embeddings = int(orig)
+
+    @torch.no_grad()
+    def forward(self, input_ids, positions, forward_batch, input_embeds=None, **kwargs):
+        plan = forward_batch.spec_info
+        rows = getattr(plan, "logit_rows", None)
+        plain = kwargs.get("get_embedding") or self.capture_aux_hidden_states
+        if rows is None or plain or not self.pp_group.is_last_rank:
+            return super().forward(input_ids, positions, forward_batch, input_embeds, **kwargs)
+        hidden = self.model(
+            input_ids,
+            positions,
+            forward_batch,
+            input_embeds,
+            pp_proxy_tensors=kwargs.get("pp_proxy_tensors"),
+        )  # [T, hidden]
+        meta = LogitsMetadata.from_forward_batch(forward_batch)
+
+        @torch.no_grad()
+        def head(idx: torch.Tensor) -> torch.Tensor:  # [n] row indices -> [n, V] logits
+            states = hidden[idx.to(hidden.device)]
+            # a fresh tensor per call: SGLang's shared logits buffer would alias earlier rows
+            return self.logits_processor._get_logits(
+                states, self.lm_head, meta, use_logits_buffer=False
+            )
+
+        plan.head = head
+        return LogitsProcessorOutput(next_token_logits=head(rows))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]):
         return super().load_weights(

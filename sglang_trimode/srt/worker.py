@@ -58,7 +58,7 @@ from sglang_trimode.modes import (
     kept_prefix,
 )
 from sglang_trimode.packed import ragged_offsets
-from sglang_trimode.rows import request_rows
+from sglang_trimode.rows import eager_rows, request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
@@ -127,6 +127,7 @@ class TriModeWorker(BaseSpecWorker):
         self.policies = {m: get_policy(m, self.mode_cfg) for m in flags.REQUEST_MODES}
         self.states: dict[str, _Req] = {}
         self._decode_announced = False  # logged the first AR-only forward (`_forward_decode`)
+        self._head_announced = False  # logged the first forward with deferred mask groups
         self._drop_cuda_graphs()
         self.auto = None
         if "auto" in self.settings.serve_modes or self.settings.mode == "auto":
@@ -228,10 +229,12 @@ class TriModeWorker(BaseSpecWorker):
 
     # ---- forwards ----------------------------------------------------------------------------
 
-    def _forward(self, batch: ScheduleBatch, segs: list, prefix: list[int]) -> torch.Tensor:
+    def _forward(self, batch: ScheduleBatch, segs: list, prefix: list[int]):
         """One forward: `segs[i]` (a `modes.Segment`, or None for a request that only rides
-        along) over `prefix[i]` committed tokens -> logits `[T, V]` on the device, `T` the
-        segments' tokens packed in request order (a request riding along has none).
+        along) over `prefix[i]` committed tokens -> `(logits, head)`: logits `[T, V]` on the
+        device, `T` the segments' tokens packed in request order (a request riding along has
+        none), and head None; when a quadratic step is among them, logits of each segment's
+        `rows.eager_rows` only (a quadratic step's causal rows) and `head(idx)` for the rest.
 
         When every request runs one causal token over its prefix (`masks.decode()`: an AR step,
         or a one-token verify/commit) and none rides along, this is exactly SGLang's own DECODE
@@ -240,7 +243,7 @@ class TriModeWorker(BaseSpecWorker):
         carries each request's `MaskDescriptor`): linear layers, MLPs and logits see only the
         real tokens, whatever mix of segment lengths shares the forward."""
         if segs and all(s is not None and s.desc == _DECODE for s in segs):
-            return self._forward_decode(batch, [s.tokens[0] for s in segs], prefix)
+            return self._forward_decode(batch, [s.tokens[0] for s in segs], prefix), None
         descs = [None if s is None else s.desc for s in segs]
         lens = torch.tensor([0 if d is None else d.length for d in descs], dtype=torch.int64)
         running = [i for i, s in enumerate(segs) if s is not None]
@@ -262,11 +265,23 @@ class TriModeWorker(BaseSpecWorker):
         batch.forward_mode = ForwardMode.TARGET_VERIFY
         batch.input_ids = tokens.to(dev)
         batch.out_cache_loc = locs.to(dev)
-        batch.spec_info = TriModeForwardInput(
+        plan = TriModeForwardInput(
             positions=pos.to(dev), descs=descs, prefix_lens=prefix, width=int(lens.max())
         )
+        if any(d is not None and d.kind == masks.MaskKind.QUADRATIC for d in descs):
+            # logits for the causal rows only; a quadratic step's one mask group it reads comes
+            # from `plan.head` (rows.DeferredGroups): 2L - 1 rows of L (L + 1) through the head
+            eager = torch.tensor([0 if d is None else eager_rows(d) for d in descs])
+            plan.logit_rows = (offset < eager[owner]).nonzero().squeeze(-1).to(dev)
+        batch.spec_info = plan
         result = self._target_worker.forward_batch_generation(batch, is_verify=True)
-        return result.logits_output.next_token_logits
+        if plan.head is not None and not self._head_announced:
+            self._head_announced = True
+            logger.info(
+                "TRIMODE: quadratic steps: logits of the causal rows in the forward, the one "
+                "mask group a step reads through the LM head when read"
+            )
+        return result.logits_output.next_token_logits, plan.head
 
     def _drop_cuda_graphs(self) -> None:
         """Run every forward of this worker eager. SGLang captures its decode graphs for a spec
@@ -341,8 +356,8 @@ class TriModeWorker(BaseSpecWorker):
                 fill = done[i] and self._fills_in(e, len(e.state.out) - emitted_from[i])
                 segs.append(e.policy.segment(e.state) if runs[i] or fill else None)
             t0 = time.perf_counter()
-            logits = self._forward(batch, segs, prefix)  # [T, V] on the device
-            rows = request_rows(logits, [e.state for e in entries], segs)
+            logits, head = self._forward(batch, segs, prefix)  # [T', V] on the device
+            rows = request_rows(logits, [e.state for e in entries], segs, head)
             if self.auto is not None:
                 tokens = sum(s.desc.length for s in segs if s is not None)
                 context = sum(p for p, s in zip(prefix, segs, strict=True) if s is not None)

@@ -201,6 +201,20 @@ def test_server_used_our_worker_and_model(server):
     assert "fill_in=on (8 tokens/step)" in log
 
 
+def test_quadratic_mask_groups_go_through_the_head_when_read(server, reference):
+    """A quadratic step's forward returns logits for its causal rows only; its one mask group
+    is computed through the LM head when the policy reads it (`srt/model.py`'s `plan.head`,
+    `rows.DeferredGroups`): the worker logs it at first use, and tokens and stats (accept
+    lengths, which depend on the drafts read from the group) equal the reference."""
+    ps, expected, _, stats = reference
+    out = post_ok(server["base"] + "/generate", _body(ps, "self_spec_quadratic"))
+    assert [o["output_ids"] for o in out] == expected["self_spec_quadratic"]
+    assert [_stats(o) for o in out] == stats["self_spec_quadratic"]
+    log = server["log"].read_text(errors="replace")
+    line = "TRIMODE: quadratic steps: logits of the causal rows in the forward"
+    assert log.count(line) == 1, log[-3000:]
+
+
 def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference):
     ps, expected, _, _ = reference
     status, out = request(server["base"] + "/generate", _body(ps[0], "turbo"))
