@@ -153,12 +153,17 @@ def test_ar_only_forwards_run_the_wrapped_backends_decode(server, reference):
     wrapped backend (torch_native here; FlashInfer's decode on a GPU), not our packed extend:
     the worker logs it at first use, and its tokens and stats equal the reference (exactness of
     the route; `test_generate_batch_and_single_equal_reference[ar]` runs it on a ragged batch)."""
-    ps, expected, steps, stats = reference
-    out = post_ok(server["base"] + "/generate", _body(ps, "ar"))
-    assert [o["output_ids"] for o in out] == expected["ar"]
-    assert [_stats(o) for o in out] == stats["ar"]
-    log = server["log"].read_text(errors="replace")
     line = "TRIMODE: AR-only forward via the wrapped backend's decode (TorchNativeAttnBackend)"
+    _batch_equals_reference_and_logs_once(server, reference, "ar", line)
+
+
+def _batch_equals_reference_and_logs_once(server, reference, mode: str, line: str) -> None:
+    """The ragged batch in `mode` equals the reference (tokens, stats); the log has `line` once."""
+    ps, expected, _, stats = reference
+    out = post_ok(server["base"] + "/generate", _body(ps, mode))
+    assert [o["output_ids"] for o in out] == expected[mode]
+    assert [_stats(o) for o in out] == stats[mode]
+    log = server["log"].read_text(errors="replace")
     assert log.count(line) == 1, log[-4000:]
 
 
@@ -206,13 +211,8 @@ def test_quadratic_mask_groups_go_through_the_head_when_read(server, reference):
     is computed through the LM head when the policy reads it (`srt/model.py`'s `plan.head`,
     `rows.DeferredGroups`): the worker logs it at first use, and tokens and stats (accept
     lengths, which depend on the drafts read from the group) equal the reference."""
-    ps, expected, _, stats = reference
-    out = post_ok(server["base"] + "/generate", _body(ps, "self_spec_quadratic"))
-    assert [o["output_ids"] for o in out] == expected["self_spec_quadratic"]
-    assert [_stats(o) for o in out] == stats["self_spec_quadratic"]
-    log = server["log"].read_text(errors="replace")
     line = "TRIMODE: quadratic steps: logits of the causal rows in the forward"
-    assert log.count(line) == 1, log[-3000:]
+    _batch_equals_reference_and_logs_once(server, reference, "self_spec_quadratic", line)
 
 
 def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference):
