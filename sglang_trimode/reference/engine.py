@@ -24,7 +24,7 @@ from sglang_trimode.modes import (
 )
 from sglang_trimode.reference.kv_cache import KVCache
 from sglang_trimode.reference.validation import validate_logprobs, validate_request
-from sglang_trimode.rows import eager_rows, request_rows
+from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.scheduler.driver import ModeDriver, TraceRow
@@ -267,8 +267,5 @@ def _summaries(views: list[torch.Tensor], states: list[RequestState], segs: list
     segment's eager rows, with a quadratic step's mask groups read through a head (here a slice
     of the full logits; in the worker the LM head over the forward's hidden states)."""
     full = torch.cat(views)  # [T, V]
-    starts = torch.tensor([0, *(s.desc.length for s in segs)]).cumsum(0).tolist()
-    eager = torch.cat(
-        [torch.arange(a, a + eager_rows(s.desc)) for a, s in zip(starts, segs, strict=False)]
-    )
+    eager = eager_row_index([s.desc for s in segs])
     return request_rows(full[eager], states, segs, head=lambda idx: full[idx])

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from sglang_trimode.masks import MaskKind
-from sglang_trimode.rows.deferred import DeferredGroups, eager_rows
+from sglang_trimode.rows.deferred import DeferredGroups, eager_row_index, eager_rows
 from sglang_trimode.rows.greedy import GreedyRows
 from sglang_trimode.rows.sampled import SampledRows, inverse_cdf, processed_probs
 
@@ -33,6 +33,7 @@ __all__ = [
     "GreedyRows",
     "Rows",
     "SampledRows",
+    "eager_row_index",
     "eager_rows",
     "inverse_cdf",
     "processed_probs",
@@ -75,7 +76,6 @@ def request_rows(
     greedy = [n > 0 and r.params.greedy for r, n in zip(states, lens, strict=True)]
     sampled = [n > 0 and not g for n, g in zip(lens, greedy)]
     starts = torch.tensor([0, *rows_of]).cumsum(0).tolist()
-    full = torch.tensor([0, *lens]).cumsum(0).tolist()  # starts in the full packed layout
     out: list[Rows | None] = [None] * len(lens)
     if any(greedy):
         top_k = max((r.top_logprobs_num for r, g in zip(states, greedy) if g), default=0)
@@ -109,6 +109,7 @@ def request_rows(
         for i, v in zip(eager, views, strict=True):
             out[i] = v
     if head is not None:  # quadratic steps: mask groups from the head when read
+        full = torch.tensor([0, *lens]).cumsum(0).tolist()  # starts in the full packed layout
         for i, seg in enumerate(segs):
             if seg is not None and seg.desc.kind == MaskKind.QUADRATIC:
                 make = _group_maker(head, seg.desc, full[i], states[i], nxt.get(i), uni.get(i))

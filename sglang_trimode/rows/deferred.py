@@ -11,7 +11,9 @@ No sglang import here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import torch
 
 from sglang_trimode.masks import MaskDescriptor, MaskKind
 
@@ -20,6 +22,17 @@ def eager_rows(desc: MaskDescriptor) -> int:
     """Rows of a segment whose logits the forward computes: a quadratic step's causal rows, every
     other segment's all."""
     return desc.num_causal if desc.kind == MaskKind.QUADRATIC else desc.length
+
+
+def eager_row_index(descs: Sequence[MaskDescriptor | None]) -> torch.Tensor:
+    """Indices of the ``eager_rows`` of each segment in the packed layout of ``descs`` (one
+    segment per request, one after another; None: no tokens) -> int64 ``[sum of eager rows]``."""
+    out, start = [], 0
+    for d in descs:
+        if d is not None:
+            out.append(torch.arange(start, start + eager_rows(d)))
+            start += d.length
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 class DeferredGroups:

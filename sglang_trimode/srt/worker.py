@@ -58,7 +58,7 @@ from sglang_trimode.modes import (
     kept_prefix,
 )
 from sglang_trimode.packed import ragged_offsets
-from sglang_trimode.rows import eager_rows, request_rows
+from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
@@ -271,8 +271,7 @@ class TriModeWorker(BaseSpecWorker):
         if any(d is not None and d.kind == masks.MaskKind.QUADRATIC for d in descs):
             # logits for the causal rows only; a quadratic step's one mask group it reads comes
             # from `plan.head` (rows.DeferredGroups): 2L - 1 rows of L (L + 1) through the head
-            eager = torch.tensor([0 if d is None else eager_rows(d) for d in descs])
-            plan.logit_rows = (offset < eager[owner]).nonzero().squeeze(-1).to(dev)
+            plan.logit_rows = eager_row_index(descs).to(dev)
         batch.spec_info = plan
         result = self._target_worker.forward_batch_generation(batch, is_verify=True)
         if plan.head is not None and not self._head_announced:
