@@ -7,6 +7,7 @@ commit, and the per-mode policies of :mod:`sglang_trimode.modes`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from sglang_trimode.modes import (
     Segment,
     kept_prefix,
 )
+from sglang_trimode.reference.drafter import DrafterLoRA, has_drafter, load_drafter_for
 from sglang_trimode.reference.kv_cache import KVCache
 from sglang_trimode.reference.validation import validate_logprobs, validate_request
 from sglang_trimode.rows import eager_row_index, request_rows
@@ -49,11 +51,18 @@ class GenerationOutput:
 class TriModeEngine:
     """``TriModeEngine.from_pretrained(path).generate(prompts, mode=...)``."""
 
-    def __init__(self, model: torch.nn.Module, cost: CostModel | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cost: CostModel | None = None,
+        drafter: DrafterLoRA | None = None,
+    ) -> None:
         self.model = model.eval()
         self.config = model.config
         self.cost = cost
         self.last_trace: list[TraceRow] = []
+        #: draft-only adapter on every forward's non-committable rows (``reference/drafter.py``)
+        self.drafter = None if drafter is None else drafter.attach(model)
 
     def cost_model(self) -> CostModel:
         """The forward-time model of mode ``auto``: the one given, else measured once here."""
@@ -92,12 +101,19 @@ class TriModeEngine:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         attn_implementation: str = "sdpa",
+        drafter: bool = True,
     ) -> TriModeEngine:
+        """The checkpoint at ``path``; with ``drafter`` (default) its draft-only adapter
+        ``drafter_lora/`` when it has one (``--trimode-drafter`` of the server)."""
         from sglang_trimode.reference.checkpoint import load_model
 
-        return cls(
-            load_model(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        model = load_model(
+            path, device=device, dtype=dtype, attn_implementation=attn_implementation
         )
+        lora = None
+        if drafter and has_drafter(path):
+            lora = load_drafter_for(model, path)
+        return cls(model, drafter=lora)
 
     @property
     def device(self) -> torch.device:
@@ -253,10 +269,20 @@ class TriModeEngine:
             allowed[j, 0, :n, width : width + n] = dense[:, prefix:]
         dtype = next(self.model.parameters()).dtype
         additive = self.model.additive_mask(allowed, dtype).to(dev)
-        logits = self.model(
-            input_ids.to(dev), position_ids.to(dev), additive, past_key_values=cache
-        )
+        with self._drafting(segs, q):
+            logits = self.model(
+                input_ids.to(dev), position_ids.to(dev), additive, past_key_values=cache
+            )
         return logits.float().cpu()
+
+    def _drafting(self, segs: Sequence[Segment], q: int):
+        """The drafter on each segment's rows past ``desc.committable`` (the rows that draft)."""
+        if self.drafter is None:
+            return contextlib.nullcontext()
+        gate = torch.zeros(len(segs), q, dtype=torch.bool)
+        for j, seg in enumerate(segs):
+            gate[j, seg.desc.committable : seg.desc.length] = True
+        return self.drafter.rows(gate.to(self.device))
 
 
 SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)

@@ -184,6 +184,16 @@ FLAGS: tuple[Flag, ...] = (
         "forwards: 'on' (default) or 'off' (one cycle per request per step).",
         choices=ON_OFF,
     ),
+    Flag(
+        "--trimode-drafter",
+        "trimode_drafter",
+        None,
+        "The checkpoint's draft-only LoRA adapter (drafter_lora/, trained by "
+        "python -m sglang_trimode.training.drafter) on the rows a step drafts with (diffusion "
+        "blocks, linear drafts, quadratic mask groups; never the rows that verify or commit): "
+        "'on' (default; used when the checkpoint has one) or 'off'.",
+        choices=ON_OFF,
+    ),
 )
 
 DESTS = tuple(f.dest for f in FLAGS)
@@ -240,6 +250,7 @@ class TriModeSettings:
     cost_file: str | None = None
     attention_impl: str = DEFAULT_ATTENTION_IMPL
     fill_in: bool = True
+    drafter: bool = True
 
 
 def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSettings:
@@ -258,6 +269,7 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
         cost_file=values.get("trimode_cost_file"),
         attention_impl=values.get("trimode_attention_impl") or DEFAULT_ATTENTION_IMPL,
         fill_in=values.get("trimode_fill_in") != "off",
+        drafter=values.get("trimode_drafter") != "off",
     )
 
 

@@ -37,6 +37,7 @@ dropped when a request leaves the batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from sglang_trimode.modes import (
     kept_prefix,
 )
 from sglang_trimode.packed import ragged_offsets
+from sglang_trimode.reference.drafter import DRAFTER_DIR, has_drafter, load_drafter_for
 from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
@@ -129,9 +131,32 @@ class TriModeWorker(BaseSpecWorker):
         self._decode_announced = False  # logged the first AR-only forward (`_forward_decode`)
         self._head_announced = False  # logged the first forward with deferred mask groups
         self._drop_cuda_graphs()
+        self.drafter = self._load_drafter(server_args)
         self.auto = None
         if "auto" in self.settings.serve_modes or self.settings.mode == "auto":
             self.auto = AutoModes(self.settings, self.mode_cfg, self.width)
+
+    def _load_drafter(self, server_args):
+        """The checkpoint's draft-only adapter (`drafter_lora/`), hooked into the model's
+        `o_proj`s, or None (`--trimode-drafter off`, or the checkpoint has none)."""
+        path = server_args.model_path
+        if not self.settings.drafter or not has_drafter(path):
+            return None
+        if server_args.tp_size != 1:
+            raise ValueError(
+                f"--trimode-drafter: {path}/{DRAFTER_DIR} is not sharded for tensor parallelism "
+                f"(--tp-size {server_args.tp_size}); pass --trimode-drafter off"
+            )
+        model = self.model_runner.model
+        drafter = load_drafter_for(model, path).attach(model)
+        logger.info(
+            "TRIMODE: drafter adapter %s/%s (LoRA r=%d on o_proj) on the draft rows of every "
+            "forward",
+            path,
+            DRAFTER_DIR,
+            drafter.cfg.rank,
+        )
+        return drafter
 
     # ---- BaseSpecWorker surface ------------------------------------------------------------
 
@@ -273,7 +298,11 @@ class TriModeWorker(BaseSpecWorker):
             # from `plan.head` (rows.DeferredGroups): 2L - 1 rows of L (L + 1) through the head
             plan.logit_rows = eager_row_index(descs).to(dev)
         batch.spec_info = plan
-        result = self._target_worker.forward_batch_generation(batch, is_verify=True)
+        drafting = contextlib.nullcontext()
+        if self.drafter is not None:  # the adapter on the rows no step keeps: the draft rows
+            drafting = self.drafter.rows((~stored).to(dev))
+        with drafting:
+            result = self._target_worker.forward_batch_generation(batch, is_verify=True)
         if plan.head is not None and not self._head_announced:
             self._head_announced = True
             logger.info(

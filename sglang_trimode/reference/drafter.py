@@ -1,0 +1,215 @@
+"""A draft-only LoRA adapter on each layer's attention output projection (``o_proj``).
+
+The vendor ships an optional drafter adapter (``linear_spec_lora/``: LoRA on ``o_proj`` only,
+applied in the draft pass only). Here it is applied *per token*: ``o_proj(x) + s * B A x`` on the
+rows a step drafts with (a bidirectional draft block, a quadratic step's mask groups) and plain
+``o_proj(x)`` on every committable (causal) row, so the verifying AR path, and with it greedy
+self-speculation's output, is the base model's exactly. Rows that draft never feed a causal row
+(causal rows do not attend to them), so one forward may mix both.
+
+Shapes: ``A [layers, r, H*D]``, ``B [layers, hidden, r]``, ``s = alpha / r`` (LoRA, Hu et al.
+2021, eq. 3). ``B`` starts at zero: a fresh adapter is the base model.
+
+On disk (:data:`DRAFTER_DIR` inside the checkpoint folder) it is a PEFT-style LoRA:
+``adapter_config.json`` (``r``, ``lora_alpha``, ``target_modules: ["o_proj"]``) and
+``adapter_model.safetensors`` with ``base_model.model.encoder.layers.{i}.self_attn.o_proj.
+lora_{A,B}.weight`` (``[r, H*D]`` / ``[hidden, r]``). The vendor's ``linear_spec_lora/`` (layout
+not published) is not read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+DRAFTER_DIR = "drafter_lora"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_KEY = "base_model.model.encoder.layers.{}.self_attn.o_proj.lora_{}.weight"
+
+
+@dataclass(frozen=True)
+class DrafterConfig:
+    """LoRA rank and alpha of the drafter (``scale`` = alpha / rank)."""
+
+    rank: int
+    alpha: float
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"drafter rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"drafter alpha must be > 0, got {self.alpha}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+class DrafterLoRA(nn.Module):
+    """LoRA factors for every layer's ``o_proj``; :meth:`attach` hooks them into a model and
+    :meth:`rows` selects, per forward, the token rows they apply to."""
+
+    def __init__(self, cfg: DrafterConfig, num_layers: int, in_features: int, out_features: int):
+        super().__init__()
+        self.cfg = cfg
+        self.lora_A = nn.Parameter(torch.empty(num_layers, cfg.rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(num_layers, out_features, cfg.rank))
+        nn.init.normal_(self.lora_A, std=in_features**-0.5)
+        self._gate: torch.Tensor | None = None  # [B, Q] float, 1 = draft row
+        self._handles: list = []
+
+    @classmethod
+    def for_model(cls, model: nn.Module, cfg: DrafterConfig) -> DrafterLoRA:
+        """An adapter shaped for ``model`` (a reference ``NemotronLabsDiffusionModel``), on its
+        device and dtype, not yet attached."""
+        c = model.config
+        p = next(model.parameters())
+        lora = cls(cfg, c.num_hidden_layers, c.num_attention_heads * c.head_dim, c.hidden_size)
+        return lora.to(device=p.device, dtype=p.dtype)
+
+    def attach(self, model: nn.Module) -> DrafterLoRA:
+        """Hook every layer's ``o_proj`` of ``model`` (idempotent): the reference model
+        (``encoder.layers``) or SGLang's (``model.layers``)."""
+        self.detach()
+        layers = model.encoder.layers if hasattr(model, "encoder") else model.model.layers
+        if len(layers) != self.lora_A.shape[0]:
+            raise ValueError(
+                f"drafter has {self.lora_A.shape[0]} layers, the model {len(layers)}: it belongs "
+                "to another checkpoint"
+            )
+        for i, layer in enumerate(layers):
+            hook = self._hook(i)
+            self._handles.append(layer.self_attn.o_proj.register_forward_hook(hook))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _hook(self, layer: int):
+        def hook(_module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+            if self._gate is None:
+                return out
+            x = inputs[0]  # [B, Q, H*D] (reference) or [T, H*D] (SGLang, packed)
+            if self._gate.shape != x.shape[:-1]:
+                raise RuntimeError(
+                    f"drafter gate {tuple(self._gate.shape)} does not match the o_proj input "
+                    f"{tuple(x.shape)}: one flag per token row is needed"
+                )
+            base = out[0] if isinstance(out, tuple) else out  # SGLang's linears: (out, bias)
+            a, b = self.lora_A[layer], self.lora_B[layer]
+            delta = (x.to(a.dtype) @ a.T) @ b.T  # [..., hidden]
+            base = base + (self.cfg.scale * delta * self._gate[..., None]).to(base.dtype)
+            return (base, *out[1:]) if isinstance(out, tuple) else base
+
+        return hook
+
+    @contextlib.contextmanager
+    def rows(self, gate: torch.Tensor | None) -> Iterator[None]:
+        """Apply the adapter to the rows where ``gate`` (bool, the input's shape without its last
+        dimension: ``[B, Q]`` here, ``[T]`` in SGLang's packed forwards) is True inside the block;
+        ``None`` or an all-False gate runs the base model."""
+        if gate is not None and not bool(gate.any()):
+            gate = None
+        self._gate = None if gate is None else gate.to(self.lora_A.dtype)
+        try:
+            yield
+        finally:
+            self._gate = None
+
+    def save(self, checkpoint: str | Path) -> Path:
+        """Write the adapter into ``checkpoint/drafter_lora/`` (PEFT layout, module docstring)."""
+        out = Path(checkpoint) / DRAFTER_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        conf = {
+            "peft_type": "LORA",
+            "r": self.cfg.rank,
+            "lora_alpha": self.cfg.alpha,
+            "target_modules": ["o_proj"],
+            "applies_to": "draft rows only (tokens whose KV a step does not keep)",
+        }
+        (out / ADAPTER_CONFIG).write_text(json.dumps(conf, indent=1) + "\n")
+        tensors = {}
+        for i in range(self.lora_A.shape[0]):
+            tensors[_KEY.format(i, "A")] = self.lora_A[i].detach().cpu().contiguous()
+            tensors[_KEY.format(i, "B")] = self.lora_B[i].detach().cpu().contiguous()
+        save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        return out
+
+
+def has_drafter(checkpoint: str | Path) -> bool:
+    """Whether ``checkpoint`` ships a drafter adapter (``drafter_lora/adapter_config.json``)."""
+    return (Path(checkpoint) / DRAFTER_DIR / ADAPTER_CONFIG).is_file()
+
+
+def load_drafter(
+    checkpoint: str | Path, num_layers: int, in_features: int, out_features: int
+) -> DrafterLoRA:
+    """Read ``checkpoint/drafter_lora/`` for a model of these shapes (fp32, CPU); a
+    ``ValueError`` names the file and the field that does not fit."""
+    folder = Path(checkpoint) / DRAFTER_DIR
+    conf_file, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not conf_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{folder}: a drafter adapter needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}; remove the "
+            "folder or turn the drafter off (--trimode-drafter off / drafter=False)"
+        )
+    conf = json.loads(conf_file.read_text())
+    if conf.get("target_modules") != ["o_proj"]:
+        raise ValueError(
+            f"{conf_file}: target_modules must be ['o_proj'] (a draft-only o_proj adapter), got "
+            f"{conf.get('target_modules')!r}"
+        )
+    cfg = DrafterConfig(int(conf["r"]), float(conf["lora_alpha"]))
+    lora = DrafterLoRA(cfg, num_layers, in_features, out_features)
+    want = {"A": (cfg.rank, in_features), "B": (out_features, cfg.rank)}
+    with safe_open(str(weights), framework="pt") as f:
+        names = set(f.keys())
+        expected = {_KEY.format(i, ab) for i in range(num_layers) for ab in "AB"}
+        if names != expected:
+            raise ValueError(
+                f"{weights}: tensors do not match a {num_layers}-layer model: missing "
+                f"{sorted(expected - names)[:4]}, unexpected {sorted(names - expected)[:4]}"
+            )
+        with torch.no_grad():
+            for i in range(num_layers):
+                for ab, param in (("A", lora.lora_A), ("B", lora.lora_B)):
+                    t = f.get_tensor(_KEY.format(i, ab))
+                    if tuple(t.shape) != want[ab]:
+                        raise ValueError(
+                            f"{weights}: {_KEY.format(i, ab)} has shape {tuple(t.shape)}, "
+                            f"expected {want[ab]} (r={cfg.rank} in {ADAPTER_CONFIG})"
+                        )
+                    param[i].copy_(t.float())
+    return lora
+
+
+def load_drafter_for(model: nn.Module, checkpoint: str | Path) -> DrafterLoRA:
+    """``checkpoint``'s adapter shaped for ``model`` (a reference model or SGLang's, TP 1), on
+    the model's device and dtype, not yet attached."""
+    c = model.config
+    lora = load_drafter(
+        checkpoint, c.num_hidden_layers, c.num_attention_heads * c.head_dim, c.hidden_size
+    )
+    p = next(model.parameters())
+    return lora.to(device=p.device, dtype=p.dtype)
+
+
+__all__ = [
+    "DRAFTER_DIR",
+    "DrafterConfig",
+    "DrafterLoRA",
+    "has_drafter",
+    "load_drafter",
+    "load_drafter_for",
+]

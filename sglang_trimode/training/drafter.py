@@ -1,0 +1,157 @@
+"""Train a draft-only LoRA adapter on a trained tri-mode checkpoint (its weights stay frozen).
+
+    python -m sglang_trimode.training.drafter --model DIR [--minutes 18] [--rank 64]
+
+Writes ``DIR/drafter_lora/`` (see ``reference/drafter.py``), which both engines apply to the
+rows a step drafts with (never to the causal rows that verify or commit), so greedy
+self-speculation still equals greedy AR.
+
+Objective: self-distillation of the drafter toward the frozen AR path on the dual stream of
+``objective.py`` (DistillSpec, Zhou et al. 2024): ``KL(p_AR(x_i | x_<i) || p_draft(x_i))`` on
+masked noisy positions, the teacher being the clean stream's detached logits at ``i - 1``; the
+adapter is on for the noisy stream only. Half of the crops use the training noise (ratio
+``t ~ U(eps, 1)`` per block), half the inference pattern of a draft: in every block the first
+``c`` tokens known (``c`` = 0, a quadratic mask group; ``c`` = 1, a linear draft after its seed)
+and the rest masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from sglang_trimode.reference.checkpoint import load_model
+from sglang_trimode.reference.drafter import DrafterConfig, DrafterLoRA
+from sglang_trimode.training import corpus
+from sglang_trimode.training.objective import dual_stream_mask, dual_stream_positions, noise_blocks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True, help="trained checkpoint (with tokenizer)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="checkpoint folder to write the adapter into (default: --model)",
+    )
+    ap.add_argument("--steps", type=int, default=100_000)
+    ap.add_argument("--minutes", type=float, default=18.0, help="stop after this wall time")
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--block-sizes", type=lambda v: [int(x) for x in v.split(",")], default=[8, 16])
+    ap.add_argument(
+        "--draft-pattern",
+        type=float,
+        default=0.5,
+        help="share of crops noised like an inference draft",
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--corpus-files", type=int, default=None, help="first N files only (smoke)")
+    return ap
+
+
+def draft_pattern(n: int, t: int, block: int, gen: torch.Generator) -> torch.Tensor:
+    """``[n, t]`` bool: in each block the first ``c ~ U{0, 1}`` tokens known, the rest masked."""
+    known = torch.randint(0, 2, (n, -(-t // block)), generator=gen).repeat_interleave(block, 1)
+    return (torch.arange(t) % block)[None] >= known[:, :t]
+
+
+def distill_loss(
+    model: torch.nn.Module,
+    lora: DrafterLoRA,
+    x: torch.Tensor,
+    block: int,
+    mask_id: int,
+    gen: torch.Generator,
+    attn_mask: torch.Tensor,
+    draft_share: float,
+) -> torch.Tensor:
+    """Mean ``KL(p_AR || p_draft)`` over the masked noisy positions of ``x [N, T]``."""
+    n, t = x.shape
+    masked = noise_blocks(x, block, mask_id, gen).masked.cpu()
+    like_draft = torch.rand(n, generator=gen) < draft_share
+    masked = torch.where(like_draft[:, None], draft_pattern(n, t, block, gen), masked)
+    masked = masked.to(x.device)
+    ids = torch.cat([x, x.masked_fill(masked, mask_id)], 1)  # [N, 2T]
+    pos = dual_stream_positions(t).to(x.device).expand(n, -1)
+    gate = torch.zeros(n, 2 * t, dtype=torch.bool, device=x.device)
+    gate[:, t:] = True  # the adapter on the noisy stream only
+    with lora.rows(gate):
+        logits = model(ids, pos, attn_mask)  # [N, 2T, V]
+    teacher = F.log_softmax(logits[:, : t - 1].detach(), -1)  # predicts x_1..x_{T-1}
+    student = F.log_softmax(logits[:, t + 1 :], -1)
+    kl = (teacher.exp() * (teacher - student)).sum(-1)  # [N, T-1]
+    m = masked[:, 1:]
+    return (kl * m).sum() / m.sum().clamp(min=1)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(args.seed)
+    out = args.out or args.model
+    t0 = time.perf_counter()
+    model = load_model(args.model, device=args.device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(str(args.model))
+    cfg = DrafterConfig(args.rank, args.alpha or 2.0 * args.rank)
+    lora = DrafterLoRA.for_model(model, cfg).attach(model)
+    train = torch.tensor(corpus.token_stream(tok, "train", args.corpus_files))
+    print(
+        f"[drafter] {sum(p.numel() for p in lora.parameters()):,} adapter parameters "
+        f"(r={cfg.rank}); {len(train):,} train tokens"
+    )
+    gen = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.AdamW(lora.parameters(), lr=args.lr, weight_decay=0.0)
+    masks = {
+        b: model.additive_mask(dual_stream_mask(args.seq_len, b), torch.float32).to(args.device)
+        for b in args.block_sizes
+    }
+    model.train()
+    log: list[dict] = []
+    bar = tqdm(range(args.steps), desc="drafter", unit="step")
+    for step in bar:
+        block = args.block_sizes[step % len(args.block_sizes)]
+        starts = torch.randint(0, len(train) - args.seq_len, (args.batch,), generator=gen)
+        x = torch.stack([train[s : s + args.seq_len] for s in starts.tolist()]).to(args.device)
+        loss = distill_loss(
+            model, lora, x, block, corpus.MASK_ID, gen, masks[block], args.draft_pattern
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        minutes = (time.perf_counter() - t0) / 60
+        log.append({"step": step + 1, "kl": float(loss.detach()), "minutes": minutes})
+        bar.set_postfix(kl=f"{float(loss.detach()):.3f}")
+        if minutes > args.minutes:
+            bar.write(f"[drafter] stopping at step {step + 1}: --minutes {args.minutes} reached")
+            break
+    bar.close()
+    lora.detach()
+    folder = lora.cpu().save(out)
+    summary = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "steps_done": len(log),
+        "minutes": (time.perf_counter() - t0) / 60,
+        "log": log,
+    }
+    (folder / "training_log.json").write_text(json.dumps(summary, indent=1))
+    print(f"[drafter] wrote {folder} ({len(log)} steps, {summary['minutes']:.1f} min)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
