@@ -10,7 +10,8 @@
 #   OUT=$OUT bash bench/gpu_train_sweep.sh [DRIVER ARGS] # there (carry .stdlib311)
 #   bash bench/gpu_train_sweep.sh --cpu-smoke           # here: the whole path, tiny, ~2-3 min
 #
-# Env: PYTHON (default .venv/bin/python if present, else python3), OUT (default out/train_sweep).
+# Env: PYTHON (default .venv/bin/python if present, else python3), OUT (default out/train_sweep),
+# DRAFTER_STEPS (default 0: off; N > 0 trains a drafter adapter for the best run, see the end).
 # Writes $OUT/train_sweep.json, $OUT/train_sweep.txt, $OUT/best/ (7 files, each under 16 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +34,21 @@ fi
 "$PY" -c 'import sys, torch, transformers, tokenizers; print("python", sys.version.split()[0],
     "torch", torch.__version__, "transformers", transformers.__version__,
     "tokenizers", tokenizers.__version__, "cuda", torch.cuda.is_available())'
-exec "$PY" bench/train_sweep.py --out "${OUT:-out/train_sweep}" "$@"
+out=${OUT:-out/train_sweep}
+"$PY" bench/train_sweep.py --out "$out" "$@"
+# Optional (DRAFTER_STEPS=N, default off): a draft-only adapter for the best run
+# (python -m sglang_trimode.training.drafter, corpus KL to the frozen AR head), then the held-out
+# TPF of the best run with and without it (CPU, fp32), tables in $out/drafter_{on,off}.txt.
+if [[ ${DRAFTER_STEPS:-0} -gt 0 && -d $out/best ]]; then
+    dev=cpu
+    [[ $smoke == 0 ]] && "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' && dev=cuda
+    "$PY" -m sglang_trimode.training.drafter --model "$out/best" --rollouts 0 \
+        --steps "$DRAFTER_STEPS" --minutes "${DRAFTER_MINUTES:-3}" --device "$dev" \
+        ${DRAFTER_SMOKE_ARGS:-}
+    for d in on off; do
+        "$PY" bench/tpf.py --model "$out/best" --heldout --num-prompts "${TPF_PROMPTS:-8}" \
+            --max-new-tokens "${TPF_TOKENS:-64}" --block-sizes 8 --device cpu --drafter $d \
+            --modes diffusion,self_spec_linear,self_spec_quadratic --out "$out/tpf_drafter_$d" \
+            | tee "$out/drafter_$d.txt"
+    done
+fi

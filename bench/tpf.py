@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--drafter",
+        choices=["on", "off"],
+        default="on",
+        help="the checkpoint's draft-only adapter drafter_lora/, if it has one (default on)",
+    )
     ap.add_argument("--out", type=Path, default=Path("out/tpf"))
     args = ap.parse_args(argv)
     bad = sorted(set(args.modes) - set(SUPPORTED_MODES))
@@ -75,8 +81,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     model_path = args.model or default_model_path()
     engine = TriModeEngine.from_pretrained(
-        model_path, device=args.device, dtype=getattr(torch, args.dtype)
+        model_path,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        drafter=args.drafter == "on",
     )
+    print(f"drafter adapter: {'on' if engine.drafter is not None else 'none / off'}")
     if args.heldout:
         from sglang_trimode.training.corpus import heldout_prompts
 
@@ -109,6 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "prompt_source": "heldout" if args.heldout else str(args.prompts or "random"),
         "max_new_tokens": args.max_new_tokens,
         "threshold": args.threshold,
+        "drafter": engine.drafter is not None,
         "temperature": args.temperature,
         "rows": [r.to_dict() for r in rows],
     }

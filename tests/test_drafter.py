@@ -21,7 +21,7 @@ from sglang_trimode.reference.drafter import (
 )
 from sglang_trimode.reference.engine import TriModeEngine
 from sglang_trimode.reference.tiny import make_tiny_checkpoint, make_tiny_model
-from sglang_trimode.training.drafter import distill_loss, draft_pattern
+from sglang_trimode.training.drafter import distill_loss, draft_pattern, greedy_rollouts
 from sglang_trimode.training.objective import dual_stream_mask
 
 MODES = ("ar", "diffusion", "self_spec_linear", "self_spec_quadratic")
@@ -180,7 +180,10 @@ def test_draft_pattern_masks_a_suffix_of_every_block():
     assert first.any() and not first.all()  # both c = 0 and c = 1 occur
 
 
-def test_distillation_lowers_the_kl_and_leaves_the_base_frozen():
+@pytest.mark.parametrize("start", [0, 8])
+def test_distillation_lowers_the_loss_and_leaves_the_base_frozen(start):
+    """``start`` 0: KL to the AR head on corpus-like text; 8: cross-entropy toward the tokens
+    after an 8-token prefix (a rollout's continuation)."""
     model = make_tiny_model(seed=6)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -195,9 +198,10 @@ def test_distillation_lowers_the_kl_and_leaves_the_base_frozen():
 
     def loss_at(seed):
         gen = torch.Generator().manual_seed(seed)
-        return distill_loss(model, lora, data, block, model.config.mask_token_id, gen, mask, 0.5)
+        mask_id = model.config.mask_token_id
+        return distill_loss(model, lora, data, block, mask_id, gen, mask, 0.5, start)
 
-    first = float(loss_at(0))
+    first = float(loss_at(0).detach())
     model.train()
     for _ in range(30):
         loss = loss_at(0)
@@ -205,6 +209,72 @@ def test_distillation_lowers_the_kl_and_leaves_the_base_frozen():
         loss.backward()
         opt.step()
     model.eval()
-    assert float(loss_at(0)) < 0.8 * first
+    assert float(loss_at(0).detach()) < 0.8 * first
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    lora.detach()
+
+
+def test_export_carries_the_sources_drafter_and_drops_a_stale_one(tmp_path):
+    from sglang_trimode.training.export import export
+
+    with_lora = make_tiny_checkpoint(tmp_path / "a", seed=7)
+    random_drafter(make_tiny_model(seed=7), seed=3).save(with_lora)
+    dst = export(with_lora, tmp_path / "dst", torch.float32)
+    assert has_drafter(dst)
+    assert TriModeEngine.from_pretrained(dst).drafter is not None
+    without = make_tiny_checkpoint(tmp_path / "b", seed=8)
+    export(without, dst, torch.float32)  # new weights: the old adapter must not stay
+    assert not has_drafter(dst) and not (dst / DRAFTER_DIR).exists()
+
+
+def test_rollouts_are_prefixes_plus_the_models_greedy_continuation():
+    model = make_tiny_model(seed=9)
+    stream = torch.randint(
+        4, model.config.vocab_size, (200,), generator=torch.Generator().manual_seed(3)
+    )
+    rolls = greedy_rollouts(model, stream, 5, 6, 7, torch.Generator().manual_seed(0), batch=2)
+    assert rolls.shape == (5, 13)
+    engine = TriModeEngine(make_tiny_model(seed=9))
+    for row in rolls.tolist():
+        prefix = row[:6]
+        assert any(prefix == stream[s : s + 6].tolist() for s in range(len(stream) - 6))
+        want = engine.generate([prefix], mode="ar", max_new_tokens=7, stop_token_ids=[])[0]
+        assert row[6:] == list(want.token_ids)
+
+
+def test_loss_ignores_the_prefix_of_a_rollout():
+    """With ``start`` the positions before it are never masked and never scored: changing the
+    text there changes the context only, and a prefix-only change leaves the targets alone."""
+    model = make_tiny_model(seed=10)
+    lora = DrafterLoRA.for_model(model, DrafterConfig(4, 8.0)).attach(model)
+    t, block, start = 16, 4, 12
+    mask = model.additive_mask(dual_stream_mask(t, block), torch.float32)
+    x = torch.randint(
+        4, model.config.vocab_size, (4, t), generator=torch.Generator().manual_seed(4)
+    )
+    mask_id = model.config.mask_token_id
+    seen = {}
+    forward = model.forward
+
+    def spy(ids, pos, attn):
+        seen["noisy"] = ids[:, t:].clone()
+        return forward(ids, pos, attn)
+
+    model.forward = spy
+    gen = torch.Generator().manual_seed(0)
+    loss = distill_loss(model, lora, x, block, mask_id, gen, mask, 1.0, start)
+    del model.forward
+    assert torch.equal(seen["noisy"][:, :start], x[:, :start])  # prefix never masked
+    masked = seen["noisy"][:, start:] == mask_id
+    assert masked.any()
+    with lora.rows(torch.cat([torch.zeros(4, t), torch.ones(4, t)], 1).bool()):
+        logits = model(
+            torch.cat([x, seen["noisy"]], 1), torch.arange(t).repeat(2).expand(4, -1), mask
+        )
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, t + start :].reshape(-1, logits.shape[-1]),
+        x[:, start:].reshape(-1),
+        reduction="none",
+    ).view(4, -1)
+    torch.testing.assert_close(loss, (ce * masked).sum() / masked.sum())
     lora.detach()

@@ -6,10 +6,14 @@ Writes ``DIR/drafter_lora/`` (see ``reference/drafter.py``), which both engines 
 rows a step drafts with (never to the causal rows that verify or commit), so greedy
 self-speculation still equals greedy AR.
 
-Objective: self-distillation of the drafter toward the frozen AR path on the dual stream of
-``objective.py`` (DistillSpec, Zhou et al. 2024): ``KL(p_AR(x_i | x_<i) || p_draft(x_i))`` on
-masked noisy positions, the teacher being the clean stream's detached logits at ``i - 1``; the
-adapter is on for the noisy stream only. Half of the crops use the training noise (ratio
+Objective (default, ``--rollouts N``): sequence-level self-distillation (Kim & Rush 2016;
+DistillSpec, Zhou et al. 2024). The frozen model first writes ``N`` greedy AR continuations of
+``--new-tokens`` after random ``--prefix-len``-token crops of the train split; the drafter then
+learns, on the dual stream of ``objective.py`` with the adapter on the noisy stream only, the
+cross-entropy of each masked continuation token, i.e. of the AR argmax given the true prefix,
+which is what greedy verification accepts. ``--rollouts 0`` trains on corpus crops with
+``KL(p_AR(x_i | x_<i) || p_draft(x_i))`` instead, the teacher being the clean stream's detached
+logits at ``i - 1``. Half of the crops (``--draft-pattern``) use the training noise (ratio
 ``t ~ U(eps, 1)`` per block), half the inference pattern of a draft: in every block the first
 ``c`` tokens known (``c`` = 0, a quadratic mask group; ``c`` = 1, a linear draft after its seed)
 and the rest masked.
@@ -47,7 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--seq-len", type=int, default=256, help="crop length (--rollouts 0)")
+    ap.add_argument(
+        "--rollouts",
+        type=int,
+        default=2048,
+        help="train on this many greedy AR continuations (0: on corpus text, KL to the AR head)",
+    )
+    ap.add_argument("--prefix-len", type=int, default=128, help="train-text prefix per rollout")
+    ap.add_argument("--new-tokens", type=int, default=128, help="greedy tokens per rollout")
     ap.add_argument("--block-sizes", type=lambda v: [int(x) for x in v.split(",")], default=[8, 16])
     ap.add_argument(
         "--draft-pattern",
@@ -76,12 +88,20 @@ def distill_loss(
     gen: torch.Generator,
     attn_mask: torch.Tensor,
     draft_share: float,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Mean ``KL(p_AR || p_draft)`` over the masked noisy positions of ``x [N, T]``."""
+    """The drafter's loss on the masked noisy positions ``>= start`` of ``x [N, T]``.
+
+    ``start == 0`` (corpus text): mean ``KL(p_AR || p_draft)``, the teacher being the clean
+    stream's detached logits one position earlier. ``start > 0`` (``x`` = a text prefix of
+    ``start`` tokens + the frozen model's greedy AR continuation): mean cross-entropy toward the
+    continuation's tokens, i.e. toward the AR argmax given the true prefix, which is exactly what
+    greedy verification accepts (sequence-level distillation, Kim & Rush 2016)."""
     n, t = x.shape
     masked = noise_blocks(x, block, mask_id, gen).masked.cpu()
     like_draft = torch.rand(n, generator=gen) < draft_share
     masked = torch.where(like_draft[:, None], draft_pattern(n, t, block, gen), masked)
+    masked[:, : max(start, 1)] = False  # position 0 has no AR prediction
     masked = masked.to(x.device)
     ids = torch.cat([x, x.masked_fill(masked, mask_id)], 1)  # [N, 2T]
     pos = dual_stream_positions(t).to(x.device).expand(n, -1)
@@ -89,11 +109,38 @@ def distill_loss(
     gate[:, t:] = True  # the adapter on the noisy stream only
     with lora.rows(gate):
         logits = model(ids, pos, attn_mask)  # [N, 2T, V]
-    teacher = F.log_softmax(logits[:, : t - 1].detach(), -1)  # predicts x_1..x_{T-1}
-    student = F.log_softmax(logits[:, t + 1 :], -1)
-    kl = (teacher.exp() * (teacher - student)).sum(-1)  # [N, T-1]
+    student = F.log_softmax(logits[:, t + 1 :], -1)  # noisy 1..T-1, predicting x_1..x_{T-1}
+    if start > 0:
+        per = -student.gather(-1, x[:, 1:, None]).squeeze(-1)  # [N, T-1]
+    else:
+        teacher = F.log_softmax(logits[:, : t - 1].detach(), -1)  # predicts x_1..x_{T-1}
+        per = (teacher.exp() * (teacher - student)).sum(-1)  # [N, T-1]
     m = masked[:, 1:]
-    return (kl * m).sum() / m.sum().clamp(min=1)
+    return (per * m).sum() / m.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def greedy_rollouts(
+    model: torch.nn.Module,
+    stream: torch.Tensor,
+    count: int,
+    prefix_len: int,
+    new_tokens: int,
+    gen: torch.Generator,
+    batch: int = 64,
+) -> torch.Tensor:
+    """``[count, prefix_len + new_tokens]``: random ``prefix_len``-token crops of ``stream``, each
+    followed by the model's own greedy AR continuation (no stop token)."""
+    from sglang_trimode.reference.engine import TriModeEngine
+
+    engine = TriModeEngine(model)
+    starts = torch.randint(0, len(stream) - prefix_len, (count,), generator=gen).tolist()
+    rows = []
+    for i in tqdm(range(0, count, batch), desc="rollouts", unit="batch"):
+        prompts = [stream[s : s + prefix_len].tolist() for s in starts[i : i + batch]]
+        outs = engine.generate(prompts, mode="ar", max_new_tokens=new_tokens, stop_token_ids=[])
+        rows += [p + list(o.token_ids) for p, o in zip(prompts, outs, strict=True)]
+    return torch.tensor(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,9 +162,17 @@ def main(argv: list[str] | None = None) -> dict:
         f"(r={cfg.rank}); {len(train):,} train tokens"
     )
     gen = torch.Generator().manual_seed(args.seed)
+    start, seq_len = 0, args.seq_len
+    if args.rollouts:
+        start, seq_len = args.prefix_len, args.prefix_len + args.new_tokens
+        print(
+            f"[drafter] {args.rollouts} greedy AR rollouts of {args.new_tokens} tokens after "
+            f"{args.prefix_len}-token train-split prefixes (the targets)"
+        )
+        data = greedy_rollouts(model, train, args.rollouts, start, args.new_tokens, gen)
     opt = torch.optim.AdamW(lora.parameters(), lr=args.lr, weight_decay=0.0)
     masks = {
-        b: model.additive_mask(dual_stream_mask(args.seq_len, b), torch.float32).to(args.device)
+        b: model.additive_mask(dual_stream_mask(seq_len, b), torch.float32).to(args.device)
         for b in args.block_sizes
     }
     model.train()
@@ -125,17 +180,28 @@ def main(argv: list[str] | None = None) -> dict:
     bar = tqdm(range(args.steps), desc="drafter", unit="step")
     for step in bar:
         block = args.block_sizes[step % len(args.block_sizes)]
-        starts = torch.randint(0, len(train) - args.seq_len, (args.batch,), generator=gen)
-        x = torch.stack([train[s : s + args.seq_len] for s in starts.tolist()]).to(args.device)
+        if args.rollouts:
+            x = data[torch.randint(0, len(data), (args.batch,), generator=gen)]
+        else:
+            starts = torch.randint(0, len(train) - seq_len, (args.batch,), generator=gen)
+            x = torch.stack([train[s : s + seq_len] for s in starts.tolist()])
         loss = distill_loss(
-            model, lora, x, block, corpus.MASK_ID, gen, masks[block], args.draft_pattern
+            model,
+            lora,
+            x.to(args.device),
+            block,
+            corpus.MASK_ID,
+            gen,
+            masks[block],
+            args.draft_pattern,
+            start,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         minutes = (time.perf_counter() - t0) / 60
-        log.append({"step": step + 1, "kl": float(loss.detach()), "minutes": minutes})
-        bar.set_postfix(kl=f"{float(loss.detach()):.3f}")
+        log.append({"step": step + 1, "loss": float(loss.detach()), "minutes": minutes})
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if minutes > args.minutes:
             bar.write(f"[drafter] stopping at step {step + 1}: --minutes {args.minutes} reached")
             break

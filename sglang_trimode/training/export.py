@@ -3,10 +3,11 @@
     python -m sglang_trimode.training.export SRC [--dst sglang_trimode/assets/default_model]
                                              [--dtype bfloat16]
 
-Copies the tokenizer files and ``training_log.json``; the model card (README.md) in the
-destination is kept. A ``tokenizer_config.json`` without a chat template gets ``CHAT_TEMPLATE``
-(the messages' contents, one per line: the model is not chat-trained, but SGLang's
-``/v1/chat/completions`` needs a template).
+Copies the tokenizer files, ``training_log.json`` and the drafter adapter ``drafter_lora/`` (a
+destination adapter without a source one is removed: it belongs to the old weights); the model
+card (README.md) in the destination is kept. A ``tokenizer_config.json`` without a chat
+template gets ``CHAT_TEMPLATE`` (the messages' contents, one per line: the model is not
+chat-trained, but SGLang's ``/v1/chat/completions`` needs a template).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from sglang_trimode.models import EMBEDDED
 from sglang_trimode.reference.checkpoint import load_model, save_checkpoint
+from sglang_trimode.reference.drafter import DRAFTER_DIR
 
 COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "training_log.json")
 #: The shipped model's chat template: the messages' contents joined by newlines.
@@ -37,9 +39,22 @@ def export(src: Path, dst: Path, dtype: torch.dtype) -> Path:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
     add_chat_template(dst / "tokenizer_config.json")
-    size = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
+    copy_drafter(src, dst)
+    size = sum(p.stat().st_size for p in dst.rglob("*") if p.is_file())
     print(f"[export] {src} -> {dst} ({dtype}), {size / 1e6:.2f} MB")
     return dst
+
+
+def copy_drafter(src: Path, dst: Path) -> None:
+    """The source's drafter adapter replaces the destination's: an adapter belongs to the weights
+    it was trained on, so a destination adapter is removed when the source has none."""
+    old, new = dst / DRAFTER_DIR, src / DRAFTER_DIR
+    if old.exists():
+        shutil.rmtree(old)
+        if not new.exists():
+            print(f"[export] removed {old}: it was trained on the previous weights")
+    if new.exists():
+        shutil.copytree(new, old)
 
 
 def add_chat_template(path: Path) -> None:
