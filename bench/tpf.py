@@ -48,6 +48,23 @@ def read_prompts(path: Path | None, engine: TriModeEngine, model_path: Path, n: 
     return prompts[:n]
 
 
+def bootstrap_ci(
+    tokens: list[int], forwards: list[int], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of TPF = sum(tokens) / sum(forwards) under resampling the requests with
+    replacement (percentile bootstrap): how much the figure depends on which prompts ran."""
+    t = torch.tensor(tokens, dtype=torch.float64)
+    f = torch.tensor(forwards, dtype=torch.float64)
+    if len(t) == 0:
+        raise ValueError("bootstrap_ci needs at least one request")
+    idx = torch.randint(
+        0, len(t), (resamples, len(t)), generator=torch.Generator().manual_seed(seed)
+    )
+    ratios = t[idx].sum(1) / f[idx].sum(1).clamp(min=1)
+    lo, hi = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return lo, hi
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -97,9 +114,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         prompts = read_prompts(args.prompts, engine, Path(model_path), args.num_prompts)
     runs = [(m, b) for m in args.modes for b in ([1] if m == "ar" else args.block_sizes)]
-    rows = []
+    rows, cis = [], []
     for mode, block in tqdm(runs, desc="tpf", unit="run"):
-        row, _ = run_mode(
+        row, outs = run_mode(
             engine,
             prompts,
             mode,
@@ -109,7 +126,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             temperature=args.temperature,
         )
         rows.append(row)
+        per = [(len(o.token_ids) - 1, o.stats.forwards) for o in outs]  # as `summarize` counts
+        cis.append({"per_request": per, "ci95": bootstrap_ci(*zip(*per))})
     print(format_table(rows))
+    print(f"TPF 95% interval over the {len(prompts)} prompts (bootstrap):")
+    for r, c in zip(rows, cis, strict=True):
+        lo, hi = c["ci95"]
+        print(f"  {r.mode:<20} {r.block_size:>5}  {r.tokens_per_forward:.2f} [{lo:.2f}, {hi:.2f}]")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "model": str(model_path),
@@ -121,7 +144,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "threshold": args.threshold,
         "drafter": engine.drafter is not None,
         "temperature": args.temperature,
-        "rows": [r.to_dict() for r in rows],
+        "rows": [
+            r.to_dict()
+            | {"tokens_per_forward_ci95": list(c["ci95"]), "per_request": c["per_request"]}
+            for r, c in zip(rows, cis, strict=True)
+        ],
     }
     (args.out / "tpf.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out / 'tpf.json'}")

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from sglang_trimode.demo import main as demo_main
 from sglang_trimode.models import random_model_path
 from sglang_trimode.reference.tiny import make_tiny_checkpoint
@@ -61,3 +63,18 @@ def test_tpf_bench_writes_json(tmp_path):
         assert r["requests"] == 2 and r["forwards"] > 0
         assert abs(r["tokens_per_forward"] - r["tokens"] / r["forwards"]) < 1e-9
         assert sum(r["histogram"]) == r["steps"]
+        tokens, forwards = zip(*r["per_request"])
+        assert (sum(tokens), sum(forwards)) == (r["tokens"], r["forwards"])
+        lo, hi = r["tokens_per_forward_ci95"]
+        assert lo <= r["tokens_per_forward"] + 1e-9 and r["tokens_per_forward"] <= hi + 1e-9
+
+
+def test_tpf_bootstrap_interval():
+    from bench.tpf import bootstrap_ci
+
+    assert bootstrap_ci([10, 10, 10], [5, 5, 5]) == (2.0, 2.0)  # identical requests: no spread
+    lo, hi = bootstrap_ci([10, 30, 12, 40], [10, 10, 10, 10])
+    assert 1.0 <= lo < 2.3 < hi <= 4.0  # 2.3 = the point estimate, inside its resampled range
+    assert bootstrap_ci([10, 30, 12, 40], [10, 10, 10, 10]) == (lo, hi)  # seeded
+    with pytest.raises(ValueError, match="at least one request"):
+        bootstrap_ci([], [])
