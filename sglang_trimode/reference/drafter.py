@@ -69,12 +69,9 @@ class DrafterLoRA(nn.Module):
 
     @classmethod
     def for_model(cls, model: nn.Module, cfg: DrafterConfig) -> DrafterLoRA:
-        """An adapter shaped for ``model`` (a reference ``NemotronLabsDiffusionModel``), on its
-        device and dtype, not yet attached."""
-        c = model.config
-        p = next(model.parameters())
-        lora = cls(cfg, c.num_hidden_layers, c.num_attention_heads * c.head_dim, c.hidden_size)
-        return lora.to(device=p.device, dtype=p.dtype)
+        """A fresh adapter shaped for ``model`` (a reference ``NemotronLabsDiffusionModel``), on
+        its device and dtype, not yet attached."""
+        return _like(cls(cfg, *_shapes(model)), model)
 
     def attach(self, model: nn.Module) -> DrafterLoRA:
         """Hook every layer's ``o_proj`` of ``model`` (idempotent): the reference model
@@ -118,10 +115,12 @@ class DrafterLoRA(nn.Module):
     def rows(self, gate: torch.Tensor | None) -> Iterator[None]:
         """Apply the adapter to the rows where ``gate`` (bool, the input's shape without its last
         dimension: ``[B, Q]`` here, ``[T]`` in SGLang's packed forwards) is True inside the block;
-        ``None`` or an all-False gate runs the base model."""
+        ``None`` or an all-False gate runs the base model. Pass the gate on the CPU: it is checked
+        there (no device sync) and moved to the adapter's device here."""
         if gate is not None and not bool(gate.any()):
             gate = None
-        self._gate = None if gate is None else gate.to(self.lora_A.dtype)
+        a = self.lora_A
+        self._gate = None if gate is None else gate.to(device=a.device, dtype=a.dtype)
         try:
             yield
         finally:
@@ -197,10 +196,16 @@ def load_drafter(
 def load_drafter_for(model: nn.Module, checkpoint: str | Path) -> DrafterLoRA:
     """``checkpoint``'s adapter shaped for ``model`` (a reference model or SGLang's, TP 1), on
     the model's device and dtype, not yet attached."""
+    return _like(load_drafter(checkpoint, *_shapes(model)), model)
+
+
+def _shapes(model: nn.Module) -> tuple[int, int, int]:
+    """``(layers, o_proj in features H*D, o_proj out features hidden)`` from the model's config."""
     c = model.config
-    lora = load_drafter(
-        checkpoint, c.num_hidden_layers, c.num_attention_heads * c.head_dim, c.hidden_size
-    )
+    return c.num_hidden_layers, c.num_attention_heads * c.head_dim, c.hidden_size
+
+
+def _like(lora: DrafterLoRA, model: nn.Module) -> DrafterLoRA:
     p = next(model.parameters())
     return lora.to(device=p.device, dtype=p.dtype)
 

@@ -282,7 +282,7 @@ class TriModeEngine:
         gate = torch.zeros(len(segs), q, dtype=torch.bool)
         for j, seg in enumerate(segs):
             gate[j, seg.desc.committable : seg.desc.length] = True
-        return self.drafter.rows(gate.to(self.device))
+        return self.drafter.rows(gate)
 
 
 SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)

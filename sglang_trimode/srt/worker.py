@@ -300,7 +300,7 @@ class TriModeWorker(BaseSpecWorker):
         batch.spec_info = plan
         drafting = contextlib.nullcontext()
         if self.drafter is not None:  # the adapter on the rows no step keeps: the draft rows
-            drafting = self.drafter.rows((~stored).to(dev))
+            drafting = self.drafter.rows(~stored)
         with drafting:
             result = self._target_worker.forward_batch_generation(batch, is_verify=True)
         if plan.head is not None and not self._head_announced:

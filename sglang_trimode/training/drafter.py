@@ -37,7 +37,13 @@ from tqdm import tqdm
 from sglang_trimode.reference.checkpoint import load_model
 from sglang_trimode.reference.drafter import DrafterConfig, DrafterLoRA
 from sglang_trimode.training import corpus
-from sglang_trimode.training.objective import dual_stream_mask, dual_stream_positions, noise_blocks
+from sglang_trimode.training.objective import (
+    ar_to_diffusion_kl,
+    dual_stream_mask,
+    dual_stream_positions,
+    noise_blocks,
+)
+from sglang_trimode.training.train import batches
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,16 +115,15 @@ def distill_loss(
     masked = masked.to(x.device)
     ids = torch.cat([x, x.masked_fill(masked, mask_id)], 1)  # [N, 2T]
     pos = dual_stream_positions(t).to(x.device).expand(n, -1)
-    gate = torch.zeros(n, 2 * t, dtype=torch.bool, device=x.device)
+    gate = torch.zeros(n, 2 * t, dtype=torch.bool)
     gate[:, t:] = True  # the adapter on the noisy stream only
     with lora.rows(gate):
         logits = model(ids, pos, attn_mask)  # [N, 2T, V]
-    student = F.log_softmax(logits[:, t + 1 :], -1)  # noisy 1..T-1, predicting x_1..x_{T-1}
     if start > 0:
+        student = F.log_softmax(logits[:, t + 1 :], -1)  # noisy 1..T-1, predicting x_1..x_{T-1}
         per = -student.gather(-1, x[:, 1:, None]).squeeze(-1)  # [N, T-1]
     else:
-        teacher = F.log_softmax(logits[:, : t - 1].detach(), -1)  # predicts x_1..x_{T-1}
-        per = (teacher.exp() * (teacher - student)).sum(-1)  # [N, T-1]
+        per = ar_to_diffusion_kl(logits, t)[:, 1:]  # [N, T-1]
     m = masked[:, 1:]
     return (per * m).sum() / m.sum().clamp(min=1)
 
@@ -187,8 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.rollouts:
             x = data[torch.randint(0, len(data), (args.batch,), generator=gen)]
         else:
-            starts = torch.randint(0, len(train) - seq_len, (args.batch,), generator=gen)
-            x = torch.stack([train[s : s + seq_len] for s in starts.tolist()])
+            x = batches(train, args.batch, seq_len, gen)
         loss = distill_loss(
             model,
             lora,
