@@ -65,6 +65,14 @@ def bootstrap_ci(
     return lo, hi
 
 
+def chars_per_forward(tokenizer, outs) -> float:
+    """Characters of generated text per forward, the prefill's token excluded as in TPF: unlike
+    TPF it does not grow when a smaller vocabulary cuts the same text into more tokens."""
+    chars = sum(len(tokenizer.decode(o.token_ids[1:], skip_special_tokens=True)) for o in outs)
+    forwards = sum(o.stats.forwards for o in outs)
+    return chars / forwards if forwards else float("nan")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -104,10 +112,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         drafter=args.drafter == "on",
     )
     print(f"drafter adapter: {'on' if engine.drafter is not None else 'none / off'}")
+    tokenizer = load_tokenizer(Path(model_path))  # None: no characters-per-forward figure
     if args.heldout:
         from sglang_trimode.training.corpus import heldout_prompts
 
-        tokenizer = load_tokenizer(Path(model_path))
         if tokenizer is None:
             ap.error(f"--heldout needs a tokenizer in {model_path}")
         prompts = [tokenizer.encode(t) for t in heldout_prompts(args.num_prompts)]
@@ -127,12 +135,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         rows.append(row)
         per = [(len(o.token_ids) - 1, o.stats.forwards) for o in outs]  # as `summarize` counts
-        cis.append({"per_request": per, "ci95": bootstrap_ci(*zip(*per))})
+        c = {"per_request": per, "ci95": bootstrap_ci(*zip(*per))}
+        if tokenizer is not None:
+            c["chars_per_forward"] = chars_per_forward(tokenizer, outs)
+        cis.append(c)
     print(format_table(rows))
     print(f"TPF 95% interval over the {len(prompts)} prompts (bootstrap):")
     for r, c in zip(rows, cis, strict=True):
         lo, hi = c["ci95"]
-        print(f"  {r.mode:<20} {r.block_size:>5}  {r.tokens_per_forward:.2f} [{lo:.2f}, {hi:.2f}]")
+        cpf = (
+            f"   {c['chars_per_forward']:.2f} characters / forward"
+            if "chars_per_forward" in c
+            else ""
+        )
+        tpf = f"{r.tokens_per_forward:.2f} [{lo:.2f}, {hi:.2f}]"
+        print(f"  {r.mode:<20} {r.block_size:>5}  {tpf}{cpf}")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "model": str(model_path),
@@ -147,6 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "rows": [
             r.to_dict()
             | {"tokens_per_forward_ci95": list(c["ci95"]), "per_request": c["per_request"]}
+            | ({"chars_per_forward": c["chars_per_forward"]} if "chars_per_forward" in c else {})
             for r, c in zip(rows, cis, strict=True)
         ],
     }

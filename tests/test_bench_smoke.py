@@ -78,3 +78,21 @@ def test_tpf_bootstrap_interval():
     assert bootstrap_ci([10, 30, 12, 40], [10, 10, 10, 10]) == (lo, hi)  # seeded
     with pytest.raises(ValueError, match="at least one request"):
         bootstrap_ci([], [])
+
+
+def test_chars_per_forward_counts_text_after_the_prefill_token():
+    from types import SimpleNamespace
+
+    from bench.tpf import chars_per_forward
+
+    class Letters:  # id i -> i letters; id 0 is a special token, "<eos>"
+        def decode(self, ids, skip_special_tokens=False):
+            keep = [i for i in ids if i or not skip_special_tokens]
+            return "".join("x" * i if i else "<eos>" for i in keep)
+
+    outs = [
+        SimpleNamespace(token_ids=[7, 2, 3, 0], stats=SimpleNamespace(forwards=2)),
+        SimpleNamespace(token_ids=[9, 1], stats=SimpleNamespace(forwards=3)),
+    ]
+    # (2 + 3) + 1 characters after each request's first (prefill) token, over 5 forwards
+    assert chars_per_forward(Letters(), outs) == 6 / 5
