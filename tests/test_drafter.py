@@ -21,8 +21,8 @@ from sglang_trimode.reference.drafter import (
 )
 from sglang_trimode.reference.engine import TriModeEngine
 from sglang_trimode.reference.tiny import make_tiny_checkpoint, make_tiny_model
-from sglang_trimode.training.drafter import distill_loss, draft_pattern, greedy_rollouts
-from sglang_trimode.training.objective import dual_stream_mask
+from sglang_trimode.training.drafter import distill_loss, greedy_rollouts
+from sglang_trimode.training.objective import draft_pattern, dual_stream_mask
 
 MODES = ("ar", "diffusion", "self_spec_linear", "self_spec_quadratic")
 

@@ -1,4 +1,5 @@
-"""Training levers (train.py --distill / --early-weight / --dropout / --budget-minutes).
+"""Training levers (train.py --distill / --early-weight / --draft-share / --dropout /
+--budget-minutes).
 
 Off, they leave the recipe bit for bit (the old loss formula is restated below and compared
 exactly); on, the KL term and the position weights follow their formulas, the KL's one-position
@@ -57,7 +58,9 @@ def test_defaults_are_the_old_objective_bit_for_bit():
         elif fn == "default":
             loss = joint_loss(model, x, 8, MASK, gen).total
         else:
-            parts = joint_loss(model, x, 8, MASK, gen, distill=0.0, early_weight=1.0)
+            parts = joint_loss(
+                model, x, 8, MASK, gen, distill=0.0, early_weight=1.0, draft_share=0.0
+            )
             assert parts.distill is None
             loss = parts.total
         loss.backward()
@@ -66,6 +69,28 @@ def test_defaults_are_the_old_objective_bit_for_bit():
     for loss, g in rest:
         assert torch.equal(loss, l0)
         assert all(torch.equal(a, b) for a, b in zip(g, g0, strict=True))
+
+
+@pytest.mark.parametrize("block", [4, 8])
+def test_draft_share_masks_whole_blocks_like_a_draft(block):
+    x = _batch(n=64, t=32)
+    all_draft = noise_blocks(x, block, MASK, torch.Generator().manual_seed(3), draft_share=1.0)
+    m = all_draft.masked.view(64, -1, block)
+    known = (~m).sum(-1)
+    assert set(known.unique().tolist()) == {0, 1}  # the seed known or not (TiDAR bonus position)
+    assert torch.equal(m[..., 1:], torch.ones_like(m[..., 1:]))  # every later token masked
+    assert torch.equal(all_draft.ratio, torch.ones_like(all_draft.ratio))
+    assert torch.equal(all_draft.tokens, x.masked_fill(all_draft.masked, MASK))
+    half = noise_blocks(x, block, MASK, torch.Generator().manual_seed(3), draft_share=0.5)
+    ratio = half.ratio.view(64, -1, block)
+    like = (ratio == 1.0).all(-1)  # blocks that took the draft pattern
+    assert 0.3 < like.float().mean() < 0.7
+    suffix = half.masked.view(64, -1, block)[like][:, 1:]
+    assert torch.equal(suffix, torch.ones_like(suffix))
+    default = noise_blocks(x, block, MASK, torch.Generator().manual_seed(3))
+    d_masked, d_ratio = default.masked.view(64, -1, block), default.ratio.view(64, -1, block)
+    assert torch.equal(half.masked.view(64, -1, block)[~like], d_masked[~like])  # same first draws
+    assert torch.equal(ratio[~like], d_ratio[~like])
 
 
 def test_position_weights_formula():
@@ -169,6 +194,7 @@ def test_off_flags_give_the_default_run(tmp_path):
     b = train_main(
         ["--out", str(tmp_path / "b"), "--steps", "3", "--eval-every", "3", *TINY]
         + ["--distill", "0", "--early-weight", "1", "--dropout", "0", "--budget-minutes", "99"]
+        + ["--draft-share", "0"]
     )
     strip = lambda log: [{k: v for k, v in r.items() if k != "minutes"} for r in log]  # noqa: E731
     assert strip(a["log"]) == strip(b["log"])
@@ -178,7 +204,7 @@ def test_a_few_steps_with_the_levers_on_lower_both_losses(tmp_path):
     out = tmp_path / "m"
     summary = train_main(
         ["--out", str(out), "--steps", "40", "--eval-every", "20", *TINY]
-        + ["--distill", "1.0", "--early-weight", "1.2", "--dropout", "0.1"]
+        + ["--distill", "1.0", "--early-weight", "1.2", "--dropout", "0.1", "--draft-share", "0.5"]
     )
     log = summary["log"]
     for key in ("ar_loss", "diffusion_loss"):

@@ -39,6 +39,7 @@ from sglang_trimode.reference.drafter import DrafterConfig, DrafterLoRA
 from sglang_trimode.training import corpus
 from sglang_trimode.training.objective import (
     ar_to_diffusion_kl,
+    draft_pattern,
     dual_stream_mask,
     dual_stream_positions,
     noise_blocks,
@@ -81,12 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--corpus-files", type=int, default=None, help="first N files only (smoke)")
     return ap
-
-
-def draft_pattern(n: int, t: int, block: int, gen: torch.Generator) -> torch.Tensor:
-    """``[n, t]`` bool: in each block the first ``c ~ U{0, 1}`` tokens known, the rest masked."""
-    known = torch.randint(0, 2, (n, -(-t // block)), generator=gen).repeat_interleave(block, 1)
-    return (torch.arange(t) % block)[None] >= known[:, :t]
 
 
 def distill_loss(

@@ -14,7 +14,7 @@ divided by the number of noisy tokens (the BD3-LM / LLaDA ELBO estimator, BD3-LM
 Masking the first token of a block too trains the TiDAR pre-draft case, whose mask group starts
 with a mask at the unknown bonus position.
 
-Two optional levers (off by default; with both off the loss is computed exactly as above):
+Three optional levers (off by default; with all off the loss is computed exactly as above):
 
 * ``early_weight = G`` weights the diffusion terms by the token's position ``j`` inside its block
   (``j = i mod B``): ``w_j = G**(-j) / mean_k(G**(-k))``, ``k = 0..B-1``, so the weights of a full
@@ -28,6 +28,8 @@ Two optional levers (off by default; with both off the loss is computed exactly 
   noisy position ``i`` predicts ``x_i`` and the clean logits that predict ``x_i`` sit at ``i - 1``
   (position 0 has no AR prediction in the crop and is left out). The teacher comes from the same
   forward (so it sees the same dropout, if any); the KL is not divided by ``t``.
+* ``draft_share = S`` noises a share ``S`` of the blocks like an inference draft instead of with
+  ``t ~ U`` (:func:`noise_blocks`).
 """
 
 from __future__ import annotations
@@ -63,15 +65,39 @@ class Noised:
     ratio: torch.Tensor  # [N, T] the block's masking ratio t_j at each token
 
 
+def draft_pattern(n: int, t: int, block: int, gen: torch.Generator) -> torch.Tensor:
+    """``[n, t]`` bool: in each block the first ``c ~ U{0, 1}`` tokens known, the rest masked —
+    what a draft sees at inference (linear: the seed known; quadratic: a mask at the bonus
+    position too)."""
+    known = torch.randint(0, 2, (n, -(-t // block)), generator=gen).repeat_interleave(block, 1)
+    return (torch.arange(t) % block)[None] >= known[:, :t]
+
+
 def noise_blocks(
-    x: torch.Tensor, block_size: int, mask_id: int, generator: torch.Generator, eps: float = 1e-3
+    x: torch.Tensor,
+    block_size: int,
+    mask_id: int,
+    generator: torch.Generator,
+    eps: float = 1e-3,
+    draft_share: float = 0.0,
 ) -> Noised:
-    """Mask each token of block ``j`` with probability ``t_j ~ U(eps, 1)``."""
+    """Mask each token of block ``j`` with probability ``t_j ~ U(eps, 1)``.
+
+    ``draft_share = S > 0``: each block instead takes the inference draft pattern
+    (:func:`draft_pattern`) with probability ``S`` and ratio 1 (its masked tokens weigh 1).
+    Under ``t ~ U`` that pattern is rare (a fully masked block of 8: probability 1/9; seed
+    known, rest masked: 1/72) though every self-speculation draft uses it.
+    Drawn after the default draws, so ``S = 0`` is today's noise bit for bit."""
     n, t = x.shape
     n_blocks = -(-t // block_size)
     ratio = eps + (1 - eps) * torch.rand(n, n_blocks, generator=generator)
     ratio = ratio.repeat_interleave(block_size, dim=1)[:, :t]
     masked = torch.rand(n, t, generator=generator) < ratio  # CPU draws: same on every device
+    if draft_share:
+        like = torch.rand(n, n_blocks, generator=generator) < draft_share
+        like = like.repeat_interleave(block_size, dim=1)[:, :t]
+        masked = torch.where(like, draft_pattern(n, t, block_size, generator), masked)
+        ratio = ratio.masked_fill(like, 1.0)
     ratio, masked = ratio.to(x.device), masked.to(x.device)
     return Noised(x.masked_fill(masked, mask_id), masked, ratio)
 
@@ -118,10 +144,11 @@ def joint_loss(
     attn_mask: torch.Tensor | None = None,
     distill: float = 0.0,
     early_weight: float = 1.0,
+    draft_share: float = 0.0,
 ) -> LossParts:
     """Joint objective on a batch of token sequences ``x [N, T]`` (levers: module docstring)."""
     n, t = x.shape
-    noised = noise_blocks(x, block_size, mask_id, generator)
+    noised = noise_blocks(x, block_size, mask_id, generator, draft_share=draft_share)
     ids = torch.cat([x, noised.tokens], 1)  # [N, 2T]
     pos = dual_stream_positions(t).to(x.device).expand(n, -1)
     if attn_mask is None:

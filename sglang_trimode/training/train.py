@@ -7,7 +7,8 @@ real checkpoints, loadable by ``TriModeEngine.from_pretrained`` and ``AutoTokeni
 
 Levers beyond the shipped recipe (all off by default; with them off a run is today's, bit for
 bit): ``--distill W`` (KL of the diffusion head toward the detached AR head), ``--early-weight G``
-(diffusion loss weight ``G**(-j)``, mean 1, by position ``j`` in the block) — both defined in
+(diffusion loss weight ``G**(-j)``, mean 1, by position ``j`` in the block), ``--draft-share S``
+(a share of the noisy blocks masked like an inference draft) — all three defined in
 ``objective.py`` —, ``--dropout P`` (training only: attention dropout plus dropout on the
 embeddings and on each attention / MLP output before the residual add; the saved config has
 ``attention_dropout`` 0), ``--tf32`` (TF32 matmuls on a GPU) and ``--budget-minutes M`` (shrink
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="diffusion loss weight G**(-j) by position j in the block, mean 1 (1 = off)",
+    )
+    ap.add_argument(
+        "--draft-share",
+        type=float,
+        default=0.0,
+        help="share of noisy blocks masked like an inference draft (0 = off)",
     )
     ap.add_argument(
         "--dropout", type=float, default=0.0, help="attention + hidden dropout, training only"
@@ -239,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
             masks[block],
             distill=args.distill,
             early_weight=args.early_weight,
+            draft_share=args.draft_share,
         )
         opt.zero_grad(set_to_none=True)
         parts.total.backward()
