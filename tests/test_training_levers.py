@@ -231,3 +231,30 @@ def test_dropout_is_training_only_and_not_in_the_config():
         model.eval()
         assert torch.equal(model(x, pos, mask), plain(x, pos, mask))  # off at inference
     assert add_dropout(model, 0.0) == []
+
+
+def test_init_continues_from_a_checkpoint_with_its_tokenizer(tmp_path):
+    from safetensors.torch import load_file
+
+    train_main(["--out", str(tmp_path / "a"), "--steps", "2", "--eval-every", "2", *TINY])
+    # lr 0: the continued run must save exactly the weights it started from
+    flags = ["--steps", "1", "--eval-every", "1", *TINY, "--lr", "0", "--distill", "1"]
+    flags += ["--hidden", "64", "--vocab-size", "400"]  # ignored: the checkpoint's config rules
+    b = train_main(["--out", str(tmp_path / "b"), "--init", str(tmp_path / "a"), *flags])
+    wa, wb = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("a", "b"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "b" / "tokenizer.json").read_text() == (
+        tmp_path / "a" / "tokenizer.json"
+    ).read_text()
+    cfg_a, cfg_b = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("a", "b"))
+    assert {k: v for k, v in cfg_b.items() if k != "dtype"} == {
+        k: v for k, v in cfg_a.items() if k != "dtype"
+    }
+    assert b["steps_done"] == 1
+    with pytest.raises(SystemExit, match="no config.json"):
+        train_main(["--out", str(tmp_path / "c"), "--init", str(tmp_path / "nope"), *flags])
+    with pytest.raises(SystemExit, match="--dropout"):
+        train_main(
+            ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "a"), "--dropout", "0.1"]
+            + flags
+        )

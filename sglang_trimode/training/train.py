@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sglang_trimode.config import NemotronLabsDiffusionConfig
-from sglang_trimode.reference.checkpoint import save_checkpoint
+from sglang_trimode.reference.checkpoint import load_model, save_checkpoint
 from sglang_trimode.reference.model import NemotronLabsDiffusionModel
 from sglang_trimode.training import corpus
 from sglang_trimode.training.objective import dual_stream_mask, joint_loss
@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--snapshots", type=Path, default=None, help="also save a checkpoint here at each eval"
     )
     ap.add_argument("--corpus-files", type=int, default=None, help="first N files only (smoke)")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from this checkpoint (its weights, config and tokenizer; the size and\n"
+        "--vocab-size flags are then ignored), e.g. to fine-tune the default model with a lever",
+    )
     return ap
 
 
@@ -168,6 +175,22 @@ def make_config(args: argparse.Namespace, vocab_size: int) -> NemotronLabsDiffus
     )
 
 
+def init_tokenizer(args: argparse.Namespace):
+    """The ``--init`` checkpoint's tokenizer, copied to ``--out``; clear errors before any work."""
+    from sglang_trimode.models import load_tokenizer
+
+    if not (args.init / "config.json").is_file():
+        raise SystemExit(f"--init {args.init}: no config.json there; pass a checkpoint folder")
+    if args.dropout:
+        raise SystemExit("--dropout is set at construction; it cannot be combined with --init")
+    tokenizer = load_tokenizer(args.init)
+    if tokenizer is None:
+        raise SystemExit(f"--init {args.init}: no tokenizer.json; the corpus needs its tokenizer")
+    tokenizer.save_pretrained(str(args.out))
+    print(f"[train] --init {args.init}: its weights and tokenizer ({len(tokenizer)} tokens)")
+    return tokenizer
+
+
 def batches(stream: torch.Tensor, n: int, t: int, gen: torch.Generator) -> torch.Tensor:
     starts = torch.randint(0, len(stream) - t, (n,), generator=gen)
     return torch.stack([stream[s : s + t] for s in starts.tolist()])
@@ -198,9 +221,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    print(f"[train] tokenizer: byte-level BPE, {args.vocab_size} tokens, stdlib train split")
     limit = args.corpus_files
-    tokenizer = corpus.train_tokenizer(args.vocab_size, args.out, limit)
+    if args.init is not None:
+        tokenizer = init_tokenizer(args)
+    else:
+        print(f"[train] tokenizer: byte-level BPE, {args.vocab_size} tokens, stdlib train split")
+        tokenizer = corpus.train_tokenizer(args.vocab_size, args.out, limit)
     train = torch.tensor(corpus.token_stream(tokenizer, "train", limit))
     held = torch.tensor(corpus.token_stream(tokenizer, "heldout", limit))
     print(f"[train] corpus: {len(train):,} train tokens, {len(held):,} held-out tokens")
@@ -208,10 +234,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    cfg = make_config(args, len(tokenizer))
-    if args.dropout:
-        cfg.attention_dropout = args.dropout
-    model = NemotronLabsDiffusionModel(cfg).to(args.device).train()
+    if args.init is not None:
+        model = load_model(args.init, device=args.device, dtype=torch.float32).train()
+        cfg = model.config
+    else:
+        cfg = make_config(args, len(tokenizer))
+        if args.dropout:
+            cfg.attention_dropout = args.dropout
+        model = NemotronLabsDiffusionModel(cfg).to(args.device).train()
     # the attention layers keep their rate from construction; no saved config (snapshots, the
     # final checkpoint) carries this training-only setting
     cfg.attention_dropout = 0.0
