@@ -48,6 +48,23 @@ def read_prompts(path: Path | None, engine: TriModeEngine, model_path: Path, n: 
     return prompts[:n]
 
 
+def _resamples(n: int, resamples: int, seed: int) -> torch.Tensor:
+    """``[resamples, n]`` request indices drawn with replacement (seeded)."""
+    if n == 0:
+        raise ValueError("a bootstrap needs at least one request")
+    return torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _ratio(tokens: torch.Tensor, forwards: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return tokens[idx].sum(1) / forwards[idx].sum(1).clamp(min=1)
+
+
+def _interval(values: torch.Tensor) -> tuple[float, float]:
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    lo, hi = torch.quantile(values, q).tolist()
+    return lo, hi
+
+
 def bootstrap_ci(
     tokens: list[int], forwards: list[int], resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
@@ -55,14 +72,22 @@ def bootstrap_ci(
     replacement (percentile bootstrap): how much the figure depends on which prompts ran."""
     t = torch.tensor(tokens, dtype=torch.float64)
     f = torch.tensor(forwards, dtype=torch.float64)
-    if len(t) == 0:
-        raise ValueError("bootstrap_ci needs at least one request")
-    idx = torch.randint(
-        0, len(t), (resamples, len(t)), generator=torch.Generator().manual_seed(seed)
-    )
-    ratios = t[idx].sum(1) / f[idx].sum(1).clamp(min=1)
-    lo, hi = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return lo, hi
+    return _interval(_ratio(t, f, _resamples(len(t), resamples, seed)))
+
+
+def paired_diff_ci(
+    a: list[tuple[int, int]], b: list[tuple[int, int]], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """TPF(b) - TPF(a) and its 95% paired-bootstrap interval, ``a``/``b`` being per-request
+    ``(tokens, forwards)`` of two runs on the *same* prompts (request ``i`` of each resampled
+    together, so the prompts' spread cancels)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired runs need the same prompts: {len(a)} vs {len(b)} requests")
+    ta, fa = torch.tensor(a, dtype=torch.float64).reshape(-1, 2).unbind(1)
+    tb, fb = torch.tensor(b, dtype=torch.float64).reshape(-1, 2).unbind(1)
+    idx = _resamples(len(a), resamples, seed)
+    point = float(tb.sum() / fb.sum().clamp(min=1) - ta.sum() / fa.sum().clamp(min=1))
+    return (point, *_interval(_ratio(tb, fb, idx) - _ratio(ta, fa, idx)))
 
 
 def chars_per_forward(tokenizer, outs) -> float:

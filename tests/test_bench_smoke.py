@@ -96,3 +96,40 @@ def test_chars_per_forward_counts_text_after_the_prefill_token():
     ]
     # (2 + 3) + 1 characters after each request's first (prefill) token, over 5 forwards
     assert chars_per_forward(Letters(), outs) == 6 / 5
+
+
+def test_paired_tpf_difference_and_compare(tmp_path, capsys):
+    from bench.tpf import paired_diff_ci
+    from bench.tpf_compare import main as compare_main
+
+    a = [(10, 10), (40, 10), (12, 10), (30, 10)]
+    assert paired_diff_ci(a, a) == (0.0, 0.0, 0.0)  # a run against itself: no difference
+    b = [(t + 2, f) for t, f in a]  # every prompt gains 0.2 tokens per forward
+    diff, lo, hi = paired_diff_ci(a, b)
+    assert abs(diff - 0.2) < 1e-12 and abs(lo - 0.2) < 1e-12 and abs(hi - 0.2) < 1e-12
+    # unpaired, the prompts' spread (1.0 .. 4.0 TPF) would swamp the 0.2 gain
+    assert bootstrap_width(a) > 1.0
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_diff_ci(a, b[:3])
+
+    opts = {"prompts": 4, "prompt_source": "heldout", "max_new_tokens": 8, "threshold": 0.9}
+    row = {"mode": "self_spec_quadratic", "block_size": 8}
+    for name, per in (("base", a), ("new", b)):
+        tok, fwd = map(sum, zip(*per))
+        rec = row | {"tokens_per_forward": tok / fwd, "per_request": per}
+        (tmp_path / f"{name}.json").write_text(json.dumps(opts | {"rows": [rec]}))
+    rows = compare_main(
+        [str(tmp_path / f) for f in ("base.json", "new.json")] + ["--out", str(tmp_path / "o")]
+    )
+    assert len(rows) == 1 and abs(rows[0]["tpf_diff"] - 0.2) < 1e-12
+    assert "+0.20 [+0.20, +0.20]" in capsys.readouterr().out
+    (tmp_path / "other.json").write_text(json.dumps(opts | {"prompts": 8, "rows": []}))
+    with pytest.raises(SystemExit, match="differ in \\['prompts'\\]"):
+        compare_main([str(tmp_path / "base.json"), str(tmp_path / "other.json")])
+
+
+def bootstrap_width(per):
+    from bench.tpf import bootstrap_ci
+
+    lo, hi = bootstrap_ci(*zip(*per))
+    return hi - lo
