@@ -243,9 +243,10 @@ def test_init_continues_from_a_checkpoint_with_its_tokenizer(tmp_path):
     b = train_main(["--out", str(tmp_path / "b"), "--init", str(tmp_path / "a"), *flags])
     wa, wb = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("a", "b"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert (tmp_path / "b" / "tokenizer.json").read_text() == (
-        tmp_path / "a" / "tokenizer.json"
-    ).read_text()
+    for f in ("tokenizer.json", "tokenizer_config.json"):  # copied verbatim
+        assert (tmp_path / "b" / f).read_bytes() == (tmp_path / "a" / f).read_bytes()
+    log_a = json.loads((tmp_path / "a" / "training_log.json").read_text())
+    assert b["init_training_log"] == log_a  # the history of the run it continued
     cfg_a, cfg_b = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("a", "b"))
     assert {k: v for k, v in cfg_b.items() if k != "dtype"} == {
         k: v for k, v in cfg_a.items() if k != "dtype"

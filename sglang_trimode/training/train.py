@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -175,6 +176,14 @@ def make_config(args: argparse.Namespace, vocab_size: int) -> NemotronLabsDiffus
     )
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
 def init_tokenizer(args: argparse.Namespace):
     """The ``--init`` checkpoint's tokenizer, copied to ``--out``; clear errors before any work."""
     from sglang_trimode.models import load_tokenizer
@@ -186,7 +195,9 @@ def init_tokenizer(args: argparse.Namespace):
     tokenizer = load_tokenizer(args.init)
     if tokenizer is None:
         raise SystemExit(f"--init {args.init}: no tokenizer.json; the corpus needs its tokenizer")
-    tokenizer.save_pretrained(str(args.out))
+    for name in TOKENIZER_FILES:  # verbatim (a re-save would drop or add settings)
+        if (args.init / name).is_file():
+            shutil.copy2(args.init / name, args.out / name)
     print(f"[train] --init {args.init}: its weights and tokenizer ({len(tokenizer)} tokens)")
     return tokenizer
 
@@ -328,6 +339,9 @@ def main(argv: list[str] | None = None) -> dict:
         "final_heldout": log[-1].get("heldout"),
         "log": log,
     }
+    if args.init is not None and (args.init / "training_log.json").is_file():
+        # the run this one continued, so that a chain of fine-tunes keeps its whole history
+        summary["init_training_log"] = json.loads((args.init / "training_log.json").read_text())
     (args.out / "training_log.json").write_text(json.dumps(summary, indent=1))
     print(f"[train] wrote {args.out} in {summary['minutes']:.1f} min")
     return summary
