@@ -48,7 +48,7 @@ if [[ ${DRAFTER_STEPS:-0} -gt 0 && -d $out/best ]]; then
         --steps "$DRAFTER_STEPS" --minutes "${DRAFTER_MINUTES:-3}" --device "$dev" \
         ${DRAFTER_SMOKE_ARGS:-}
     for d in on off; do
-        "$PY" bench/tpf.py --model "$out/best" --heldout --num-prompts "${TPF_PROMPTS:-8}" \
+        "$PY" bench/tpf.py --model "$out/best" --heldout --num-prompts "${TPF_PROMPTS:-32}" \
             --max-new-tokens "${TPF_TOKENS:-64}" --block-sizes 8 --device cpu --drafter $d \
             --modes diffusion,self_spec_linear,self_spec_quadratic --out "$out/tpf_drafter_$d" \
             | tee "$out/drafter_$d.txt"

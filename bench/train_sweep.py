@@ -8,7 +8,7 @@ together; ``--max-parallel`` caps them) writing ``WORK/NAME/``; ``--budget-minut
 (train.py shrinks its step count and cosine when its measured pace would overrun). A finished run
 is cast to bf16 (``WORK/NAME/bf16``, what ``training.export`` ships) and evaluated in its own
 process, on the CPU in fp32 by default (the model card's figures): the held-out prompts of
-``bench/tpf.py --heldout`` (8 prompts, 64 new tokens, greedy, threshold 0.9), modes ar,
+``bench/tpf.py --heldout`` (all 31 of them, 64 new tokens, greedy, threshold 0.9), modes ar,
 diffusion (block 8, 16), self_spec_linear (8), self_spec_quadratic (8, 16), and whether each
 self-speculation output equals the AR output token for token.
 
@@ -223,7 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-device", default="cpu")
     ap.add_argument("--eval-threads", type=int, default=None, help="gpu 2, smoke 1")
     ap.add_argument("--max-parallel", type=int, default=None, help="gpu: all; smoke: 2")
-    ap.add_argument("--num-prompts", type=int, default=None, help="gpu 8, smoke 2")
+    ap.add_argument("--num-prompts", type=int, default=None, help="gpu 32 (all 31), smoke 2")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="gpu 64, smoke 12")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", type=lambda s: s.split(","), default=None, help="config names")
@@ -238,7 +238,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("device", "cuda", "cpu"),
         ("max_parallel", 0, 2),
         ("eval_threads", 2, 1),
-        ("num_prompts", 8, 2),
+        ("num_prompts", 32, 2),
         ("max_new_tokens", 64, 12),
     ]:
         if getattr(args, name) is None:
