@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One prepared command for a GPU machine (torch + transformers + tokenizers, no sglang): train the
 # default grid of bench/train_sweep.py concurrently on the one GPU (baseline, --distill 1,
-# --early-weight 1.15, --w-diff 1, --dropout 0.1 with 1.6x steps, a 6-layer model with dropout;
+# --distill 3, --early-weight 1.15, --dropout 0.1 with 1.6x steps, a 6-layer model with dropout;
 # 5000 base steps, TF32, each run's steps shrunk to fit --budget-minutes, default 5), evaluate
 # each (held-out TPF, greedy self-spec == AR) and copy the best to $OUT/best (bf16, ready for
-# `python -m sglang_trimode.training.export $OUT/best`). About 7 minutes on an H200.
+# `python -m sglang_trimode.training.export $OUT/best`). About 7-8 minutes on an H200.
 #
 #   bash bench/gpu_train.sh --prepare                   # here, once: the Python 3.11 stdlib in .stdlib311/
 #   OUT=$OUT bash bench/gpu_train_sweep.sh [DRIVER ARGS] # there (carry .stdlib311)

@@ -26,7 +26,7 @@ def test_every_grid_config_is_a_valid_train_command(tmp_path, smoke):
         assert ns.steps == r["steps"]
     by_name = {r["name"]: build_parser().parse_args(["--out", "x", *r["argv"]]) for r in runs}
     assert by_name["distill1"].distill == 1.0 and by_name["early1.15"].early_weight == 1.15
-    assert by_name["wdiff1"].w_diff == 1.0 and by_name["baseline"].w_diff == 0.3
+    assert by_name["distill3"].distill == 3.0 and by_name["baseline"].distill == 0.0
     assert by_name["drop0.1_x1.6"].steps > by_name["baseline"].steps
     assert by_name["large_drop0.1"].layers > by_name["baseline"].layers
     if not smoke:
