@@ -114,15 +114,15 @@ def test_auto_batch_changes_modes_mid_request_and_equals_ar(server, reference):
         assert switches == len(runs) - 1 >= 2, (rid, runs)
         assert "ar" in runs, (rid, runs)  # the capped forwards
         assert any(r.startswith("self_spec_") for r in runs), (rid, runs)  # the policy's own
+    drafted = []  # accept lengths of every drafting step of every request
     for rid, o in zip(rids, out, strict=True):
         modes = check_step_modes(o["meta_info"], logged[rid][1])
-        # the modes changed mid-request, and a drafting step accepted more than one token
-        assert len(_collapse(modes)) >= 3, modes
+        assert len(_collapse(modes)) >= 3, modes  # the modes changed mid-request
         lengths = o["meta_info"]["trimode_accept_lengths"]
-        assert any(n > 1 for m, n in zip(modes, lengths, strict=True) if m != "ar"), (
-            modes,
-            lengths,
-        )
+        drafted += [n for m, n in zip(modes, lengths, strict=True) if m != "ar"]
+    # drafting steps accepted more than one token somewhere in the batch (per request it depends
+    # on the model: one request's few drafting steps may all be rejected)
+    assert any(n > 1 for n in drafted), drafted
 
 
 def test_auto_mixed_with_fixed_modes_in_one_batch_equals_ar(server, reference):
