@@ -76,11 +76,12 @@ def check_segments(segments: object, tokens: int, device: torch.device) -> Segme
             raise ValueError(
                 f"segments.{name}: expected int32 on {device}, got {t.dtype} on {t.device}"
             )
-    t = check_tensor("segments.num_causal", segments.num_causal, shape=(batch,))
-    if t.dtype != torch.int32 or t.device != device:
-        raise ValueError(
-            f"segments.num_causal: expected int32 on {device}, got {t.dtype} on {t.device}"
-        )
+    for name in ("num_causal", "variants"):
+        t = check_tensor(f"segments.{name}", getattr(segments, name), shape=(batch,))
+        if t.dtype != torch.int32 or t.device != device:
+            raise ValueError(
+                f"segments.{name}: expected int32 on {device}, got {t.dtype} on {t.device}"
+            )
     if not 1 <= segments.max_len or segments.max_len > max(tokens, 1):
         raise ValueError(f"segments.max_len must be in [1, {tokens}], got {segments.max_len}")
     return segments

@@ -125,7 +125,7 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
     paged_attention_fwd[(B, Hkv, tiles * splits)](
         q, k if k is not None else q, v if v is not None else q, k_cache, v_cache, o_part, lse,
         q_scale if q_scale is not None else q,
-        seg.qo_indptr, seg.kind, seg.block, seg.num_causal,
+        seg.qo_indptr, seg.kind, seg.block, seg.num_causal, seg.variants,
         pages.table, pages.row_start, pages.lengths,
         sm_scale * math.log2(math.e), splits, min_chunk,
         q.stride(0), q.stride(1), *ks,
@@ -146,7 +146,7 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
 
 def _no_segment(like: torch.Tensor) -> SegmentBatch:
     """Placeholder pointers for decode (the kernel never reads them)."""
-    return SegmentBatch(like, like, like, like, 1)
+    return SegmentBatch(like, like, like, like, 1, like)
 
 
 def _config(dtype: torch.dtype, D: int, group: int, max_len: int, device: torch.device) -> dict:

@@ -12,7 +12,10 @@ that the Triton kernels read instead of a dense mask:
   followed by ``k + 1`` groups of ``L`` masks. Group ``i`` sits at offsets ``i+1 .. i+L`` (the
   positions of the next block if ``d_1..d_i`` are accepted), sees causal tokens ``0..i`` and
   itself bidirectionally, so one forward verifies the drafts and pre-drafts the next block for
-  every acceptance length.
+  every acceptance length. With ``V > 1`` *variants* each acceptance length gets ``V`` groups:
+  variant 0 all masks, variant ``v`` with a candidate for the not-yet-known bonus token in its
+  first slot (``modes.QuadraticSpecPolicy``, bonus candidates); group ``g`` serves acceptance
+  length ``g // V``.
 
 Offsets are relative to ``prefix_len``: the absolute position of segment token ``t`` is
 ``prefix_len + offsets[t]``. The dense forms are the obviously-correct references.
@@ -37,26 +40,34 @@ class MaskDescriptor:
 
     ``kind``: BLOCK or QUADRATIC. ``length``: segment tokens ``n``. ``block``: block size ``B``
     (BLOCK) or mask-group size ``L`` (QUADRATIC). ``num_causal``: causal tokens ``k + 1``
-    (QUADRATIC only; 0 for BLOCK).
+    (QUADRATIC only; 0 for BLOCK). ``variants``: mask groups ``V`` per acceptance length
+    (QUADRATIC; 1 for BLOCK).
     """
 
     kind: MaskKind
     length: int
     block: int
     num_causal: int = 0
+    variants: int = 1
 
     def __post_init__(self) -> None:
         if self.length < 1:
             raise ValueError(f"MaskDescriptor.length must be >= 1, got {self.length}")
         if self.block < 1:
             raise ValueError(f"MaskDescriptor.block must be >= 1, got {self.block}")
+        if self.variants < 1 or (self.kind != MaskKind.QUADRATIC and self.variants != 1):
+            raise ValueError(
+                f"MaskDescriptor.variants must be >= 1 (QUADRATIC) or 1 (BLOCK), got "
+                f"{self.variants} for {self.kind.name}"
+            )
         if self.kind == MaskKind.QUADRATIC:
             if self.num_causal < 1:
                 raise ValueError("MaskDescriptor.num_causal must be >= 1 for QUADRATIC")
-            if self.length != self.num_causal * (self.block + 1):
+            want = self.num_causal * (1 + self.variants * self.block)
+            if self.length != want:
                 raise ValueError(
-                    f"QUADRATIC length must be num_causal * (block + 1) = "
-                    f"{self.num_causal * (self.block + 1)}, got {self.length}"
+                    f"QUADRATIC length must be num_causal * (1 + variants * block) = {want}, "
+                    f"got {self.length}"
                 )
 
     @property
@@ -72,9 +83,12 @@ class MaskDescriptor:
             return self.num_causal
         return self.length if self.is_causal else 0
 
-    def group_slice(self, i: int) -> slice:
-        """Segment indices of quadratic mask group ``i``."""
-        start = self.num_causal + i * self.block
+    def group_slice(self, i: int, variant: int = 0) -> slice:
+        """Segment indices of the quadratic mask group of acceptance length ``i``, ``variant``
+        (group ``i * variants + variant``)."""
+        if not 0 <= variant < self.variants:
+            raise IndexError(f"variant {variant} of a segment with {self.variants} variants")
+        start = self.num_causal + (i * self.variants + variant) * self.block
         return slice(start, start + self.block)
 
 
@@ -111,11 +125,13 @@ def linear_verify(n: int) -> MaskDescriptor:
     return MaskDescriptor(MaskKind.BLOCK, n, 1)
 
 
-def quadratic(num_drafts: int, group_size: int) -> MaskDescriptor:
-    """One TiDAR-style step: verify ``num_drafts`` drafts and pre-draft ``group_size`` masks for
-    each of the ``num_drafts + 1`` acceptance lengths."""
+def quadratic(num_drafts: int, group_size: int, variants: int = 1) -> MaskDescriptor:
+    """One TiDAR-style step: verify ``num_drafts`` drafts and pre-draft ``variants`` groups of
+    ``group_size`` tokens for each of the ``num_drafts + 1`` acceptance lengths."""
     k1 = num_drafts + 1
-    return MaskDescriptor(MaskKind.QUADRATIC, k1 * (group_size + 1), group_size, k1)
+    return MaskDescriptor(
+        MaskKind.QUADRATIC, k1 * (1 + variants * group_size), group_size, k1, variants
+    )
 
 
 # ---- positions and dense masks ----------------------------------------------------------------
@@ -126,7 +142,11 @@ def offsets(desc: MaskDescriptor) -> torch.Tensor:
     if desc.kind == MaskKind.BLOCK:
         return torch.arange(desc.length, dtype=torch.long)
     causal = torch.arange(desc.num_causal, dtype=torch.long)
-    groups = [torch.arange(i + 1, i + 1 + desc.block) for i in range(desc.num_causal)]
+    groups = [
+        torch.arange(i + 1, i + 1 + desc.block)
+        for i in range(desc.num_causal)
+        for _ in range(desc.variants)
+    ]
     return torch.cat([causal, *groups])
 
 
@@ -139,12 +159,12 @@ def segment_mask(desc: MaskDescriptor) -> torch.Tensor:
         kb = idx[None, :] // desc.block
         return kb <= qb
     k1, g = desc.num_causal, desc.block
-    # group id per token: -1 for causal tokens, i for mask group i
+    # group id per token: -1 for causal tokens, g for mask group g (acceptance length g // V)
     group = torch.where(idx < k1, torch.full_like(idx, -1), (idx - k1) // g)
     is_causal = group < 0
     q_causal, k_causal = is_causal[:, None], is_causal[None, :]
     causal_part = q_causal & k_causal & (idx[None, :] <= idx[:, None])
-    sees_drafts = ~q_causal & k_causal & (idx[None, :] <= group[:, None])
+    sees_drafts = ~q_causal & k_causal & (idx[None, :] <= (group // desc.variants)[:, None])
     same_group = ~q_causal & ~k_causal & (group[:, None] == group[None, :])
     return causal_part | sees_drafts | same_group
 

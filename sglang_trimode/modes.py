@@ -26,6 +26,7 @@ from sglang_trimode.sampling import (
     sample,
     select_unmask,
     token_logprobs,
+    top_candidates,
 )
 
 
@@ -94,6 +95,7 @@ class RequestState:
     block_steps: int = 0  # diffusion: draft steps spent on the current block
     drafts: list[int] = field(default_factory=list)  # self-spec: drafts awaiting verify
     q: torch.Tensor | None = None  # self-spec: draft distributions [k, V]
+    cands: list[list[int]] = field(default_factory=list)  # quadratic: bonus candidates per draft
 
     @property
     def remaining(self) -> int:
@@ -156,13 +158,16 @@ class Segment:
 
 @dataclass(frozen=True)
 class ModeConfig:
-    """Settings shared by the policies; ``mask_token_id`` comes from the model config."""
+    """Settings shared by the policies; ``mask_token_id`` comes from the model config.
+    ``bonus_candidates`` (quadratic self-speculation): extra mask groups per acceptance length,
+    each with a guess of the bonus token in its first slot (0: plain TiDAR)."""
 
     mask_token_id: int
     block_size: int
     threshold: float | None = 0.9
     diffusion_steps: int | None = None
     accept_rule: AcceptRule | None = None
+    bonus_candidates: int = 0
 
 
 def _all(n: int) -> torch.Tensor:
@@ -208,7 +213,7 @@ class ARPolicy:
     def take_over(self, r: RequestState, previous: ARPolicy) -> None:
         """Start running ``r``, left by ``previous`` at a switch point (``previous.switchable``):
         pending drafts are dropped (they were only proposals, so output is unchanged)."""
-        r.drafts, r.q = [], None
+        r.drafts, r.q, r.cands = [], None, []
 
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
         self._next_seed(r, logits)
@@ -333,7 +338,18 @@ class LinearSpecPolicy(ARPolicy):
 
 class QuadraticSpecPolicy(LinearSpecPolicy):
     """TiDAR-style self-speculation: one forward verifies the previous drafts and, through one
-    mask group per acceptance length, pre-drafts the next block."""
+    mask group per acceptance length, pre-drafts the next block.
+
+    Bonus candidates (``cfg.bonus_candidates = C > 0``): a group's first slot stands at the bonus
+    position, whose token the same forward decides, so TiDAR's group drafts the next block one
+    position further from known text than a linear draft after its seed. Each acceptance length
+    ``i`` below the draft count then gets ``C`` more groups whose first slot holds a guess of the
+    bonus: the ``C`` tokens the drafter found likeliest at draft ``i + 1`` after the draft itself
+    (if that draft is rejected, the emitted bonus is often one of them). After verifying, the
+    step reads the group whose guess equals the bonus (its drafts are conditioned on the true
+    token, as a linear draft is), else the all-mask group. Verification is unchanged, so greedy
+    output still equals AR's and sampled output keeps AR's distribution (the drafts a step uses
+    depend only on tokens already emitted)."""
 
     name = "self_spec_quadratic"
 
@@ -349,11 +365,19 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
             return super().take_over(r, previous)
         keep = min(len(r.drafts), self.cfg.block_size - 1)
         r.drafts, r.q = r.drafts[:keep], r.q[:keep]
+        r.cands = r.cands[:keep] if self.cfg.bonus_candidates else []
 
     def segment(self, r: RequestState) -> Segment:
-        desc = masks.quadratic(len(r.drafts), self.cfg.block_size)
-        n_masks = desc.length - desc.num_causal
-        return Segment([r.seed, *r.drafts] + [self.cfg.mask_token_id] * n_masks, desc)
+        nv = 1 + self.cfg.bonus_candidates  # groups without a guess hold masks only
+        desc = masks.quadratic(len(r.drafts), self.cfg.block_size, nv)
+        mask = self.cfg.mask_token_id
+        groups: list[int] = []
+        for i in range(desc.num_causal):  # acceptance length i: variant 0, then the guesses
+            guesses = r.cands[i] if i < len(r.cands) else []
+            for v in range(nv):
+                first = guesses[v - 1] if 0 < v <= len(guesses) else mask
+                groups += [first] + [mask] * (self.cfg.block_size - 1)
+        return Segment([r.seed, *r.drafts, *groups], desc)
 
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
         desc = seg.desc
@@ -361,11 +385,18 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
         if r.q is None:
             r.q = torch.zeros(0, p.shape[-1])
         accepted = self._verify(r, p, logits[: desc.num_causal])
-        # group `accepted` stands at the bonus position and the next L-1 positions
+        variant = 0  # the group whose first slot holds the emitted bonus token, if any
+        guesses = r.cands[accepted][: desc.variants - 1] if accepted < len(r.cands) else []
+        if r.seed in guesses:
+            variant = 1 + guesses.index(r.seed)
+        # the group stands at the bonus position and the next L-1 positions
         n_next = max(0, min(self.cfg.block_size - 1, r.remaining - 1))
-        group = logits[desc.group_slice(accepted)][1 : 1 + n_next]
+        group = logits[desc.group_slice(accepted, variant)][1 : 1 + n_next]
         r.q = probs_from_logits(group, r.params)
-        r.drafts = sample(r.q, r.generator, r.params.greedy).tolist() if n_next else []
+        drafts = sample(r.q, r.generator, r.params.greedy) if n_next else _NONE
+        count = self.cfg.bonus_candidates if n_next else 0
+        r.cands = top_candidates(group, drafts, count) if count else []  # from the raw logits
+        r.drafts = drafts.tolist()
         return _all(accepted + 1)
 
 

@@ -134,6 +134,25 @@ def sample(probs: Rows, generator: torch.Generator | None, greedy: bool) -> torc
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def top_candidates(logits: Rows, drafts: torch.Tensor, count: int) -> list[list[int]]:
+    """Each row's ``count`` most likely tokens under the raw logits ``[m, V]`` other than the
+    row's draft ``drafts[j]``, best first -> ``m`` lists (the bonus candidates of a quadratic
+    step: if draft ``j`` is rejected, the token emitted in its place is often one of these)."""
+    if count < 1:
+        return [[] for _ in range(int(drafts.numel()))]
+    if isinstance(logits, GreedyRows):
+        if logits.topk_ids is None or logits.topk_ids.shape[-1] < count + 1:
+            raise ValueError(f"GreedyRows carry no top-{count + 1} ids; build them with top_k")
+        ids = logits.topk_ids[:, : count + 1]
+    else:
+        raw = logits.logits if isinstance(logits, SampledRows) else logits
+        if raw is None:
+            raise ValueError("SampledRows.as_probs() dropped the logits; read candidates before")
+        ids = raw.float().topk(count + 1, dim=-1).indices.cpu()
+    drafts = drafts.cpu().tolist()
+    return [[t for t in row if t != d][:count] for row, d in zip(ids.tolist(), drafts, strict=True)]
+
+
 # ---- diffusion unmasking ----------------------------------------------------------------------
 
 

@@ -21,28 +21,41 @@ def test_quadratic_drafts_are_causal(k, g):
 
 
 @settings(max_examples=60, deadline=None)
-@given(k=st.integers(0, 9), g=st.integers(1, 9))
-def test_quadratic_group_sees_exactly_drafts_upto_i_and_itself(k, g):
-    desc = masks.quadratic(k, g)
+@given(k=st.integers(0, 9), g=st.integers(1, 9), nv=st.integers(1, 3))
+def test_quadratic_group_sees_exactly_drafts_upto_i_and_itself(k, g, nv):
+    desc = masks.quadratic(k, g, nv)
+    assert desc.length == (k + 1) * (1 + nv * g)
     m = masks.segment_mask(desc)
     n_causal = desc.num_causal
     for i in range(n_causal):
-        rows = m[desc.group_slice(i)]
-        expected_causal = torch.arange(n_causal) <= i
-        assert torch.equal(rows[:, :n_causal], expected_causal.expand(g, -1))
-        expected_masks = torch.zeros(desc.length - n_causal, dtype=torch.bool)
-        expected_masks[i * g : (i + 1) * g] = True
-        assert torch.equal(rows[:, n_causal:], expected_masks.expand(g, -1))
+        for v in range(nv):
+            rows = m[desc.group_slice(i, v)]
+            expected_causal = torch.arange(n_causal) <= i
+            assert torch.equal(rows[:, :n_causal], expected_causal.expand(g, -1))
+            expected_masks = torch.zeros(desc.length - n_causal, dtype=torch.bool)
+            j = i * nv + v  # groups in order: acceptance length, then variant
+            expected_masks[j * g : (j + 1) * g] = True
+            assert torch.equal(rows[:, n_causal:], expected_masks.expand(g, -1))
 
 
 @settings(max_examples=60, deadline=None)
-@given(k=st.integers(0, 9), g=st.integers(1, 9))
-def test_quadratic_positions(k, g):
-    desc = masks.quadratic(k, g)
+@given(k=st.integers(0, 9), g=st.integers(1, 9), nv=st.integers(1, 3))
+def test_quadratic_positions(k, g, nv):
+    desc = masks.quadratic(k, g, nv)
     off = masks.offsets(desc)
     assert off[: desc.num_causal].tolist() == list(range(k + 1))
     for i in range(desc.num_causal):
-        assert off[desc.group_slice(i)].tolist() == list(range(i + 1, i + 1 + g))
+        for v in range(nv):
+            assert off[desc.group_slice(i, v)].tolist() == list(range(i + 1, i + 1 + g))
+
+
+def test_variants_are_validated():
+    with pytest.raises(ValueError, match="variants"):
+        masks.MaskDescriptor(MaskKind.BLOCK, 4, 4, 0, 2)
+    with pytest.raises(ValueError, match="variants"):
+        masks.quadratic(2, 4, 0)
+    with pytest.raises(IndexError, match="variant 2"):
+        masks.quadratic(2, 4, 2).group_slice(0, 2)
 
 
 @settings(max_examples=80, deadline=None)

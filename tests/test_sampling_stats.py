@@ -69,7 +69,7 @@ def chi_square_rejects(samples, exact, alpha_z=3.29):
     return worst > 1.0, worst
 
 
-def run(engine, mode, acceptance, row_summary=False):
+def run(engine, mode, acceptance, row_summary=False, bonus_candidates=0):
     outs = engine.generate(
         [PROMPT] * N,
         mode=mode,
@@ -80,6 +80,7 @@ def run(engine, mode, acceptance, row_summary=False):
         seed=0,
         acceptance=acceptance,
         row_summary=row_summary,
+        bonus_candidates=bonus_candidates,
     )
     assert all(len(o.token_ids) == NEW for o in outs)
     return outs
@@ -93,6 +94,17 @@ def test_sampled_self_spec_matches_ar_distribution(engine, exact_ar, mode, row_s
     outs = run(engine, mode, "lossless", row_summary)
     rejects, ratio = chi_square_rejects([tuple(o.token_ids) for o in outs], exact_ar)
     assert not rejects, f"{mode}: chi-square / critical = {ratio:.2f}"
+
+
+@pytest.mark.parametrize("row_summary", [False, True], ids=["full_rows", "sampled_rows"])
+def test_sampled_quadratic_with_bonus_candidates_matches_ar_distribution(
+    engine, exact_ar, row_summary
+):
+    """The drafts a step uses depend on the emitted bonus (the group that guessed it): still a
+    proposal from the past only, so lossless acceptance keeps AR's distribution."""
+    outs = run(engine, "self_spec_quadratic", "lossless", row_summary, bonus_candidates=2)
+    rejects, ratio = chi_square_rejects([tuple(o.token_ids) for o in outs], exact_ar)
+    assert not rejects, f"bonus candidates: chi-square / critical = {ratio:.2f}"
 
 
 def test_the_distribution_test_catches_a_wrong_residual_on_sampled_rows(

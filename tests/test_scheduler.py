@@ -18,7 +18,7 @@ descriptor = st.one_of(
     st.builds(
         lambda b, n: masks.diffusion_draft(b, min(b, n)), st.integers(1, 9), st.integers(1, 9)
     ),
-    st.builds(masks.quadratic, st.integers(0, 4), st.integers(1, 4)),
+    st.builds(masks.quadratic, st.integers(0, 4), st.integers(1, 4), st.integers(1, 3)),
 )
 
 

@@ -140,6 +140,7 @@ class TriModeEngine:
         top_logprobs: int = 0,
         token_ids_logprob: Sequence[int] | None = None,
         row_summary: bool = False,
+        bonus_candidates: int = 0,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
 
@@ -159,6 +160,10 @@ class TriModeEngine:
         (``rows.request_rows``: ``GreedyRows`` / ``SampledRows`` from one batched pass over the
         forward's rows) instead of each request's logits rows: greedy output is the same; sampled
         output draws by inverse CDF (same distributions, other random draws).
+
+        ``bonus_candidates=C`` (quadratic self-speculation): ``C`` more mask groups per acceptance
+        length, each guessing the bonus token (``modes.QuadraticSpecPolicy``); more rows per
+        forward, the same output.
         """
         chosen = validate_logprobs(self.config, logprobs, top_logprobs, token_ids_logprob)
         cfg = self.config
@@ -168,14 +173,16 @@ class TriModeEngine:
         params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
         stops = frozenset(cfg.eos_token_ids if stop_token_ids is None else stop_token_ids)
         validate_request(
-            cfg, prompts, modes, seeds, max_new_tokens, block_size, threshold, diffusion_steps
-        )
+            cfg, prompts, modes, seeds, max_new_tokens, block_size, threshold, diffusion_steps,
+            bonus_candidates,
+        )  # fmt: skip
         mode_cfg = ModeConfig(
             mask_token_id=cfg.mask_token_id,
             block_size=block_size,
             threshold=threshold,
             diffusion_steps=diffusion_steps,
             accept_rule=get_accept_rule(acceptance),
+            bonus_candidates=bonus_candidates,
         )
         if "auto" in modes and auto_policy is None:
             auto_policy = AutoPolicy(self.cost_model())

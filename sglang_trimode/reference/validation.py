@@ -16,6 +16,7 @@ def validate_request(
     block_size: int,
     threshold: float | None,
     diffusion_steps: int | None,
+    bonus_candidates: int = 0,
 ) -> None:
     """Check one ``generate`` call against the model config before any forward runs."""
     if not isinstance(prompts, Sequence) or isinstance(prompts, (str, bytes)) or not prompts:
@@ -43,6 +44,12 @@ def validate_request(
         not isinstance(diffusion_steps, int) or diffusion_steps < 1
     ):
         raise ValueError(f"diffusion_steps must be an int >= 1 or None, got {diffusion_steps!r}")
+    check_bonus_candidates(bonus_candidates, cfg.vocab_size, "bonus_candidates")
+    if bonus_candidates and "auto" in modes:
+        raise ValueError(
+            "bonus_candidates: the auto scheduler's cost model does not count the extra mask "
+            "groups; use bonus_candidates with fixed modes (self_spec_quadratic) only"
+        )
     limit = cfg.max_position_embeddings
     for i, p in enumerate(prompts):
         if isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
@@ -86,3 +93,18 @@ def validate_logprobs(
             f"(0..{cfg.vocab_size - 1})"
         )
     return chosen
+
+
+#: most bonus candidates per acceptance length (each adds ``(k + 1) x B`` rows to a step)
+MAX_BONUS_CANDIDATES = 64
+
+
+def check_bonus_candidates(count: object, vocab_size: int, name: str) -> None:
+    """``count`` bonus candidates per quadratic acceptance length: an int in ``[0, hi]``, ``hi``
+    = 64 or fewer for a tiny vocabulary (each is a token other than the draft)."""
+    hi = min(MAX_BONUS_CANDIDATES, vocab_size - 2)
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= hi:
+        raise ValueError(
+            f"{name} must be an int in [0, {hi}] (extra mask groups per quadratic acceptance "
+            f"length; 0 turns them off), got {count!r}"
+        )

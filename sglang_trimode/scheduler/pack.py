@@ -25,6 +25,7 @@ class PackedStep:
     block: list[int]
     num_causal: list[int]
     prefix: list[int]
+    variants: list[int] | None = None  # quadratic mask groups per acceptance length (None: 1)
 
     @property
     def num_tokens(self) -> int:
@@ -47,6 +48,7 @@ def pack(descs: Sequence[MaskDescriptor], prefix_lens: Sequence[int]) -> PackedS
         [d.block for d in descs],
         [d.num_causal for d in descs],
         list(prefix_lens),
+        [d.variants for d in descs],
     )
 
 
@@ -56,6 +58,7 @@ def packed_mask(step: PackedStep) -> torch.Tensor:
     for r in range(len(step.kind)):
         q0, q1, k0, p = step.qo_indptr[r], step.qo_indptr[r + 1], step.kv_indptr[r], step.prefix[r]
         n, blk, k1 = q1 - q0, step.block[r], step.num_causal[r]
+        nv = 1 if step.variants is None else step.variants[r]
         qi, ki = torch.arange(n)[:, None], torch.arange(n)[None, :]
         if step.kind[r] == MaskKind.BLOCK:
             seg = ki // blk <= qi // blk
@@ -63,7 +66,7 @@ def packed_mask(step: PackedStep) -> torch.Tensor:
             qg = torch.where(qi < k1, -1, (qi - k1) // blk)
             kg = torch.where(ki < k1, -1, (ki - k1) // blk)
             qc, kc = qg < 0, kg < 0
-            seg = (qc & kc & (ki <= qi)) | (~qc & kc & (ki <= qg)) | (~qc & (qg == kg))
+            seg = (qc & kc & (ki <= qi)) | (~qc & kc & (ki <= qg // nv)) | (~qc & (qg == kg))
         out[q0:q1, k0 : k0 + p] = True
         out[q0:q1, k0 + p : k0 + p + n] = seg
     return out
