@@ -2,6 +2,7 @@
 
     python bench/tpf.py [--model PATH] [--prompts FILE.jsonl] [--modes ar,diffusion,...]
                         [--block-sizes 8,16] [--max-new-tokens 64] [--threshold 0.9] [--out DIR]
+                        [--bonus-candidates 0,4]
 
 Prompts: a JSONL file with one ``{"token_ids": [...]}`` or ``{"text": "..."}`` per line (text
 needs a tokenizer in the model folder); without a file, seeded random token prompts. Prints a
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -98,6 +100,20 @@ def chars_per_forward(tokenizer, outs) -> float:
     return chars / forwards if forwards else float("nan")
 
 
+def print_bonus_gains(rows: list, cis: list[dict]) -> None:
+    """Quadratic rows with bonus candidates against the plain quadratic row of the same block
+    (same prompts): the TPF change with its paired 95% interval."""
+    plain = {r.block_size: c for r, c in zip(rows, cis) if r.mode == "self_spec_quadratic"}
+    lines = []
+    for r, c in zip(rows, cis, strict=True):
+        if c["bonus_candidates"] and r.block_size in plain:
+            d, lo, hi = paired_diff_ci(plain[r.block_size]["per_request"], c["per_request"])
+            lines.append(f"  {r.mode:<24} {r.block_size:>5}  {d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+    if lines:
+        print("bonus candidates vs plain quadratic, TPF change [paired 95%]:")
+        print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -123,6 +139,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default="on",
         help="the checkpoint's draft-only adapter drafter_lora/, if it has one (default on)",
     )
+    ap.add_argument(
+        "--bonus-candidates",
+        type=csv(int),
+        default=[0],
+        help="quadratic rows for each C in this list (C > 0: mode label "
+        "self_spec_quadratic+bcC, C guessing mask groups per acceptance length); default 0",
+    )
     ap.add_argument("--out", type=Path, default=Path("out/tpf"))
     args = ap.parse_args(argv)
     bad = sorted(set(args.modes) - set(SUPPORTED_MODES))
@@ -146,9 +169,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         prompts = [tokenizer.encode(t) for t in heldout_prompts(args.num_prompts)]
     else:
         prompts = read_prompts(args.prompts, engine, Path(model_path), args.num_prompts)
-    runs = [(m, b) for m in args.modes for b in ([1] if m == "ar" else args.block_sizes)]
+    runs = [
+        (m, b, c)
+        for m in args.modes
+        for b in ([1] if m == "ar" else args.block_sizes)
+        for c in (args.bonus_candidates if m == "self_spec_quadratic" else [0])
+    ]
     rows, cis = [], []
-    for mode, block in tqdm(runs, desc="tpf", unit="run"):
+    for mode, block, count in tqdm(runs, desc="tpf", unit="run"):
         row, outs = run_mode(
             engine,
             prompts,
@@ -157,10 +185,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             max_new_tokens=args.max_new_tokens,
             threshold=args.threshold,
             temperature=args.temperature,
+            bonus_candidates=count,
         )
+        if count:
+            row = replace(row, mode=f"{mode}+bc{count}")
         rows.append(row)
         per = [(len(o.token_ids) - 1, o.stats.forwards) for o in outs]  # as `summarize` counts
-        c = {"per_request": per, "ci95": bootstrap_ci(*zip(*per))}
+        c = {"per_request": per, "ci95": bootstrap_ci(*zip(*per)), "bonus_candidates": count}
         if tokenizer is not None:
             c["chars_per_forward"] = chars_per_forward(tokenizer, outs)
         cis.append(c)
@@ -174,7 +205,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else ""
         )
         tpf = f"{r.tokens_per_forward:.2f} [{lo:.2f}, {hi:.2f}]"
-        print(f"  {r.mode:<20} {r.block_size:>5}  {tpf}{cpf}")
+        print(f"  {r.mode:<24} {r.block_size:>5}  {tpf}{cpf}")
+    print_bonus_gains(rows, cis)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "model": str(model_path),
@@ -189,6 +221,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "rows": [
             r.to_dict()
             | {"tokens_per_forward_ci95": list(c["ci95"]), "per_request": c["per_request"]}
+            | {"bonus_candidates": c["bonus_candidates"]}
             | ({"chars_per_forward": c["chars_per_forward"]} if "chars_per_forward" in c else {})
             for r, c in zip(rows, cis, strict=True)
         ],

@@ -46,18 +46,21 @@ def test_tpf_bench_writes_json(tmp_path):
             "4",
             "--max-new-tokens",
             "10",
+            "--bonus-candidates",
+            "0,2",
             "--out",
             str(tmp_path / "o"),
         ]
     )
     data = json.loads((tmp_path / "o" / "tpf.json").read_text())
     assert data["rows"] == json.loads(json.dumps(rows))
-    modes = {(r["mode"], r["block_size"]) for r in data["rows"]}
+    modes = {(r["mode"], r["block_size"], r["bonus_candidates"]) for r in data["rows"]}
     assert modes == {
-        ("ar", 1),
-        ("diffusion", 4),
-        ("self_spec_linear", 4),
-        ("self_spec_quadratic", 4),
+        ("ar", 1, 0),
+        ("diffusion", 4, 0),
+        ("self_spec_linear", 4, 0),
+        ("self_spec_quadratic", 4, 0),
+        ("self_spec_quadratic+bc2", 4, 2),
     }
     for r in data["rows"]:
         assert r["requests"] == 2 and r["forwards"] > 0
