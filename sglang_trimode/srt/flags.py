@@ -25,6 +25,11 @@ Flags (all optional):
   on a CUDA device; on a CPU only under the Triton interpreter, `TRITON_INTERPRET=1` in the
   server's environment), `torch` its pure-torch reference `sglang_trimode.kernels.reference`
   (same signature). Default `auto`: triton on a CUDA device, torch otherwise.
+- `--trimode-bonus-candidates C` (0 <= C <= 64, default 0): quadratic self-speculation steps get
+  `C` more mask groups per acceptance length, each with a guess of the bonus token in its first
+  slot (`modes.QuadraticSpecPolicy`); more drafts are accepted per forward at the price of
+  `(k + 1) x C x B` more rows per step. Outputs are the same. Not used by `auto` requests (its
+  cost model does not count those rows).
 - `--trimode-fill-in {on,off}`: default `on`: while some requests of a decode step are still in
   a cycle of several forwards (a diffusion block, a linear draft + verify), the requests whose
   cycles take one forward (`ar`, `self_spec_quadratic`) and have finished theirs run further
@@ -76,6 +81,20 @@ def threshold(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def bonus_candidates(text: str) -> int:
+    from sglang_trimode.reference.validation import MAX_BONUS_CANDIDATES
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_BONUS_CANDIDATES:
+        raise argparse.ArgumentTypeError(
+            f"must be in [0, {MAX_BONUS_CANDIDATES}] (0: off), got {value}"
+        )
     return value
 
 
@@ -194,6 +213,15 @@ FLAGS: tuple[Flag, ...] = (
         "'on' (default; used when the checkpoint has one) or 'off'.",
         choices=ON_OFF,
     ),
+    Flag(
+        "--trimode-bonus-candidates",
+        "trimode_bonus_candidates",
+        None,
+        "Quadratic self-speculation: C more mask groups per acceptance length, each guessing the "
+        "bonus token (more tokens per forward, more rows per step; same output). Default 0.",
+        type=bonus_candidates,
+        metavar="C",
+    ),
 )
 
 DESTS = tuple(f.dest for f in FLAGS)
@@ -251,6 +279,7 @@ class TriModeSettings:
     attention_impl: str = DEFAULT_ATTENTION_IMPL
     fill_in: bool = True
     drafter: bool = True
+    bonus_candidates: int = 0
 
 
 def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSettings:
@@ -270,6 +299,7 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
         attention_impl=values.get("trimode_attention_impl") or DEFAULT_ATTENTION_IMPL,
         fill_in=values.get("trimode_fill_in") != "off",
         drafter=values.get("trimode_drafter") != "off",
+        bonus_candidates=values.get("trimode_bonus_candidates") or 0,
     )
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from sglang.srt.managers.schedule_batch import ScheduleBatch
@@ -60,6 +60,7 @@ from sglang_trimode.modes import (
 )
 from sglang_trimode.packed import ragged_offsets
 from sglang_trimode.reference.drafter import DRAFTER_DIR, has_drafter, load_drafter_for
+from sglang_trimode.reference.validation import check_bonus_candidates
 from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
@@ -120,11 +121,15 @@ class TriModeWorker(BaseSpecWorker):
             raise ValueError(msg)
         hf = self.model_runner.model_config.hf_config
         self.mask_token_id = int(hf.mask_token_id)
+        check_bonus_candidates(
+            self.settings.bonus_candidates, int(hf.vocab_size), "--trimode-bonus-candidates"
+        )
         self.mode_cfg = ModeConfig(
             mask_token_id=self.mask_token_id,
             block_size=self.settings.block_size,
             threshold=self.settings.threshold,
             accept_rule=get_accept_rule("lossless"),
+            bonus_candidates=self.settings.bonus_candidates,
         )
         self.policies = {m: get_policy(m, self.mode_cfg) for m in flags.REQUEST_MODES}
         self.states: dict[str, _Req] = {}
@@ -134,7 +139,9 @@ class TriModeWorker(BaseSpecWorker):
         self.drafter = self._load_drafter(server_args)
         self.auto = None
         if "auto" in self.settings.serve_modes or self.settings.mode == "auto":
-            self.auto = AutoModes(self.settings, self.mode_cfg, self.width)
+            # auto plans with quadratic steps of (k + 1)(L + 1) rows: no bonus candidates
+            auto_cfg = replace(self.mode_cfg, bonus_candidates=0)
+            self.auto = AutoModes(self.settings, auto_cfg, self.width)
 
     def _load_drafter(self, server_args):
         """The checkpoint's draft-only adapter (`drafter_lora/`), hooked into the model's

@@ -49,6 +49,7 @@ def test_flags_module_is_consistent():
         "--trimode-attention-impl",
         "--trimode-fill-in",
         "--trimode-drafter",
+        "--trimode-bonus-candidates",
     ]
     assert flags.parse_trimode_args(["--x", "1", "--trimode-mode", "ar"])["trimode_mode"] == "ar"
     s = flags.resolve({"trimode_block_size": 4}, model_block_size=32)
@@ -56,6 +57,8 @@ def test_flags_module_is_consistent():
     assert s.fill_in is True  # on unless --trimode-fill-in off
     assert flags.resolve({"trimode_fill_in": "on"}, 4).fill_in is True
     assert flags.resolve({"trimode_fill_in": "off"}, 4).fill_in is False
+    assert s.bonus_candidates == 0
+    assert flags.resolve({"trimode_bonus_candidates": 3}, 4).bonus_candidates == 3
     assert s.drafter is True  # the checkpoint's drafter adapter unless --trimode-drafter off
     assert flags.resolve({"trimode_drafter": "off"}, 4).drafter is False
     assert flags.check_combination({"trimode_mode": "diffusion"}, None)
@@ -133,6 +136,7 @@ for name, extra in {
     "bad_impl": ["--speculative-algorithm", "TRIMODE", "--trimode-attention-impl", "flash"],
     "bad_fill_in": ["--speculative-algorithm", "TRIMODE", "--trimode-fill-in", "yes"],
     "bad_drafter": ["--speculative-algorithm", "TRIMODE", "--trimode-drafter", "lora"],
+    "bad_bonus": ["--speculative-algorithm", "TRIMODE", "--trimode-bonus-candidates", "65"],
     "no_algo": ["--trimode-mode", "diffusion"],
     "mode_not_served": ["--speculative-algorithm", "TRIMODE", "--trimode-mode", "diffusion",
                         "--trimode-serve-modes", "ar"],
@@ -169,6 +173,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
         "trimode_attention_impl": None,
         "trimode_fill_in": "off",
         "trimode_drafter": None,
+        "trimode_bonus_candidates": None,
     }
     assert got["plain_ar"] == dict.fromkeys(flags.DESTS)
     assert got["overlap_disabled"] is True
@@ -184,6 +189,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
     assert "--trimode-attention-impl: invalid choice: 'flash'" in errors["bad_impl"][1]
     assert "--trimode-fill-in: invalid choice: 'yes'" in errors["bad_fill_in"][1]
     assert "--trimode-drafter: invalid choice: 'lora'" in errors["bad_drafter"][1]
+    assert "--trimode-bonus-candidates: must be in [0, 64]" in errors["bad_bonus"][1]
     assert "need --speculative-algorithm TRIMODE" in errors["no_algo"][1]
     assert "not among --trimode-serve-modes" in errors["mode_not_served"][1]
     assert "--enable-return-hidden-states" in got["hidden_states"]
@@ -247,6 +253,7 @@ for name, kw in {
     "bad_serve": dict(trimode_serve_modes=["ar", "turbo"]),
     "bad_fill_in": dict(trimode_fill_in="yes"),
     "bad_drafter": dict(trimode_drafter="no"),
+    "bad_bonus": dict(trimode_bonus_candidates="two"),
     "no_algo": dict(speculative_algorithm=None, trimode_mode="diffusion"),
     "mode_not_served": dict(trimode_mode="diffusion", trimode_serve_modes="ar"),
     "unknown": dict(trimode_turbo=1),
@@ -288,6 +295,7 @@ def test_offline_server_args_take_the_flags_as_keywords(tmp_path):
     assert "unknown: turbo" in errors["bad_serve"]
     assert "trimode_fill_in='yes': expected one of on, off" in errors["bad_fill_in"]
     assert "trimode_drafter='no': expected one of on, off" in errors["bad_drafter"]
+    assert "trimode_bonus_candidates='two': expected an integer" in errors["bad_bonus"]
     assert "trimode_mode need speculative_algorithm=TRIMODE" in errors["no_algo"]
     assert "trimode_mode diffusion is not among trimode_serve_modes ar" in errors["mode_not_served"]
     assert "trimode_turbo" in errors["unknown"]

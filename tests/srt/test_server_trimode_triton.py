@@ -4,7 +4,8 @@ The TRIMODE worker's attention runs the Triton kernel `sglang_trimode.kernels.ex
 under the interpreter (`TRITON_INTERPRET=1` in the server's environment). Greedy tokens of a
 ragged batch of 4 must equal the reference engine's token for token in every mode, and the
 server log must show the Triton impl in use (the backend logs each impl at its first use) and
-never the torch one. The interpreter is slow: few new tokens. A second check: the same flag
+never the torch one (quadratic steps with `--trimode-bonus-candidates 2`: the kernel's mask groups
+per acceptance length). The interpreter is slow: few new tokens. A second check: the same flag
 without `TRITON_INTERPRET` on a CPU refuses to start with a message naming the flag and the fix.
 Skipped without sglang.
 """
@@ -36,7 +37,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sglang_trimode_triton")
     args = [
         "--speculative-algorithm", "TRIMODE", "--trimode-block-size", str(BLOCK),
-        "--trimode-attention-impl", "triton",
+        "--trimode-attention-impl", "triton", "--trimode-bonus-candidates", "2",
     ]  # fmt: skip
     with start_server(tmp, args, env={"TRITON_INTERPRET": "1"}) as srv:
         yield srv
@@ -49,8 +50,9 @@ def reference():
     expected = {}
     for mode in REQUEST_MODES:
         outs = engine.generate(
-            ps, mode=mode, block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[]
-        )
+            ps, mode=mode, block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[],
+            bonus_candidates=2 if mode == "self_spec_quadratic" else 0,
+        )  # fmt: skip
         expected[mode] = [list(o.token_ids) for o in outs]
         assert all(len(t) == MAX_NEW_TOKENS for t in expected[mode])
     return ps, expected
