@@ -30,7 +30,9 @@ MODES = ("ar", "diffusion", "self_spec_linear", "self_spec_quadratic")
 def random_drafter(model, seed: int = 0, rank: int = 4, std: float = 0.5) -> DrafterLoRA:
     lora = DrafterLoRA.for_model(model, DrafterConfig(rank, 2.0 * rank))
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad():  # both factors seeded: lora_A's own init draws from the global RNG
+        a_std = lora.lora_A.shape[-1] ** -0.5
+        lora.lora_A.copy_(torch.randn(lora.lora_A.shape, generator=gen) * a_std)
         lora.lora_B.copy_(torch.randn(lora.lora_B.shape, generator=gen) * std)
     return lora
 

@@ -41,9 +41,11 @@ def drafted(tmp_path_factory):
     shutil.rmtree(path / DRAFTER_DIR, ignore_errors=True)
     model = TriModeEngine.from_pretrained(path, drafter=False).model
     lora = DrafterLoRA.for_model(model, DrafterConfig(8, 16.0))
-    with torch.no_grad():
+    with torch.no_grad():  # both factors seeded: lora_A's own init draws from the global RNG
         gen = torch.Generator().manual_seed(0)
-        lora.lora_B.copy_(torch.randn(lora.lora_B.shape, generator=gen) * 0.05)
+        a_std = lora.lora_A.shape[-1] ** -0.5
+        lora.lora_A.copy_(torch.randn(lora.lora_A.shape, generator=gen) * a_std)
+        lora.lora_B.copy_(torch.randn(lora.lora_B.shape, generator=gen) * 0.2)
     lora.save(path)
     return path
 
