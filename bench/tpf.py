@@ -2,7 +2,7 @@
 
     python bench/tpf.py [--model PATH] [--prompts FILE.jsonl] [--modes ar,diffusion,...]
                         [--block-sizes 8,16] [--max-new-tokens 64] [--threshold 0.9] [--out DIR]
-                        [--bonus-candidates 0,4]
+                        [--bonus-candidates 0,4] [--bonus-lengths 0,2]
 
 Prompts: a JSONL file with one ``{"token_ids": [...]}`` or ``{"text": "..."}`` per line (text
 needs a tokenizer in the model folder); without a file, seeded random token prompts. Prints a
@@ -106,9 +106,9 @@ def print_bonus_gains(rows: list, cis: list[dict]) -> None:
     plain = {r.block_size: c for r, c in zip(rows, cis) if r.mode == "self_spec_quadratic"}
     lines = []
     for r, c in zip(rows, cis, strict=True):
-        if c["bonus_candidates"] and r.block_size in plain:
+        if c["bonus_candidates"] and r.block_size in plain:  # every G of bonus_lengths
             d, lo, hi = paired_diff_ci(plain[r.block_size]["per_request"], c["per_request"])
-            lines.append(f"  {r.mode:<24} {r.block_size:>5}  {d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+            lines.append(f"  {r.mode:<28} {r.block_size:>5}  {d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
     if lines:
         print("bonus candidates vs plain quadratic, TPF change [paired 95%]:")
         print("\n".join(lines))
@@ -146,6 +146,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="quadratic rows for each C in this list (C > 0: mode label "
         "self_spec_quadratic+bcC, C guessing mask groups per acceptance length); default 0",
     )
+    ap.add_argument(
+        "--bonus-lengths",
+        type=csv(int),
+        default=[0],
+        help="with --bonus-candidates: rows for each G in this list (G > 0: label +bcCgG, "
+        "guessing groups for acceptance lengths 0..G-1 only); default 0 (every length)",
+    )
     ap.add_argument("--out", type=Path, default=Path("out/tpf"))
     args = ap.parse_args(argv)
     bad = sorted(set(args.modes) - set(SUPPORTED_MODES))
@@ -169,14 +176,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         prompts = [tokenizer.encode(t) for t in heldout_prompts(args.num_prompts)]
     else:
         prompts = read_prompts(args.prompts, engine, Path(model_path), args.num_prompts)
+    if any(g < 0 for g in args.bonus_lengths):
+        ap.error(
+            f"--bonus-lengths: each G must be >= 0 (0: every length), got {args.bonus_lengths}"
+        )
     runs = [
-        (m, b, c)
+        (m, b, c, g)
         for m in args.modes
         for b in ([1] if m == "ar" else args.block_sizes)
         for c in (args.bonus_candidates if m == "self_spec_quadratic" else [0])
+        for g in (args.bonus_lengths if c else [0])
     ]
     rows, cis = [], []
-    for mode, block, count in tqdm(runs, desc="tpf", unit="run"):
+    for mode, block, count, lengths in tqdm(runs, desc="tpf", unit="run"):
         row, outs = run_mode(
             engine,
             prompts,
@@ -186,12 +198,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             threshold=args.threshold,
             temperature=args.temperature,
             bonus_candidates=count,
+            bonus_lengths=lengths,
         )
         if count:
-            row = replace(row, mode=f"{mode}+bc{count}")
+            row = replace(row, mode=f"{mode}+bc{count}" + (f"g{lengths}" if lengths else ""))
         rows.append(row)
         per = [(len(o.token_ids) - 1, o.stats.forwards) for o in outs]  # as `summarize` counts
-        c = {"per_request": per, "ci95": bootstrap_ci(*zip(*per)), "bonus_candidates": count}
+        c = {"per_request": per, "ci95": bootstrap_ci(*zip(*per))}
+        c |= {"bonus_candidates": count, "bonus_lengths": lengths}
         if tokenizer is not None:
             c["chars_per_forward"] = chars_per_forward(tokenizer, outs)
         cis.append(c)
@@ -205,7 +219,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else ""
         )
         tpf = f"{r.tokens_per_forward:.2f} [{lo:.2f}, {hi:.2f}]"
-        print(f"  {r.mode:<24} {r.block_size:>5}  {tpf}{cpf}")
+        print(f"  {r.mode:<28} {r.block_size:>5}  {tpf}{cpf}")
     print_bonus_gains(rows, cis)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
@@ -221,7 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "rows": [
             r.to_dict()
             | {"tokens_per_forward_ci95": list(c["ci95"]), "per_request": c["per_request"]}
-            | {"bonus_candidates": c["bonus_candidates"]}
+            | {"bonus_candidates": c["bonus_candidates"], "bonus_lengths": c["bonus_lengths"]}
             | ({"chars_per_forward": c["chars_per_forward"]} if "chars_per_forward" in c else {})
             for r, c in zip(rows, cis, strict=True)
         ],

@@ -70,7 +70,7 @@ def compare(base: dict, new: dict) -> list[dict]:
 
 def format_rows(rows: list[dict]) -> str:
     head = (
-        f"{'mode':<24} {'block':>5} {'base':>6} {'new':>6} {'new-base [95% paired]':>24}  chars/fwd"
+        f"{'mode':<28} {'block':>5} {'base':>6} {'new':>6} {'new-base [95% paired]':>24}  chars/fwd"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -78,7 +78,7 @@ def format_rows(rows: list[dict]) -> str:
         cpf = r["chars_per_forward_base"], r["chars_per_forward_new"]
         chars = f"{cpf[0]:.2f} -> {cpf[1]:.2f}" if None not in cpf else "-"
         lines.append(
-            f"{r['mode']:<24} {r['block_size']:>5} {r['tpf_base']:>6.2f} {r['tpf_new']:>6.2f} "
+            f"{r['mode']:<28} {r['block_size']:>5} {r['tpf_base']:>6.2f} {r['tpf_new']:>6.2f} "
             f"{r['tpf_diff']:>+8.2f} [{lo:+.2f}, {hi:+.2f}]{'':>3}  {chars}"
         )
     return "\n".join(lines)

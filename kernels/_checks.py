@@ -76,7 +76,7 @@ def check_segments(segments: object, tokens: int, device: torch.device) -> Segme
             raise ValueError(
                 f"segments.{name}: expected int32 on {device}, got {t.dtype} on {t.device}"
             )
-    for name in ("num_causal", "variants"):
+    for name in ("num_causal", "variants", "guessed"):
         t = check_tensor(f"segments.{name}", getattr(segments, name), shape=(batch,))
         if t.dtype != torch.int32 or t.device != device:
             raise ValueError(

@@ -126,6 +126,7 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
         q, k if k is not None else q, v if v is not None else q, k_cache, v_cache, o_part, lse,
         q_scale if q_scale is not None else q,
         seg.qo_indptr, seg.kind, seg.block, seg.num_causal, seg.variants,
+        seg.guessed,
         pages.table, pages.row_start, pages.lengths,
         sm_scale * math.log2(math.e), splits, min_chunk,
         q.stride(0), q.stride(1), *ks,

@@ -2,8 +2,8 @@
 
 Request ``b``'s segment is rows ``qo_indptr[b] : qo_indptr[b + 1]`` of the packed ``q``/``k``/``v``;
 its mask is :class:`sglang_trimode.masks.MaskDescriptor` ``(kind[b], n_b, block[b],
-num_causal[b], variants[b])``, which the kernel evaluates per (query, key) pair instead of reading
-a dense mask.
+num_causal[b], variants[b], guessed[b])``, which the kernel evaluates per (query, key) pair
+instead of reading a dense mask.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from sglang_trimode.masks import MaskDescriptor, MaskKind
 class SegmentBatch:
     """``qo_indptr`` int32 ``[B + 1]``; ``kind``, ``block``, ``num_causal`` int32 ``[B]``;
     ``max_len``: the longest segment (a host int, so that a launch needs no device sync);
-    ``variants`` int32 ``[B]`` (quadratic mask groups per acceptance length; None: all 1)."""
+    ``variants`` int32 ``[B]`` (quadratic mask groups per acceptance length; None: all 1);
+    ``guessed`` int32 ``[B]`` (how many acceptance lengths, shortest first, get them; None: all,
+    i.e. ``num_causal``)."""
 
     qo_indptr: torch.Tensor
     kind: torch.Tensor
@@ -28,10 +30,13 @@ class SegmentBatch:
     num_causal: torch.Tensor
     max_len: int
     variants: torch.Tensor | None = None
+    guessed: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.variants is None:
             object.__setattr__(self, "variants", torch.ones_like(self.kind))
+        if self.guessed is None and isinstance(self.num_causal, torch.Tensor):
+            object.__setattr__(self, "guessed", self.num_causal.clone())
 
     @classmethod
     def from_descriptors(
@@ -54,6 +59,7 @@ class SegmentBatch:
             ints([d.num_causal for d in descs]),
             max(lens),
             ints([d.variants for d in descs]),
+            ints([d.guessed for d in descs]),
         )
 
     @property
@@ -64,13 +70,14 @@ class SegmentBatch:
         """The descriptors back (host sync; validates each one)."""
         indptr = self.qo_indptr.tolist()
         return [
-            MaskDescriptor(MaskKind(k), indptr[b + 1] - indptr[b], blk, nc, nv)
-            for b, (k, blk, nc, nv) in enumerate(
+            MaskDescriptor(MaskKind(k), indptr[b + 1] - indptr[b], blk, nc, nv, ng)
+            for b, (k, blk, nc, nv, ng) in enumerate(
                 zip(
                     self.kind.tolist(),
                     self.block.tolist(),
                     self.num_causal.tolist(),
                     self.variants.tolist(),
+                    self.guessed.tolist(),
                 )
             )
         ]

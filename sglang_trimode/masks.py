@@ -14,8 +14,9 @@ that the Triton kernels read instead of a dense mask:
   itself bidirectionally, so one forward verifies the drafts and pre-drafts the next block for
   every acceptance length. With ``V > 1`` *variants* each acceptance length gets ``V`` groups:
   variant 0 all masks, variant ``v`` with a candidate for the not-yet-known bonus token in its
-  first slot (``modes.QuadraticSpecPolicy``, bonus candidates); group ``g`` serves acceptance
-  length ``g // V``.
+  first slot (``modes.QuadraticSpecPolicy``, bonus candidates). Only the ``G`` shortest
+  acceptance lengths (``guessed``; default all ``k + 1``) get variants, the others one group, so
+  group ``g`` serves acceptance length ``max(g // V, g - G (V - 1))``.
 
 Offsets are relative to ``prefix_len``: the absolute position of segment token ``t`` is
 ``prefix_len + offsets[t]``. The dense forms are the obviously-correct references.
@@ -41,7 +42,9 @@ class MaskDescriptor:
     ``kind``: BLOCK or QUADRATIC. ``length``: segment tokens ``n``. ``block``: block size ``B``
     (BLOCK) or mask-group size ``L`` (QUADRATIC). ``num_causal``: causal tokens ``k + 1``
     (QUADRATIC only; 0 for BLOCK). ``variants``: mask groups ``V`` per acceptance length
-    (QUADRATIC; 1 for BLOCK).
+    (QUADRATIC; 1 for BLOCK). ``guessed``: how many acceptance lengths, shortest first, get the
+    ``V`` groups (QUADRATIC: ``1..num_causal``, 0 stands for all and is stored as ``num_causal``;
+    0 for BLOCK).
     """
 
     kind: MaskKind
@@ -49,6 +52,7 @@ class MaskDescriptor:
     block: int
     num_causal: int = 0
     variants: int = 1
+    guessed: int = 0
 
     def __post_init__(self) -> None:
         if self.length < 1:
@@ -60,15 +64,33 @@ class MaskDescriptor:
                 f"MaskDescriptor.variants must be >= 1 (QUADRATIC) or 1 (BLOCK), got "
                 f"{self.variants} for {self.kind.name}"
             )
-        if self.kind == MaskKind.QUADRATIC:
-            if self.num_causal < 1:
-                raise ValueError("MaskDescriptor.num_causal must be >= 1 for QUADRATIC")
-            want = self.num_causal * (1 + self.variants * self.block)
-            if self.length != want:
-                raise ValueError(
-                    f"QUADRATIC length must be num_causal * (1 + variants * block) = {want}, "
-                    f"got {self.length}"
-                )
+        if self.kind != MaskKind.QUADRATIC:
+            if self.guessed != 0:
+                raise ValueError(f"MaskDescriptor.guessed must be 0 for BLOCK, got {self.guessed}")
+            return
+        if self.num_causal < 1:
+            raise ValueError("MaskDescriptor.num_causal must be >= 1 for QUADRATIC")
+        if self.guessed == 0:
+            object.__setattr__(self, "guessed", self.num_causal)
+        if not 1 <= self.guessed <= self.num_causal:
+            raise ValueError(
+                f"MaskDescriptor.guessed must be 0 (all) or 1..num_causal={self.num_causal}, "
+                f"got {self.guessed}"
+            )
+        want = self.num_causal + self.num_groups * self.block
+        if self.length != want:
+            raise ValueError(
+                "QUADRATIC length must be num_causal + (num_causal + guessed * (variants - 1)) "
+                f"* block = {want}, got {self.length}"
+            )
+
+    @property
+    def num_groups(self) -> int:
+        """QUADRATIC mask groups: ``V`` for each of the ``guessed`` shortest acceptance lengths,
+        one for each other (0 for BLOCK)."""
+        if self.kind != MaskKind.QUADRATIC:
+            return 0
+        return self.num_causal + self.guessed * (self.variants - 1)
 
     @property
     def is_causal(self) -> bool:
@@ -83,13 +105,34 @@ class MaskDescriptor:
             return self.num_causal
         return self.length if self.is_causal else 0
 
-    def group_slice(self, i: int, variant: int = 0) -> slice:
-        """Segment indices of the quadratic mask group of acceptance length ``i``, ``variant``
-        (group ``i * variants + variant``)."""
-        if not 0 <= variant < self.variants:
-            raise IndexError(f"variant {variant} of a segment with {self.variants} variants")
-        start = self.num_causal + (i * self.variants + variant) * self.block
+    def variants_of(self, i: int) -> int:
+        """Mask groups of acceptance length ``i`` (QUADRATIC)."""
+        return self.variants if i < self.guessed else 1
+
+    def group_index(self, i: int, variant: int = 0) -> int:
+        """Position among the mask groups of acceptance length ``i``'s ``variant``."""
+        if not 0 <= i < self.num_causal:
+            raise IndexError(f"acceptance length {i} of a step with {self.num_causal - 1} drafts")
+        if not 0 <= variant < self.variants_of(i):
+            raise IndexError(
+                f"variant {variant} of acceptance length {i}, which has {self.variants_of(i)}"
+            )
+        if i < self.guessed:
+            return i * self.variants + variant
+        return self.guessed * self.variants + (i - self.guessed)
+
+    def acceptance_of(self, g: int) -> int:
+        """The acceptance length mask group ``g`` serves: ``max(g // V, g - G (V - 1))``."""
+        return max(g // self.variants, g - self.guessed * (self.variants - 1))
+
+    def group(self, g: int) -> slice:
+        """Segment indices of mask group ``g`` (groups counted in segment order)."""
+        start = self.num_causal + g * self.block
         return slice(start, start + self.block)
+
+    def group_slice(self, i: int, variant: int = 0) -> slice:
+        """Segment indices of the quadratic mask group of acceptance length ``i``, ``variant``."""
+        return self.group(self.group_index(i, variant))
 
 
 # ---- step kinds -------------------------------------------------------------------------------
@@ -125,13 +168,16 @@ def linear_verify(n: int) -> MaskDescriptor:
     return MaskDescriptor(MaskKind.BLOCK, n, 1)
 
 
-def quadratic(num_drafts: int, group_size: int, variants: int = 1) -> MaskDescriptor:
-    """One TiDAR-style step: verify ``num_drafts`` drafts and pre-draft ``variants`` groups of
-    ``group_size`` tokens for each of the ``num_drafts + 1`` acceptance lengths."""
+def quadratic(
+    num_drafts: int, group_size: int, variants: int = 1, guessed: int = 0
+) -> MaskDescriptor:
+    """One TiDAR-style step: verify ``num_drafts`` drafts and pre-draft a group of
+    ``group_size`` tokens for each of the ``num_drafts + 1`` acceptance lengths, ``variants``
+    groups for the ``guessed`` shortest (0 or more than there are: all of them)."""
     k1 = num_drafts + 1
-    return MaskDescriptor(
-        MaskKind.QUADRATIC, k1 * (1 + variants * group_size), group_size, k1, variants
-    )
+    g = k1 if guessed <= 0 else min(guessed, k1)
+    n = k1 + (k1 + g * (variants - 1)) * group_size
+    return MaskDescriptor(MaskKind.QUADRATIC, n, group_size, k1, variants, g)
 
 
 # ---- positions and dense masks ----------------------------------------------------------------
@@ -145,7 +191,7 @@ def offsets(desc: MaskDescriptor) -> torch.Tensor:
     groups = [
         torch.arange(i + 1, i + 1 + desc.block)
         for i in range(desc.num_causal)
-        for _ in range(desc.variants)
+        for _ in range(desc.variants_of(i))
     ]
     return torch.cat([causal, *groups])
 
@@ -159,12 +205,14 @@ def segment_mask(desc: MaskDescriptor) -> torch.Tensor:
         kb = idx[None, :] // desc.block
         return kb <= qb
     k1, g = desc.num_causal, desc.block
-    # group id per token: -1 for causal tokens, g for mask group g (acceptance length g // V)
+    # group id per token: -1 for causal tokens, g for mask group g
     group = torch.where(idx < k1, torch.full_like(idx, -1), (idx - k1) // g)
+    v, shift = desc.variants, desc.guessed * (desc.variants - 1)
+    accept = torch.maximum(group // v, group - shift)  # acceptance_of, per token
     is_causal = group < 0
     q_causal, k_causal = is_causal[:, None], is_causal[None, :]
     causal_part = q_causal & k_causal & (idx[None, :] <= idx[:, None])
-    sees_drafts = ~q_causal & k_causal & (idx[None, :] <= (group // desc.variants)[:, None])
+    sees_drafts = ~q_causal & k_causal & (idx[None, :] <= accept[:, None])
     same_group = ~q_causal & ~k_causal & (group[:, None] == group[None, :])
     return causal_part | sees_drafts | same_group
 

@@ -160,7 +160,8 @@ class Segment:
 class ModeConfig:
     """Settings shared by the policies; ``mask_token_id`` comes from the model config.
     ``bonus_candidates`` (quadratic self-speculation): extra mask groups per acceptance length,
-    each with a guess of the bonus token in its first slot (0: plain TiDAR)."""
+    each with a guess of the bonus token in its first slot (0: plain TiDAR); ``bonus_lengths``:
+    only the that many shortest acceptance lengths get them (0: every one)."""
 
     mask_token_id: int
     block_size: int
@@ -168,6 +169,7 @@ class ModeConfig:
     diffusion_steps: int | None = None
     accept_rule: AcceptRule | None = None
     bonus_candidates: int = 0
+    bonus_lengths: int = 0
 
 
 def _all(n: int) -> torch.Tensor:
@@ -347,7 +349,9 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
     bonus: the ``C`` tokens the drafter found likeliest at draft ``i + 1`` after the draft itself
     (if that draft is rejected, the emitted bonus is often one of them). After verifying, the
     step reads the group whose guess equals the bonus (its drafts are conditioned on the true
-    token, as a linear draft is), else the all-mask group. Verification is unchanged, so greedy
+    token, as a linear draft is), else the all-mask group. With ``cfg.bonus_lengths = G`` only
+    acceptance lengths ``0..G-1`` get guesses (most steps accept few drafts), which keeps a step's
+    rows near plain TiDAR's. Verification is unchanged, so greedy
     output still equals AR's and sampled output keeps AR's distribution (the drafts a step uses
     depend only on tokens already emitted)."""
 
@@ -369,12 +373,12 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
 
     def segment(self, r: RequestState) -> Segment:
         nv = 1 + self.cfg.bonus_candidates  # groups without a guess hold masks only
-        desc = masks.quadratic(len(r.drafts), self.cfg.block_size, nv)
+        desc = masks.quadratic(len(r.drafts), self.cfg.block_size, nv, self.cfg.bonus_lengths)
         mask = self.cfg.mask_token_id
         groups: list[int] = []
         for i in range(desc.num_causal):  # acceptance length i: variant 0, then the guesses
             guesses = r.cands[i] if i < len(r.cands) else []
-            for v in range(nv):
+            for v in range(desc.variants_of(i)):
                 first = guesses[v - 1] if 0 < v <= len(guesses) else mask
                 groups += [first] + [mask] * (self.cfg.block_size - 1)
         return Segment([r.seed, *r.drafts, *groups], desc)
@@ -386,7 +390,8 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
             r.q = torch.zeros(0, p.shape[-1])
         accepted = self._verify(r, p, logits[: desc.num_causal])
         variant = 0  # the group whose first slot holds the emitted bonus token, if any
-        guesses = r.cands[accepted][: desc.variants - 1] if accepted < len(r.cands) else []
+        n_guess = desc.variants_of(accepted) - 1
+        guesses = r.cands[accepted][:n_guess] if accepted < len(r.cands) else []
         if r.seed in guesses:
             variant = 1 + guesses.index(r.seed)
         # the group stands at the bonus position and the next L-1 positions

@@ -84,13 +84,13 @@ def run_mode(
 
 def format_table(rows: Iterable[ModeRow]) -> str:
     head = (
-        f"{'mode':<24} {'block':>5} {'tokens':>7} {'forwards':>8} "
+        f"{'mode':<28} {'block':>5} {'tokens':>7} {'forwards':>8} "
         f"{'TPF':>6} {'AL':>6} {'time s':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.mode:<24} {r.block_size:>5} {r.tokens:>7} {r.forwards:>8} "
+            f"{r.mode:<28} {r.block_size:>5} {r.tokens:>7} {r.forwards:>8} "
             f"{r.tokens_per_forward:>6.2f} {r.acceptance_length:>6.2f} {r.wall_s:>7.2f}"
         )
     return "\n".join(lines)

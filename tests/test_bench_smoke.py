@@ -48,19 +48,23 @@ def test_tpf_bench_writes_json(tmp_path):
             "10",
             "--bonus-candidates",
             "0,2",
+            "--bonus-lengths",
+            "0,1",
             "--out",
             str(tmp_path / "o"),
         ]
     )
     data = json.loads((tmp_path / "o" / "tpf.json").read_text())
     assert data["rows"] == json.loads(json.dumps(rows))
-    modes = {(r["mode"], r["block_size"], r["bonus_candidates"]) for r in data["rows"]}
+    keys = ("mode", "block_size", "bonus_candidates", "bonus_lengths")
+    modes = {tuple(r[k] for k in keys) for r in data["rows"]}
     assert modes == {
-        ("ar", 1, 0),
-        ("diffusion", 4, 0),
-        ("self_spec_linear", 4, 0),
-        ("self_spec_quadratic", 4, 0),
-        ("self_spec_quadratic+bc2", 4, 2),
+        ("ar", 1, 0, 0),
+        ("diffusion", 4, 0, 0),
+        ("self_spec_linear", 4, 0, 0),
+        ("self_spec_quadratic", 4, 0, 0),
+        ("self_spec_quadratic+bc2", 4, 2, 0),
+        ("self_spec_quadratic+bc2g1", 4, 2, 1),
     }
     for r in data["rows"]:
         assert r["requests"] == 2 and r["forwards"] > 0

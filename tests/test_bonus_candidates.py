@@ -165,3 +165,91 @@ def test_bad_bonus_candidates_name_the_field(engine, prompts, bad):
 def test_bonus_candidates_with_auto_are_refused(engine, prompts):
     with pytest.raises(ValueError, match="bonus_candidates: the auto scheduler"):
         engine.generate(prompts[:1], mode="auto", bonus_candidates=2)
+
+
+@pytest.mark.parametrize("row_summary", [False, True], ids=["full_rows", "row_summary"])
+@pytest.mark.parametrize("lengths", [1, 2])
+def test_guesses_for_the_shortest_lengths_only_keep_greedy_equal_to_ar(
+    engine, prompts, ar_out, lengths, row_summary
+):
+    """``bonus_lengths=G``: guessing groups for acceptance lengths ``0..G-1`` only."""
+    kw = dict(mode="self_spec_quadratic", max_new_tokens=NEW, stop_token_ids=[], block_size=8)
+    outs = engine.generate(
+        prompts, bonus_candidates=3, bonus_lengths=lengths, row_summary=row_summary, **kw
+    )
+    for o, ref in zip(outs, ar_out, strict=True):
+        assert o.token_ids == ref.token_ids
+        assert sum(o.stats.accept_lengths) == NEW - 1
+
+
+def test_guesses_for_the_shortest_lengths_are_used(engine, prompts, monkeypatch):
+    """Guard for the test above: steps read guessing groups of length 0 and, with
+    ``bonus_lengths=1``, never ask for a variant of a longer acceptance length."""
+    picked = []
+    real = masks.MaskDescriptor.group_slice
+
+    def spy(self, i, variant=0):
+        picked.append((i, variant))
+        return real(self, i, variant)
+
+    monkeypatch.setattr(masks.MaskDescriptor, "group_slice", spy)
+    kw = dict(mode="self_spec_quadratic", max_new_tokens=NEW, stop_token_ids=[])
+    engine.generate(prompts, bonus_candidates=3, bonus_lengths=1, **kw)
+    assert any(v > 0 for i, v in picked) and all(i == 0 for i, v in picked if v > 0)
+    assert any(i > 0 for i, v in picked)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_batch_of_n_equals_n_runs_of_one_with_guessed_lengths(engine, prompts, temperature):
+    kw = dict(mode="self_spec_quadratic", max_new_tokens=24, block_size=4, top_k=20)
+    kw |= dict(temperature=temperature, bonus_candidates=2, bonus_lengths=1)
+    batched = engine.generate(prompts, seed=[100 + i for i in range(len(prompts))], **kw)
+    for i, p in enumerate(prompts):
+        (single,) = engine.generate([p], seed=100 + i, **kw)
+        assert single.token_ids == batched[i].token_ids
+        assert single.stats.forwards == batched[i].stats.forwards
+
+
+def test_step_guesses_only_for_the_shortest_lengths():
+    vocab, mask = 64, 3
+    cfg = ModeConfig(
+        mask, 3, accept_rule=get_accept_rule("lossless"), bonus_candidates=2, bonus_lengths=1
+    )
+    policy = QuadraticSpecPolicy(cfg)
+    r = _state([11, 12], [[20, 21], [22, 23]], vocab)
+    seg = policy.segment(r)
+    assert seg.desc == masks.quadratic(2, 3, 3, 1)
+    groups = [
+        [3, 3, 3], [20, 3, 3], [21, 3, 3],  # acceptance length 0: masks, then each guess
+        [3, 3, 3],  # acceptance length 1: masks only (its guesses 22, 23 are not laid out)
+        [3, 3, 3],  # all accepted
+    ]  # fmt: skip
+    assert seg.tokens == [10, 11, 12] + [t for g in groups for t in g]
+    logits = torch.zeros(seg.desc.length, vocab)
+    logits[0, 11] = 5.0  # accepts d_1 = 11
+    logits[1, 23] = 5.0  # rejects d_2 = 12: bonus 23, guessed but with no group at length 1
+    rows = range(*seg.desc.group_slice(1).indices(seg.desc.length))
+    assert list(rows) == [3 + 3 * 3 + j for j in range(3)]  # the fourth group
+    for j, row in enumerate(rows):
+        logits[row, 30 + j] = 9.0
+    policy.consume(r, seg, logits)
+    assert r.out == [11, 23] and r.drafts == [31, 32]
+
+
+@pytest.mark.parametrize(
+    "bad,candidates,match",
+    [
+        (-1, 2, "bonus_lengths must be an int >= 0"),
+        (1.5, 2, "bonus_lengths must be an int >= 0"),
+        (True, 2, "bonus_lengths must be an int >= 0"),
+        (2, 0, "bonus_lengths=2 needs bonus_candidates > 0"),
+    ],
+)
+def test_bad_bonus_lengths_name_the_field(engine, prompts, bad, candidates, match):
+    with pytest.raises(ValueError, match=match):
+        engine.generate(
+            prompts[:1],
+            mode="self_spec_quadratic",
+            bonus_candidates=candidates,
+            bonus_lengths=bad,
+        )

@@ -20,32 +20,39 @@ def test_quadratic_drafts_are_causal(k, g):
     assert not m[:n_causal, n_causal:].any()
 
 
-@settings(max_examples=60, deadline=None)
-@given(k=st.integers(0, 9), g=st.integers(1, 9), nv=st.integers(1, 3))
-def test_quadratic_group_sees_exactly_drafts_upto_i_and_itself(k, g, nv):
-    desc = masks.quadratic(k, g, nv)
-    assert desc.length == (k + 1) * (1 + nv * g)
+@settings(max_examples=80, deadline=None)
+@given(k=st.integers(0, 9), g=st.integers(1, 9), nv=st.integers(1, 3), guessed=st.integers(0, 11))
+def test_quadratic_group_sees_exactly_drafts_upto_i_and_itself(k, g, nv, guessed):
+    desc = masks.quadratic(k, g, nv, guessed)
+    n_guessed = k + 1 if guessed == 0 else min(guessed, k + 1)  # 0 or too many: every length
+    assert desc.guessed == n_guessed
+    # groups in segment order: acceptance length, then variant; nv for the shortest lengths
+    order = [(i, v) for i in range(k + 1) for v in range(nv if i < n_guessed else 1)]
+    assert desc.length == (k + 1) + len(order) * g == desc.num_causal + desc.num_groups * g
     m = masks.segment_mask(desc)
     n_causal = desc.num_causal
-    for i in range(n_causal):
-        for v in range(nv):
-            rows = m[desc.group_slice(i, v)]
-            expected_causal = torch.arange(n_causal) <= i
-            assert torch.equal(rows[:, :n_causal], expected_causal.expand(g, -1))
-            expected_masks = torch.zeros(desc.length - n_causal, dtype=torch.bool)
-            j = i * nv + v  # groups in order: acceptance length, then variant
-            expected_masks[j * g : (j + 1) * g] = True
-            assert torch.equal(rows[:, n_causal:], expected_masks.expand(g, -1))
+    for j, (i, v) in enumerate(order):
+        assert desc.acceptance_of(j) == i and desc.group_index(i, v) == j
+        rows = m[desc.group_slice(i, v)]
+        expected_causal = torch.arange(n_causal) <= i
+        assert torch.equal(rows[:, :n_causal], expected_causal.expand(g, -1))
+        expected_masks = torch.zeros(desc.length - n_causal, dtype=torch.bool)
+        expected_masks[j * g : (j + 1) * g] = True
+        assert torch.equal(rows[:, n_causal:], expected_masks.expand(g, -1))
+    if n_guessed <= k:  # the first length without guesses has one group
+        with pytest.raises(IndexError, match="variant 1"):
+            desc.group_slice(n_guessed, 1)
 
 
 @settings(max_examples=60, deadline=None)
-@given(k=st.integers(0, 9), g=st.integers(1, 9), nv=st.integers(1, 3))
-def test_quadratic_positions(k, g, nv):
-    desc = masks.quadratic(k, g, nv)
+@given(k=st.integers(0, 9), g=st.integers(1, 9), nv=st.integers(1, 3), guessed=st.integers(0, 4))
+def test_quadratic_positions(k, g, nv, guessed):
+    desc = masks.quadratic(k, g, nv, guessed)
     off = masks.offsets(desc)
+    assert off.numel() == desc.length
     assert off[: desc.num_causal].tolist() == list(range(k + 1))
     for i in range(desc.num_causal):
-        for v in range(nv):
+        for v in range(desc.variants_of(i)):
             assert off[desc.group_slice(i, v)].tolist() == list(range(i + 1, i + 1 + g))
 
 
@@ -56,6 +63,12 @@ def test_variants_are_validated():
         masks.quadratic(2, 4, 0)
     with pytest.raises(IndexError, match="variant 2"):
         masks.quadratic(2, 4, 2).group_slice(0, 2)
+    with pytest.raises(ValueError, match="guessed must be 0 for BLOCK"):
+        masks.MaskDescriptor(MaskKind.BLOCK, 4, 4, 0, 1, 2)
+    with pytest.raises(ValueError, match="guessed must be 0 .all. or 1..num_causal=3"):
+        masks.MaskDescriptor(MaskKind.QUADRATIC, 3 + 3 * 4, 4, 3, 1, 4)
+    with pytest.raises(ValueError, match="QUADRATIC length"):  # guessed 1 of 3: 4 groups, not 6
+        masks.MaskDescriptor(MaskKind.QUADRATIC, 3 + 6 * 4, 4, 3, 2, 1)
 
 
 @settings(max_examples=80, deadline=None)

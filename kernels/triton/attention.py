@@ -20,16 +20,23 @@ import triton.language as tl
 
 
 @triton.jit
-def segment_visible(qi, ki, kind, blk, k1, nv):
+def _acceptance(g, nv, ng):
+    """The acceptance length quadratic group ``g`` serves (``MaskDescriptor.acceptance_of``)."""
+    return tl.maximum(g // nv, g - ng * (nv - 1))
+
+
+@triton.jit
+def segment_visible(qi, ki, kind, blk, k1, nv, ng):
     """``masks.segment_mask`` from ints: BLOCK (kind 0) ``ki // B <= qi // B``; QUADRATIC (kind 1)
-    causal tokens ``< k1`` causal, group ``g`` sees causal tokens ``0..g // nv`` (``nv``
-    variants per acceptance length) and itself."""
+    causal tokens ``< k1`` causal, group ``g`` sees causal tokens ``0..a(g)`` and itself, where
+    ``a(g) = max(g // nv, g - ng (nv - 1))`` (``nv`` variants for each of the ``ng`` shortest
+    acceptance lengths, one group for the others)."""
     block_vis = (ki // blk) <= (qi // blk)
     q_grp = tl.where(qi < k1, -1, (qi - k1) // blk)
     k_grp = tl.where(ki < k1, -1, (ki - k1) // blk)
     q_c = q_grp < 0
     k_c = k_grp < 0
-    sees_drafts = ~q_c & k_c & (ki <= q_grp // nv)
+    sees_drafts = ~q_c & k_c & (ki <= _acceptance(q_grp, nv, ng))
     quad_vis = (q_c & k_c & (ki <= qi)) | sees_drafts | (~q_c & (q_grp == k_grp))
     return tl.where(kind == 1, quad_vis, block_vis)
 
@@ -56,7 +63,7 @@ def _softmax_tile(acc, m_i, l_i, q, k_t, v, row_scale, valid, IEEE: tl.constexpr
 @triton.jit
 def _segment_keys(
     acc, m_i, l_i, q, row_scale, qi, K, V, q_start, kvh, k_lo, k_hi,  # noqa: N803
-    kind, blk, k1, nv, stride_kt, stride_kh, stride_vt, stride_vh,
+    kind, blk, k1, nv, ng, stride_kt, stride_kh, stride_vt, stride_vh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     """Segment keys ``k_lo..k_hi`` (packed rows ``q_start + j``) under the structural mask."""
@@ -75,7 +82,7 @@ def _segment_keys(
             mask=kj_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
-        vis = segment_visible(qi[:, None], kj[None, :], kind, blk, k1, nv) & kj_ok[None, :]
+        vis = segment_visible(qi[:, None], kj[None, :], kind, blk, k1, nv, ng) & kj_ok[None, :]
         acc, m_i, l_i = _softmax_tile(acc, m_i, l_i, q, k_t, v, row_scale, vis, IEEE)
     return acc, m_i, l_i
 
@@ -83,7 +90,7 @@ def _segment_keys(
 @triton.jit
 def paged_attention_fwd(
     Q, K, V, KC, VC, Out, LSE, QS,  # noqa: N803 (tensor pointers)
-    qo_indptr, seg_kind, seg_block, seg_ncausal, seg_variants,
+    qo_indptr, seg_kind, seg_block, seg_ncausal, seg_variants, seg_guessed,
     table, row_start, cache_len,
     sm_scale_log2, num_splits, min_chunk,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
@@ -155,24 +162,27 @@ def paged_attention_fwd(
                 blk = tl.load(seg_block + b)
                 k1 = tl.where(kind == 1, tl.load(seg_ncausal + b), 0)
                 nv = tl.where(kind == 1, tl.load(seg_variants + b), 1)
+                ng = tl.where(kind == 1, tl.load(seg_guessed + b), 0)
                 q_lo = tok0
                 q_hi = tl.minimum(tok0 + TOKENS, n) - 1
                 # key ranges [0, a_hi) and [b_lo, b_hi) cover every key a row of the tile sees
                 last_g = tl.maximum(q_hi - k1, 0) // blk
                 first_g = tl.maximum(q_lo - k1, 0) // blk
-                quad_a = tl.where(q_hi < k1, q_hi + 1, tl.where(q_lo < k1, k1, last_g // nv + 1))
+                quad_a = tl.where(
+                    q_hi < k1, q_hi + 1, tl.where(q_lo < k1, k1, _acceptance(last_g, nv, ng) + 1)
+                )
                 a_hi = tl.where(kind == 1, quad_a, tl.minimum(n, (q_hi // blk + 1) * blk))
                 has_b = (kind == 1) & (q_hi >= k1)
                 b_lo = tl.where(has_b, k1 + first_g * blk, 0)
                 b_hi = tl.where(has_b, k1 + (last_g + 1) * blk, 0)
                 acc, m_i, l_i = _segment_keys(
                     acc, m_i, l_i, q, row_scale, qi, K, V, q_start, kvh, 0, a_hi,
-                    kind, blk, k1, nv, stride_kt, stride_kh, stride_vt, stride_vh,
+                    kind, blk, k1, nv, ng, stride_kt, stride_kh, stride_vt, stride_vh,
                     HEAD_DIM, BLOCK_D, BLOCK_N, IEEE,
                 )  # fmt: skip
                 acc, m_i, l_i = _segment_keys(
                     acc, m_i, l_i, q, row_scale, qi, K, V, q_start, kvh, b_lo, b_hi,
-                    kind, blk, k1, nv, stride_kt, stride_kh, stride_vt, stride_vh,
+                    kind, blk, k1, nv, ng, stride_kt, stride_kh, stride_vt, stride_vh,
                     HEAD_DIM, BLOCK_D, BLOCK_N, IEEE,
                 )  # fmt: skip
 

@@ -141,6 +141,7 @@ class TriModeEngine:
         token_ids_logprob: Sequence[int] | None = None,
         row_summary: bool = False,
         bonus_candidates: int = 0,
+        bonus_lengths: int = 0,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
 
@@ -163,7 +164,8 @@ class TriModeEngine:
 
         ``bonus_candidates=C`` (quadratic self-speculation): ``C`` more mask groups per acceptance
         length, each guessing the bonus token (``modes.QuadraticSpecPolicy``); more rows per
-        forward, the same output.
+        forward, the same output. ``bonus_lengths=G``: only acceptance lengths ``0..G-1`` get them
+        (0: every one); a step's extra rows drop from ``C (k + 1) B`` to ``C G B``.
         """
         chosen = validate_logprobs(self.config, logprobs, top_logprobs, token_ids_logprob)
         cfg = self.config
@@ -174,7 +176,7 @@ class TriModeEngine:
         stops = frozenset(cfg.eos_token_ids if stop_token_ids is None else stop_token_ids)
         validate_request(
             cfg, prompts, modes, seeds, max_new_tokens, block_size, threshold, diffusion_steps,
-            bonus_candidates,
+            bonus_candidates, bonus_lengths,
         )  # fmt: skip
         mode_cfg = ModeConfig(
             mask_token_id=cfg.mask_token_id,
@@ -183,6 +185,7 @@ class TriModeEngine:
             diffusion_steps=diffusion_steps,
             accept_rule=get_accept_rule(acceptance),
             bonus_candidates=bonus_candidates,
+            bonus_lengths=bonus_lengths,
         )
         if "auto" in modes and auto_policy is None:
             auto_policy = AutoPolicy(self.cost_model())

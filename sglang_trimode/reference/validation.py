@@ -17,6 +17,7 @@ def validate_request(
     threshold: float | None,
     diffusion_steps: int | None,
     bonus_candidates: int = 0,
+    bonus_lengths: int = 0,
 ) -> None:
     """Check one ``generate`` call against the model config before any forward runs."""
     if not isinstance(prompts, Sequence) or isinstance(prompts, (str, bytes)) or not prompts:
@@ -45,6 +46,7 @@ def validate_request(
     ):
         raise ValueError(f"diffusion_steps must be an int >= 1 or None, got {diffusion_steps!r}")
     check_bonus_candidates(bonus_candidates, cfg.vocab_size, "bonus_candidates")
+    check_bonus_lengths(bonus_lengths, bonus_candidates, "bonus_lengths", "bonus_candidates")
     if bonus_candidates and "auto" in modes:
         raise ValueError(
             "bonus_candidates: the auto scheduler's cost model does not count the extra mask "
@@ -107,4 +109,19 @@ def check_bonus_candidates(count: object, vocab_size: int, name: str) -> None:
         raise ValueError(
             f"{name} must be an int in [0, {hi}] (extra mask groups per quadratic acceptance "
             f"length; 0 turns them off), got {count!r}"
+        )
+
+
+def check_bonus_lengths(count: object, candidates: int, name: str, candidates_name: str) -> None:
+    """``count``: how many of a quadratic step's acceptance lengths, shortest first, get the bonus
+    candidates' groups: an int >= 0 (0: every one), and only with candidates turned on."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ValueError(
+            f"{name} must be an int >= 0 (the acceptance lengths 0..N-1 that get bonus-candidate "
+            f"groups; 0: every one), got {count!r}"
+        )
+    if count and not candidates:
+        raise ValueError(
+            f"{name}={count} needs {candidates_name} > 0 (it limits which acceptance lengths get "
+            f"the candidates' groups); set {candidates_name} or leave {name} at 0"
         )

@@ -122,7 +122,7 @@ def _group_maker(head, desc, start: int, state, nxt, uni) -> Callable[[int], Row
     head, summarised as the request reads them (greedy: argmax; sampled: its rows' uniforms)."""
 
     def make(g: int) -> Rows:
-        sl = desc.group_slice(g // desc.variants, g % desc.variants)
+        sl = desc.group(g)
         logits = head(torch.arange(start + sl.start, start + sl.stop))
         if state.params.greedy:  # with bonus candidates, each row's best V ids come along
             return GreedyRows.from_logits(logits, desc.variants if desc.variants > 1 else 0)

@@ -38,9 +38,9 @@ def eager_row_index(descs: Sequence[MaskDescriptor | None]) -> torch.Tensor:
 class DeferredGroups:
     """A quadratic step's rows: ``causal`` (the summary of its ``k + 1`` causal rows, as a policy
     reads them) and ``group(i)`` -> the summary of mask group ``i``'s rows (``i`` counts groups in
-    order: acceptance length ``i // variants``, variant ``i % variants``), computed on its first
-    read. Indexed like the step's full ``[(k + 1)(1 + variants L), V]`` rows, for the reads a
-    quadratic policy makes: a slice within the causal rows, or one whole group
+    segment order, ``desc.group(i)``; it serves acceptance length ``desc.acceptance_of(i)``),
+    computed on its first read. Indexed like the step's full ``[desc.length, V]`` rows, for the
+    reads a quadratic policy makes: a slice within the causal rows, or one whole group
     (``desc.group_slice(i, variant)``)."""
 
     def __init__(self, desc: MaskDescriptor, causal, group: Callable[[int], object]) -> None:

@@ -26,6 +26,7 @@ class PackedStep:
     num_causal: list[int]
     prefix: list[int]
     variants: list[int] | None = None  # quadratic mask groups per acceptance length (None: 1)
+    guessed: list[int] | None = None  # acceptance lengths (shortest first) with them (None: all)
 
     @property
     def num_tokens(self) -> int:
@@ -49,6 +50,7 @@ def pack(descs: Sequence[MaskDescriptor], prefix_lens: Sequence[int]) -> PackedS
         [d.num_causal for d in descs],
         list(prefix_lens),
         [d.variants for d in descs],
+        [d.guessed for d in descs],
     )
 
 
@@ -59,6 +61,7 @@ def packed_mask(step: PackedStep) -> torch.Tensor:
         q0, q1, k0, p = step.qo_indptr[r], step.qo_indptr[r + 1], step.kv_indptr[r], step.prefix[r]
         n, blk, k1 = q1 - q0, step.block[r], step.num_causal[r]
         nv = 1 if step.variants is None else step.variants[r]
+        ng = k1 if step.guessed is None else step.guessed[r]
         qi, ki = torch.arange(n)[:, None], torch.arange(n)[None, :]
         if step.kind[r] == MaskKind.BLOCK:
             seg = ki // blk <= qi // blk
@@ -66,7 +69,11 @@ def packed_mask(step: PackedStep) -> torch.Tensor:
             qg = torch.where(qi < k1, -1, (qi - k1) // blk)
             kg = torch.where(ki < k1, -1, (ki - k1) // blk)
             qc, kc = qg < 0, kg < 0
-            seg = (qc & kc & (ki <= qi)) | (~qc & kc & (ki <= qg // nv)) | (~qc & (qg == kg))
+            seg = (
+                (qc & kc & (ki <= qi))
+                | (~qc & kc & (ki <= torch.maximum(qg // nv, qg - ng * (nv - 1))))
+                | (~qc & (qg == kg))
+            )
         out[q0:q1, k0 : k0 + p] = True
         out[q0:q1, k0 + p : k0 + p + n] = seg
     return out

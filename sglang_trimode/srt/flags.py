@@ -64,11 +64,15 @@ DEFAULT_ATTENTION_IMPL = "auto"
 ON_OFF = ("on", "off")
 
 
-def positive_int(text: str) -> int:
+def _parse_int(text: str, expected: str = "an integer") -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _parse_int(text, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
     return value
@@ -87,14 +91,18 @@ def threshold(text: str) -> float:
 def bonus_candidates(text: str) -> int:
     from sglang_trimode.reference.validation import MAX_BONUS_CANDIDATES
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    value = _parse_int(text)
     if not 0 <= value <= MAX_BONUS_CANDIDATES:
         raise argparse.ArgumentTypeError(
             f"must be in [0, {MAX_BONUS_CANDIDATES}] (0: off), got {value}"
         )
+    return value
+
+
+def bonus_lengths(text: str) -> int:
+    value = _parse_int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: every acceptance length), got {value}")
     return value
 
 
@@ -222,6 +230,16 @@ FLAGS: tuple[Flag, ...] = (
         type=bonus_candidates,
         metavar="C",
     ),
+    Flag(
+        "--trimode-bonus-lengths",
+        "trimode_bonus_lengths",
+        None,
+        "With --trimode-bonus-candidates: only the G shortest acceptance lengths (0..G-1) get the "
+        "guessing groups, so a step adds C x G x B rows instead of C x (k + 1) x B (most steps "
+        "accept few drafts). Default 0: every acceptance length.",
+        type=bonus_lengths,
+        metavar="G",
+    ),
 )
 
 DESTS = tuple(f.dest for f in FLAGS)
@@ -253,6 +271,11 @@ def check_combination(values: dict[str, Any], speculative_algorithm: str | None)
                 f"{', '.join(given)} need --speculative-algorithm {ALGORITHM} "
                 "(without it the server decodes plain AR only)"
             )
+    if values.get("trimode_bonus_lengths") and not values.get("trimode_bonus_candidates"):
+        return (
+            "--trimode-bonus-lengths needs --trimode-bonus-candidates > 0 (it limits which "
+            "acceptance lengths get the candidates' groups)"
+        )
     serve = values.get("trimode_serve_modes")
     if serve is not None and mode is not None and mode not in serve:
         return f"--trimode-mode {mode} is not among --trimode-serve-modes {','.join(serve)}"
@@ -280,6 +303,7 @@ class TriModeSettings:
     fill_in: bool = True
     drafter: bool = True
     bonus_candidates: int = 0
+    bonus_lengths: int = 0
 
 
 def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSettings:
@@ -300,6 +324,7 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
         fill_in=values.get("trimode_fill_in") != "off",
         drafter=values.get("trimode_drafter") != "off",
         bonus_candidates=values.get("trimode_bonus_candidates") or 0,
+        bonus_lengths=values.get("trimode_bonus_lengths") or 0,
     )
 
 

@@ -85,7 +85,8 @@ class TriModeSpecAlgo(CustomSpecAlgo):
         server_args.speculative_num_steps = max(1, settings.block_size - 1)
         logger.info(
             "TRIMODE: mode=%s block_size=%d threshold=%s serve_modes=%s attention_impl=%s "
-            "fill_in=%s (%d tokens/step) drafter=%s bonus_candidates=%d",
+            "fill_in=%s (%d tokens/step) drafter=%s bonus_candidates=%d "
+            "bonus_lengths=%d",
             settings.mode,
             settings.block_size,
             settings.threshold,
@@ -95,6 +96,7 @@ class TriModeSpecAlgo(CustomSpecAlgo):
             width,
             "on" if settings.drafter else "off",
             settings.bonus_candidates,
+            settings.bonus_lengths,
         )
 
 

@@ -60,7 +60,7 @@ from sglang_trimode.modes import (
 )
 from sglang_trimode.packed import ragged_offsets
 from sglang_trimode.reference.drafter import DRAFTER_DIR, has_drafter, load_drafter_for
-from sglang_trimode.reference.validation import check_bonus_candidates
+from sglang_trimode.reference.validation import check_bonus_candidates, check_bonus_lengths
 from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
@@ -124,12 +124,19 @@ class TriModeWorker(BaseSpecWorker):
         check_bonus_candidates(
             self.settings.bonus_candidates, int(hf.vocab_size), "--trimode-bonus-candidates"
         )
+        check_bonus_lengths(
+            self.settings.bonus_lengths,
+            self.settings.bonus_candidates,
+            "--trimode-bonus-lengths",
+            "--trimode-bonus-candidates",
+        )
         self.mode_cfg = ModeConfig(
             mask_token_id=self.mask_token_id,
             block_size=self.settings.block_size,
             threshold=self.settings.threshold,
             accept_rule=get_accept_rule("lossless"),
             bonus_candidates=self.settings.bonus_candidates,
+            bonus_lengths=self.settings.bonus_lengths,
         )
         self.policies = {m: get_policy(m, self.mode_cfg) for m in flags.REQUEST_MODES}
         self.states: dict[str, _Req] = {}
@@ -140,7 +147,7 @@ class TriModeWorker(BaseSpecWorker):
         self.auto = None
         if "auto" in self.settings.serve_modes or self.settings.mode == "auto":
             # auto plans with quadratic steps of (k + 1)(L + 1) rows: no bonus candidates
-            auto_cfg = replace(self.mode_cfg, bonus_candidates=0)
+            auto_cfg = replace(self.mode_cfg, bonus_candidates=0, bonus_lengths=0)
             self.auto = AutoModes(self.settings, auto_cfg, self.width)
 
     def _load_drafter(self, server_args):

@@ -36,13 +36,15 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor) -> None:
 def random_descs(rng: random.Random, count: int) -> list[MaskDescriptor]:
     """Mixed step kinds (all five when ``count >= 5``), shuffled: prefill/commit/verify (causal),
     decode, one-block diffusion drafts, several blocks, quadratic TiDAR steps (1-3 mask
-    groups per acceptance length)."""
+    groups for each of the 0-3 shortest acceptance lengths; 0: all)."""
     pool = [
         lambda: masks.prefill(rng.randint(1, 20)),
         lambda: masks.decode(),
         lambda: masks.diffusion_draft(rng.choice([4, 8, 16]), rng.randint(1, 16)),
         lambda: MaskDescriptor(MaskKind.BLOCK, rng.randint(2, 24), rng.choice([2, 3, 4, 8])),
-        lambda: masks.quadratic(rng.randint(0, 4), rng.randint(1, 4), rng.randint(1, 3)),
+        lambda: masks.quadratic(
+            rng.randint(0, 4), rng.randint(1, 4), rng.randint(1, 3), rng.randint(0, 3)
+        ),
     ]
     descs = [pool[i % len(pool)]() for i in range(count)]
     rng.shuffle(descs)

@@ -60,6 +60,23 @@ def test_extend_bf16(dtype):
     assert_close(extend_attention(*case.args()), ref.extend_attention(*case.args()))
 
 
+@pytest.mark.parametrize("splits", [1, 2])
+def test_extend_guessed_groups(splits):
+    """Quadratic steps whose variants cover only the shortest acceptance lengths (bonus
+    candidates for lengths ``0..G-1``): the kernel's group -> acceptance-length map and its key
+    ranges agree with the dense reference, beside a step with variants everywhere."""
+    descs = [
+        masks.quadratic(4, 3, 3, 2),  # lengths 0, 1: 3 groups each; 2..4: one each
+        masks.quadratic(3, 2, 2, 1),
+        masks.quadratic(2, 4, 2),  # every length
+        masks.prefill(6),
+    ]
+    assert [d.num_groups for d in descs[:3]] == [9, 5, 6]
+    case = extend_case(3, descs, [17, 0, 40, 9], heads=(4, 2), head_dim=64, page_size=4)
+    out = extend_attention(*case.args(), num_splits=splits)
+    assert_close(out, ref.extend_attention(*case.args()))
+
+
 def test_batch_members_are_independent():
     """Each request of a mixed batch gets what it gets alone (no leakage across requests)."""
     descs = [masks.quadratic(2, 3), masks.diffusion_draft(4, 3), masks.prefill(7)]

@@ -50,6 +50,7 @@ def test_flags_module_is_consistent():
         "--trimode-fill-in",
         "--trimode-drafter",
         "--trimode-bonus-candidates",
+        "--trimode-bonus-lengths",
     ]
     assert flags.parse_trimode_args(["--x", "1", "--trimode-mode", "ar"])["trimode_mode"] == "ar"
     s = flags.resolve({"trimode_block_size": 4}, model_block_size=32)
@@ -59,6 +60,12 @@ def test_flags_module_is_consistent():
     assert flags.resolve({"trimode_fill_in": "off"}, 4).fill_in is False
     assert s.bonus_candidates == 0
     assert flags.resolve({"trimode_bonus_candidates": 3}, 4).bonus_candidates == 3
+    assert s.bonus_lengths == 0
+    assert flags.resolve({"trimode_bonus_lengths": 2}, 4).bonus_lengths == 2
+    lengths_only = {"trimode_bonus_lengths": 2}
+    assert "needs --trimode-bonus-candidates" in flags.check_combination(lengths_only, "TRIMODE")
+    both = lengths_only | {"trimode_bonus_candidates": 3}
+    assert flags.check_combination(both, "TRIMODE") is None
     assert s.drafter is True  # the checkpoint's drafter adapter unless --trimode-drafter off
     assert flags.resolve({"trimode_drafter": "off"}, 4).drafter is False
     assert flags.check_combination({"trimode_mode": "diffusion"}, None)
@@ -137,6 +144,8 @@ for name, extra in {
     "bad_fill_in": ["--speculative-algorithm", "TRIMODE", "--trimode-fill-in", "yes"],
     "bad_drafter": ["--speculative-algorithm", "TRIMODE", "--trimode-drafter", "lora"],
     "bad_bonus": ["--speculative-algorithm", "TRIMODE", "--trimode-bonus-candidates", "65"],
+    "bad_lengths": ["--speculative-algorithm", "TRIMODE", "--trimode-bonus-lengths", "-1"],
+    "lengths_alone": ["--speculative-algorithm", "TRIMODE", "--trimode-bonus-lengths", "2"],
     "no_algo": ["--trimode-mode", "diffusion"],
     "mode_not_served": ["--speculative-algorithm", "TRIMODE", "--trimode-mode", "diffusion",
                         "--trimode-serve-modes", "ar"],
@@ -174,6 +183,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
         "trimode_fill_in": "off",
         "trimode_drafter": None,
         "trimode_bonus_candidates": None,
+        "trimode_bonus_lengths": None,
     }
     assert got["plain_ar"] == dict.fromkeys(flags.DESTS)
     assert got["overlap_disabled"] is True
@@ -190,6 +200,11 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
     assert "--trimode-fill-in: invalid choice: 'yes'" in errors["bad_fill_in"][1]
     assert "--trimode-drafter: invalid choice: 'lora'" in errors["bad_drafter"][1]
     assert "--trimode-bonus-candidates: must be in [0, 64]" in errors["bad_bonus"][1]
+    assert "--trimode-bonus-lengths: must be >= 0" in errors["bad_lengths"][1]
+    assert (
+        "--trimode-bonus-lengths needs --trimode-bonus-candidates > 0"
+        in (errors["lengths_alone"][1])
+    )
     assert "need --speculative-algorithm TRIMODE" in errors["no_algo"][1]
     assert "not among --trimode-serve-modes" in errors["mode_not_served"][1]
     assert "--enable-return-hidden-states" in got["hidden_states"]
@@ -254,6 +269,7 @@ for name, kw in {
     "bad_fill_in": dict(trimode_fill_in="yes"),
     "bad_drafter": dict(trimode_drafter="no"),
     "bad_bonus": dict(trimode_bonus_candidates="two"),
+    "lengths_alone": dict(trimode_bonus_lengths=1),
     "no_algo": dict(speculative_algorithm=None, trimode_mode="diffusion"),
     "mode_not_served": dict(trimode_mode="diffusion", trimode_serve_modes="ar"),
     "unknown": dict(trimode_turbo=1),
@@ -296,6 +312,7 @@ def test_offline_server_args_take_the_flags_as_keywords(tmp_path):
     assert "trimode_fill_in='yes': expected one of on, off" in errors["bad_fill_in"]
     assert "trimode_drafter='no': expected one of on, off" in errors["bad_drafter"]
     assert "trimode_bonus_candidates='two': expected an integer" in errors["bad_bonus"]
+    assert "trimode_bonus_lengths needs trimode_bonus_candidates > 0" in errors["lengths_alone"]
     assert "trimode_mode need speculative_algorithm=TRIMODE" in errors["no_algo"]
     assert "trimode_mode diffusion is not among trimode_serve_modes ar" in errors["mode_not_served"]
     assert "trimode_turbo" in errors["unknown"]

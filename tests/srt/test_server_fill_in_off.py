@@ -7,9 +7,10 @@ quadratic requests included), and the tokens and stats are the same as with it (
 engine's). This server also serves a copy of the default model with a seeded random draft-only
 adapter (`drafter_lora/`): the worker applies it to the drafting rows exactly as the reference
 engine does (same tokens and stats), and it matters (the reference without it decodes other
-diffusion tokens). Its quadratic requests run with `--trimode-bonus-candidates 2` (two guessing
-mask groups per acceptance length): same tokens and stats as the reference engine with
-`bonus_candidates=2`, and those stats differ from plain quadratic's. Skipped without sglang.
+diffusion tokens). Its quadratic requests run with `--trimode-bonus-candidates 2
+--trimode-bonus-lengths 2` (two guessing mask groups for acceptance lengths 0 and 1): same tokens
+and stats as the reference engine with `bonus_candidates=2, bonus_lengths=2`, and those stats
+differ from plain quadratic's. Skipped without sglang.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sglang_trimode.reference.drafter import DRAFTER_DIR, DrafterConfig, Drafter
 BLOCK = 4
 MAX_NEW_TOKENS = 24
 BONUS = 2
+LENGTHS = 2
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def drafted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, drafted):
     extra = ("--trimode-fill-in", "off", "--model-path", str(drafted))
-    extra += ("--trimode-bonus-candidates", str(BONUS))
+    extra += ("--trimode-bonus-candidates", str(BONUS), "--trimode-bonus-lengths", str(LENGTHS))
     with trimode_server(tmp_path_factory, "sglang_trimode_fill_in_off", BLOCK, extra) as srv:
         yield srv
 
@@ -62,6 +64,7 @@ def _reference(path, drafter: bool, bonus: int = BONUS):
     engine = TriModeEngine.from_pretrained(path, dtype=torch.float32, drafter=drafter)
     kw = dict(block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[])
     kw["bonus_candidates"] = bonus
+    kw["bonus_lengths"] = LENGTHS if bonus else 0
     return [
         engine.generate([p], mode=mode, **kw)[0]
         for p, mode in zip(prompts(), FILL_IN_MODES, strict=True)
@@ -88,5 +91,5 @@ def test_without_fill_in_every_request_runs_one_cycle_per_step(server, drafted):
         assert meta["spec_verify_ct"] == len(w.stats.accept_lengths), mode
     log = server["log"].read_text(errors="replace")
     assert "TRIMODE: mode=self_spec_linear block_size=4" in log and "fill_in=off" in log
-    assert f"drafter=on bonus_candidates={BONUS}" in log
+    assert f"drafter=on bonus_candidates={BONUS} bonus_lengths={LENGTHS}" in log
     assert log.count(f"TRIMODE: drafter adapter {drafted}/") == 1
