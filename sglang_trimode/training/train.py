@@ -190,8 +190,6 @@ def init_tokenizer(args: argparse.Namespace):
 
     if not (args.init / "config.json").is_file():
         raise SystemExit(f"--init {args.init}: no config.json there; pass a checkpoint folder")
-    if args.dropout:
-        raise SystemExit("--dropout is set at construction; it cannot be combined with --init")
     tokenizer = load_tokenizer(args.init)
     if tokenizer is None:
         raise SystemExit(f"--init {args.init}: no tokenizer.json; the corpus needs its tokenizer")
@@ -248,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init is not None:
         model = load_model(args.init, device=args.device, dtype=torch.float32).train()
         cfg = model.config
+        for m in model.modules():  # the attention layers read the rate at construction
+            if hasattr(m, "attention_dropout"):
+                m.attention_dropout = args.dropout
     else:
         cfg = make_config(args, len(tokenizer))
         if args.dropout:
