@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from sglang_trimode.reference.tiny import make_tiny_model
 from sglang_trimode.training.objective import (
+    ar_argmax_to_diffusion_ce,
     ar_to_diffusion_kl,
     dual_stream_mask,
     dual_stream_positions,
@@ -120,6 +121,36 @@ def test_kl_zero_when_the_heads_agree_positive_otherwise():
     assert (kl[:, 1:] > 1e-4).all() and (kl[:, 0] == 0).all()
 
 
+def test_argmax_target_is_the_ce_to_the_shifted_ar_argmax():
+    n, t, v = 2, 6, 11
+    clean = torch.randn(n, t, v, generator=torch.Generator().manual_seed(0))
+    noisy = torch.randn(n, t, v, generator=torch.Generator().manual_seed(1))
+    ce = ar_argmax_to_diffusion_ce(_dual_logits(clean, noisy), t)
+    assert ce.shape == (n, t) and (ce[:, 0] == 0).all()
+    for i in range(1, t):  # noisy i against the argmax of clean i - 1, by hand
+        want = -torch.log_softmax(noisy[:, i], -1).gather(1, clean[:, i - 1].argmax(-1, True))
+        assert torch.allclose(ce[:, i], want[:, 0], atol=1e-6)
+    # a drafter that puts all its mass on the AR argmax has (near) zero loss, whatever else p_AR is
+    sharp = torch.full((n, t, v), -30.0)
+    sharp[:, 1:].scatter_(-1, clean[:, :-1].argmax(-1, True), 30.0)
+    assert ar_argmax_to_diffusion_ce(_dual_logits(clean, sharp), t)[:, 1:].max() < 1e-6
+
+
+def test_distill_target_selects_the_term_and_refuses_unknown_names():
+    x = _batch(seed=3)
+    model = make_tiny_model(seed=2).train()
+    kw = dict(distill=2.0, early_weight=1.5)
+    kl = joint_loss(model, x, 8, MASK, torch.Generator().manual_seed(5), **kw)
+    hard = joint_loss(
+        model, x, 8, MASK, torch.Generator().manual_seed(5), distill_target="argmax", **kw
+    )
+    assert torch.equal(kl.ar, hard.ar) and torch.equal(kl.diffusion, hard.diffusion)
+    assert float(hard.distill) > 0 and not torch.allclose(hard.distill, kl.distill)
+    assert torch.allclose(hard.total, kl.total + 2.0 * (hard.distill - kl.distill), atol=1e-5)
+    with pytest.raises(ValueError, match="distill_target must be one of"):
+        joint_loss(model, x, 8, MASK, torch.Generator().manual_seed(5), distill_target="tv", **kw)
+
+
 def test_kl_shift_pairs_noisy_i_with_clean_i_minus_1():
     """Clean i == noisy i (the wrong pairing) gives a non-zero KL; the explicit formula matches."""
     n, t, v = 2, 6, 11
@@ -194,7 +225,7 @@ def test_off_flags_give_the_default_run(tmp_path):
     b = train_main(
         ["--out", str(tmp_path / "b"), "--steps", "3", "--eval-every", "3", *TINY]
         + ["--distill", "0", "--early-weight", "1", "--dropout", "0", "--budget-minutes", "99"]
-        + ["--draft-share", "0"]
+        + ["--draft-share", "0", "--distill-target", "argmax"]  # no effect with --distill 0
     )
     strip = lambda log: [{k: v for k, v in r.items() if k != "minutes"} for r in log]  # noqa: E731
     assert strip(a["log"]) == strip(b["log"])
@@ -257,8 +288,10 @@ def test_init_continues_from_a_checkpoint_with_its_tokenizer(tmp_path):
     # --dropout applies to a continued run too (the attention layers get the rate after loading):
     # the same step draws another loss, and the saved config stays free of the setting
     c = train_main(
-        ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "a"), "--dropout", "0.5"] + flags
+        ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "a"), "--dropout", "0.5"]
+        + [*flags, "--distill-target", "argmax"]
     )
     assert c["log"][0]["ar_loss"] != b["log"][0]["ar_loss"]
+    assert c["log"][0]["distill_argmax"] > 0 and "distill_kl" not in c["log"][0]
     cfg_c = json.loads((tmp_path / "c" / "config.json").read_text())
     assert cfg_c.get("attention_dropout", 0.0) == 0.0

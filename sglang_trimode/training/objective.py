@@ -28,6 +28,8 @@ Three optional levers (off by default; with all off the loss is computed exactly
   noisy position ``i`` predicts ``x_i`` and the clean logits that predict ``x_i`` sit at ``i - 1``
   (position 0 has no AR prediction in the crop and is left out). The teacher comes from the same
   forward (so it sees the same dropout, if any); the KL is not divided by ``t``.
+  ``distill_target="argmax"`` replaces the KL by the cross-entropy to the AR argmax (the
+  hard-label form: the token greedy verification accepts).
 * ``draft_share = S`` noises a share ``S`` of the blocks like an inference draft instead of with
   ``t ~ U`` (:func:`noise_blocks`).
 """
@@ -124,13 +126,30 @@ def ar_to_diffusion_kl(logits: torch.Tensor, seq_len: int) -> torch.Tensor:
     return F.pad(kl, (1, 0))
 
 
+def ar_argmax_to_diffusion_ce(logits: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """``[N, T]`` cross-entropy of the diffusion head at noisy position ``i`` against the AR
+    head's argmax for ``x_i`` (clean position ``i - 1``): the hard-label form of
+    :func:`ar_to_diffusion_kl` (greedy verification accepts a draft token only if it *is* the AR
+    argmax, so the drafter is trained on that token alone). Entry 0 is 0."""
+    t = seq_len
+    target = logits[:, : t - 1].detach().argmax(-1)  # the AR argmax for x_1..x_{T-1}
+    student = logits[:, t + 1 :]
+    ce = F.cross_entropy(
+        student.reshape(-1, student.shape[-1]), target.reshape(-1), reduction="none"
+    )
+    return F.pad(ce.view(target.shape), (1, 0))
+
+
+DISTILL_TARGETS = {"kl": ar_to_diffusion_kl, "argmax": ar_argmax_to_diffusion_ce}
+
+
 @dataclass(frozen=True)
 class LossParts:
     total: torch.Tensor
     ar: torch.Tensor
     diffusion: torch.Tensor
     ar_accuracy: torch.Tensor
-    distill: torch.Tensor | None = None  # mean KL(p_AR || p_diff) on masked positions, if on
+    distill: torch.Tensor | None = None  # mean distillation term on masked positions, if on
 
 
 def joint_loss(
@@ -145,8 +164,13 @@ def joint_loss(
     distill: float = 0.0,
     early_weight: float = 1.0,
     draft_share: float = 0.0,
+    distill_target: str = "kl",
 ) -> LossParts:
     """Joint objective on a batch of token sequences ``x [N, T]`` (levers: module docstring)."""
+    if distill_target not in DISTILL_TARGETS:
+        raise ValueError(
+            f"distill_target must be one of {sorted(DISTILL_TARGETS)}, got {distill_target!r}"
+        )
     n, t = x.shape
     noised = noise_blocks(x, block_size, mask_id, generator, draft_share=draft_share)
     ids = torch.cat([x, noised.tokens], 1)  # [N, 2T]
@@ -172,7 +196,7 @@ def joint_loss(
     if distill:
         masked = noised.masked.clone()
         masked[:, 0] = False  # no AR prediction for the first token of the crop
-        kl = ar_to_diffusion_kl(logits, t)
+        kl = DISTILL_TARGETS[distill_target](logits, t)
         kl_mean = (kl * masked * w_pos).sum() / masked.sum().clamp(min=1)
         total = total + distill * kl_mean
         kl_mean = kl_mean.detach()

@@ -6,7 +6,8 @@ Writes DIR/{config.json, model.safetensors, tokenizer files, training_log.json}:
 real checkpoints, loadable by ``TriModeEngine.from_pretrained`` and ``AutoTokenizer``.
 
 Levers beyond the shipped recipe (all off by default; with them off a run is today's, bit for
-bit): ``--distill W`` (KL of the diffusion head toward the detached AR head), ``--early-weight G``
+bit): ``--distill W`` (KL of the diffusion head toward the detached AR head; with
+``--distill-target argmax`` the cross-entropy to the AR argmax instead), ``--early-weight G``
 (diffusion loss weight ``G**(-j)``, mean 1, by position ``j`` in the block), ``--draft-share S``
 (a share of the noisy blocks masked like an inference draft) — all three defined in
 ``objective.py`` —, ``--dropout P`` (training only: attention dropout plus dropout on the
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--w-ar", type=float, default=1.0, help="AR loss weight")
     ap.add_argument(
         "--distill", type=float, default=0.0, help="weight of KL(p_AR || p_diff) (0 = off)"
+    )
+    ap.add_argument(
+        "--distill-target",
+        choices=("kl", "argmax"),
+        default="kl",
+        help="what --distill pulls the drafter toward: the AR distribution (KL) or its argmax (CE)",
     )
     ap.add_argument(
         "--early-weight",
@@ -287,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.w_ar,
             masks[block],
             distill=args.distill,
+            distill_target=args.distill_target,
             early_weight=args.early_weight,
             draft_share=args.draft_share,
         )
@@ -306,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
             "minutes": minutes,
         }
         if parts.distill is not None:
-            row["distill_kl"] = float(parts.distill)
+            row[f"distill_{args.distill_target}"] = float(parts.distill)  # distill_kl / _argmax
         plan.update(step + 1, minutes)
         last = step + 1 >= plan.steps or minutes > args.max_minutes
         if (step + 1) % args.eval_every == 0 or last:
