@@ -35,12 +35,15 @@ class RequestStats:
     """``forwards``: model forwards after the prefill that this request took part in (draft,
     verify and commit passes count one each). ``accept_lengths``: tokens emitted per verify or
     commit step (the bonus token included). ``step_modes``: the mode that ran each of those
-    steps (aligned with ``accept_lengths``; varies only under ``auto``)."""
+    steps (aligned with ``accept_lengths``; varies only under ``auto``). ``denoise_steps``: the
+    denoising forwards of each diffusion block (one entry per diffusion cycle; its commit pass is
+    not counted)."""
 
     forwards: int = 0
     accept_lengths: list[int] = field(default_factory=list)
     num_tokens: int = 0
     step_modes: list[str] = field(default_factory=list)
+    denoise_steps: list[int] = field(default_factory=list)
 
     def step(self, accepted: int, mode: str) -> None:
         """One verify / commit step of ``mode`` emitted ``accepted`` tokens."""
@@ -255,6 +258,7 @@ class DiffusionPolicy(ARPolicy):
         if seg.desc.is_causal:  # commit pass: keep the block's causal KV, sample the next seed
             self._next_seed(r, logits)
             r.stats.step(len(r.block), self.name)  # B-1 diffused tokens + this one
+            r.stats.denoise_steps.append(r.block_steps)
             r.block = r.masked = r.block_logprobs = None
             return _all(seg.desc.length)
         idx = torch.tensor([i for i, m in enumerate(r.masked) if m])
@@ -289,6 +293,7 @@ class DiffusionPolicy(ARPolicy):
             r.emit(r.block[1:], self._block_logprobs(r, len(r.block)))
         if r.done:  # no commit pass follows: record the partial cycle here
             r.stats.step(len(r.out) - before, self.name)
+            r.stats.denoise_steps.append(r.block_steps)
 
     @staticmethod
     def _block_logprobs(r: RequestState, end: int) -> list[TokenLogprob] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -26,6 +26,8 @@ class ModeRow:
     steps: int
     wall_s: float
     histogram: list[int]
+    # diffusion blocks by their denoising forwards 0..B-1 ([] for the other modes)
+    denoise_histogram: list[int] = field(default_factory=list)
 
     @property
     def tokens_per_forward(self) -> float:
@@ -59,9 +61,12 @@ def summarize(
 ) -> ModeRow:
     """Totals over requests. The prefill's first token is excluded from tokens, like forwards."""
     hist = [0] * max(1, block_size)
+    denoise = [0] * max(1, block_size)  # a block of B has at most B - 1 masks to denoise
     for o in outs:
         for i, count in enumerate(o.stats.histogram(len(hist))):
             hist[i] += count
+        for n in o.stats.denoise_steps:
+            denoise[min(n, len(denoise) - 1)] += 1
     return ModeRow(
         mode=mode,
         block_size=block_size,
@@ -71,6 +76,7 @@ def summarize(
         steps=sum(len(o.stats.accept_lengths) for o in outs),
         wall_s=wall_s,
         histogram=hist,
+        denoise_histogram=denoise if any(denoise) else [],
     )
 
 

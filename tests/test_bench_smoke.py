@@ -32,7 +32,7 @@ def test_demo_prints_every_mode(tmp_path, capsys):
     assert "TPF" in out and "forwards" in out
 
 
-def test_tpf_bench_writes_json(tmp_path):
+def test_tpf_bench_writes_json(tmp_path, capsys):
     model = make_tiny_checkpoint(tmp_path / "m", seed=0)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"token_ids": [5, 6, 7]}\n{"token_ids": [8, 9]}\n')
@@ -70,10 +70,20 @@ def test_tpf_bench_writes_json(tmp_path):
         assert r["requests"] == 2 and r["forwards"] > 0
         assert abs(r["tokens_per_forward"] - r["tokens"] / r["forwards"]) < 1e-9
         assert sum(r["histogram"]) == r["steps"]
+        if r["mode"] == "diffusion":  # one denoising count per block, each below the block size
+            assert sum(r["denoise_histogram"]) == r["steps"]
+            assert len(r["denoise_histogram"]) == r["block_size"]
+        else:
+            assert r["denoise_histogram"] == []
         tokens, forwards = zip(*r["per_request"])
         assert (sum(tokens), sum(forwards)) == (r["tokens"], r["forwards"])
         lo, hi = r["tokens_per_forward_ci95"]
         assert lo <= r["tokens_per_forward"] + 1e-9 and r["tokens_per_forward"] <= hi + 1e-9
+    (diff,) = [r for r in data["rows"] if r["mode"] == "diffusion"]
+    blocks, hist = diff["steps"], diff["denoise_histogram"]
+    assert f"diffusion block 4: {blocks} blocks by denoising forwards 0..3 = {hist}" in (
+        capsys.readouterr().out
+    )
 
 
 def test_tpf_bootstrap_interval():
