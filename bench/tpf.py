@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from sglang_trimode.models import default_model_path, load_tokenizer
 from sglang_trimode.reference.engine import SUPPORTED_MODES, TriModeEngine
-from sglang_trimode.report import format_table, random_prompts, run_mode
+from sglang_trimode.report import ModeRow, format_table, random_prompts, run_mode
 
 
 def csv(kind):
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return result["rows"]
 
 
-def print_denoise_steps(rows: list) -> None:
+def print_denoise_steps(rows: list[ModeRow]) -> None:
     """Diffusion blocks by their number of denoising forwards (the commit pass not counted): a
     block of ``B`` that needs ``B - 1`` forwards unmasked one token per forward (the threshold was
     never met beside the top-1 token)."""

@@ -66,6 +66,13 @@ class RequestStats:
             hist[min(a, max_len) - 1] += 1
         return hist
 
+    def denoise_histogram(self, max_steps: int) -> list[int]:
+        """Counts of diffusion blocks by denoising forwards 0..max_steps - 1."""
+        hist = [0] * max_steps
+        for n in self.denoise_steps:
+            hist[min(n, max_steps - 1)] += 1
+        return hist
+
 
 @dataclass
 class RequestState:
@@ -257,8 +264,7 @@ class DiffusionPolicy(ARPolicy):
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
         if seg.desc.is_causal:  # commit pass: keep the block's causal KV, sample the next seed
             self._next_seed(r, logits)
-            r.stats.step(len(r.block), self.name)  # B-1 diffused tokens + this one
-            r.stats.denoise_steps.append(r.block_steps)
+            self._end_cycle(r, len(r.block))  # B-1 diffused tokens + this one
             r.block = r.masked = r.block_logprobs = None
             return _all(seg.desc.length)
         idx = torch.tensor([i for i, m in enumerate(r.masked) if m])
@@ -292,8 +298,12 @@ class DiffusionPolicy(ARPolicy):
         else:
             r.emit(r.block[1:], self._block_logprobs(r, len(r.block)))
         if r.done:  # no commit pass follows: record the partial cycle here
-            r.stats.step(len(r.out) - before, self.name)
-            r.stats.denoise_steps.append(r.block_steps)
+            self._end_cycle(r, len(r.out) - before)
+
+    def _end_cycle(self, r: RequestState, emitted: int) -> None:
+        """Record a finished diffusion cycle: its tokens and its denoising forwards."""
+        r.stats.step(emitted, self.name)
+        r.stats.denoise_steps.append(r.block_steps)
 
     @staticmethod
     def _block_logprobs(r: RequestState, end: int) -> list[TokenLogprob] | None:

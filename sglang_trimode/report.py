@@ -65,8 +65,8 @@ def summarize(
     for o in outs:
         for i, count in enumerate(o.stats.histogram(len(hist))):
             hist[i] += count
-        for n in o.stats.denoise_steps:
-            denoise[min(n, len(denoise) - 1)] += 1
+        for i, count in enumerate(o.stats.denoise_histogram(len(denoise))):
+            denoise[i] += count
     return ModeRow(
         mode=mode,
         block_size=block_size,

@@ -18,14 +18,9 @@ def engine():
     return eng
 
 
-@pytest.fixture(scope="module")
-def prompts():
-    return PROMPTS
-
-
-def run(engine, prompts, block, threshold, new=30):
+def run(engine, block, threshold, new=30):
     return engine.generate(
-        prompts,
+        PROMPTS,
         mode="diffusion",
         max_new_tokens=new,
         block_size=block,
@@ -46,8 +41,8 @@ def masks_per_block(new: int, block: int) -> list[int]:
 
 
 @pytest.mark.parametrize("block", [2, 4, 8])
-def test_forwards_are_denoising_plus_one_commit_per_finished_block(engine, prompts, block):
-    for o in run(engine, prompts, block, 0.9):
+def test_forwards_are_denoising_plus_one_commit_per_finished_block(engine, block):
+    for o in run(engine, block, 0.9):
         d = o.stats.denoise_steps
         assert len(d) == len(o.stats.accept_lengths) == len(masks_per_block(30, block))
         assert all(1 <= n <= m for n, m in zip(d, masks_per_block(30, block)))
@@ -56,26 +51,24 @@ def test_forwards_are_denoising_plus_one_commit_per_finished_block(engine, promp
 
 
 @pytest.mark.parametrize("block", [4, 8])
-def test_even_schedule_takes_one_forward_per_mask_and_tiny_threshold_takes_one(
-    engine, prompts, block
-):
-    for o in run(engine, prompts, block, None):  # no threshold: one token per forward
+def test_even_schedule_takes_one_forward_per_mask_and_tiny_threshold_takes_one(engine, block):
+    for o in run(engine, block, None):  # no threshold: one token per forward
         assert o.stats.denoise_steps == masks_per_block(30, block)
-    for o in run(engine, prompts, block, 1e-6):  # every confidence passes: one forward a block
+    for o in run(engine, block, 1e-6):  # every confidence passes: one forward a block
         assert o.stats.denoise_steps == [1] * len(masks_per_block(30, block))
 
 
-def test_block_size_one_has_no_denoising(engine, prompts):
-    for o in run(engine, prompts, 1, 0.9):
+def test_block_size_one_has_no_denoising(engine):
+    for o in run(engine, 1, 0.9):
         assert o.stats.denoise_steps == [0] * 29
 
 
-def test_summary_histogram_counts_blocks_by_denoising_forwards(engine, prompts):
-    outs = run(engine, prompts, 4, None)
+def test_summary_histogram_counts_blocks_by_denoising_forwards(engine):
+    outs = run(engine, 4, None)
     row = summarize(outs, "diffusion", 4, 1.0)
     per_request = masks_per_block(30, 4)  # 29 tokens: 7 blocks of 3 masks + 7 seeds, then 1
     assert per_request == [3] * 7 + [1]
     assert row.denoise_histogram == [0, 1 * 3, 0, 7 * 3]
     assert sum(row.denoise_histogram) == row.steps == len(per_request) * 3
-    ar = summarize(engine.generate(prompts, mode="ar", max_new_tokens=5), "ar", 1, 1.0)
+    ar = summarize(engine.generate(PROMPTS, mode="ar", max_new_tokens=5), "ar", 1, 1.0)
     assert ar.denoise_histogram == []
