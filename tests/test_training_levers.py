@@ -22,7 +22,7 @@ from sglang_trimode.training.objective import (
     noise_blocks,
     position_weights,
 )
-from sglang_trimode.training.train import StepPlan, add_dropout
+from sglang_trimode.training.train import StepPlan, add_dropout, set_attention_dropout
 from sglang_trimode.training.train import main as train_main
 
 MASK = 3
@@ -262,6 +262,45 @@ def test_dropout_is_training_only_and_not_in_the_config():
         model.eval()
         assert torch.equal(model(x, pos, mask), plain(x, pos, mask))  # off at inference
     assert add_dropout(model, 0.0) == []
+
+
+def test_attention_dropout_is_set_on_every_layer_and_only_in_training():
+    x = _batch(seed=5)
+    pos = dual_stream_positions(8)[:16].expand(3, -1)
+    mask = make_tiny_model().additive_mask(torch.ones(16, 16, dtype=torch.bool), torch.float32)
+    plain, model = make_tiny_model(seed=4), make_tiny_model(seed=4)
+    assert set_attention_dropout(model, 0.3) == model.config.num_hidden_layers
+    with torch.no_grad():
+        model.train()
+        assert not torch.allclose(model(x, pos, mask), model(x, pos, mask))
+        model.eval()
+        assert torch.equal(model(x, pos, mask), plain(x, pos, mask))
+        set_attention_dropout(model, 0.0)  # rate 0: training forwards are the plain ones
+        model.train()
+        plain.train()
+        assert torch.equal(model(x, pos, mask), plain(x, pos, mask))
+    assert model.config.attention_dropout == 0.0  # the config is never touched
+
+
+def test_attn_dropout_flag_splits_attention_from_hidden_dropout(tmp_path):
+    """``--attn-dropout`` defaults to ``--dropout``; set apart, each rate acts on its own: the
+    first step's loss (same seed, same batch) changes with either rate alone."""
+    flags = ["--steps", "1", "--eval-every", "1", *TINY]
+    loss = {}
+    for name, extra in {
+        "none": [],
+        "both": ["--dropout", "0.5"],
+        "both_explicit": ["--dropout", "0.5", "--attn-dropout", "0.5"],
+        "hidden": ["--dropout", "0.5", "--attn-dropout", "0"],
+        "attn": ["--attn-dropout", "0.5"],
+    }.items():
+        log = train_main(["--out", str(tmp_path / name), *flags, *extra])["log"]
+        loss[name] = log[0]["ar_loss"]
+    assert loss["both"] == loss["both_explicit"]
+    assert len({loss["none"], loss["both"], loss["hidden"], loss["attn"]}) == 4
+    for bad in (["--dropout", "1.0"], ["--attn-dropout", "-0.1"]):
+        with pytest.raises(SystemExit, match=bad[0]):
+            train_main(["--out", str(tmp_path / "bad"), *flags, *bad])
 
 
 def test_init_continues_from_a_checkpoint_with_its_tokenizer(tmp_path):
