@@ -247,10 +247,16 @@ def test_a_few_steps_with_the_levers_on_lower_both_losses(tmp_path):
     assert cfg.get("attention_dropout", 0.0) == 0.0  # training-only setting not exported
 
 
-def test_dropout_is_training_only_and_not_in_the_config():
+def _dropout_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 3 x 16-token batch, its dual-stream positions and a full (bidirectional) mask."""
     x = _batch(seed=5)
     pos = dual_stream_positions(8)[:16].expand(3, -1)
     mask = make_tiny_model().additive_mask(torch.ones(16, 16, dtype=torch.bool), torch.float32)
+    return x, pos, mask
+
+
+def test_dropout_is_training_only_and_not_in_the_config():
+    x, pos, mask = _dropout_inputs()
     plain = make_tiny_model(seed=4)
     model = make_tiny_model(seed=4)
     hooks = add_dropout(model, 0.3)
@@ -265,9 +271,7 @@ def test_dropout_is_training_only_and_not_in_the_config():
 
 
 def test_attention_dropout_is_set_on_every_layer_and_only_in_training():
-    x = _batch(seed=5)
-    pos = dual_stream_positions(8)[:16].expand(3, -1)
-    mask = make_tiny_model().additive_mask(torch.ones(16, 16, dtype=torch.bool), torch.float32)
+    x, pos, mask = _dropout_inputs()
     plain, model = make_tiny_model(seed=4), make_tiny_model(seed=4)
     assert set_attention_dropout(model, 0.3) == model.config.num_hidden_layers
     with torch.no_grad():
