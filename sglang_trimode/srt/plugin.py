@@ -18,14 +18,15 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   `min_new_tokens`, `logit_bias`, grammars, beams) too;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
   `trimode_step_modes` in each response's `meta_info` (hook on
-  `TokenizerManager.update_request_meta_info`, `srt/stats.py`).
+  `TokenizerManager.update_request_meta_info`, `srt/stats.py`);
+- with `SGLANG_TRIMODE_STEP_PROFILE=FILE` only: per-step timing hooks (`srt/step_profile.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from sglang_trimode.srt import flags, stats
+from sglang_trimode.srt import flags, stats, step_profile
 
 _ADD_CLI_ARGS = "sglang.srt.server_args.ServerArgs.add_cli_args"
 _FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
@@ -133,3 +134,4 @@ def register() -> None:
     ModelRegistry.models[ARCHITECTURE] = NemotronLabsDiffusionModel
     register_algorithm()
     _register_flag_hooks()
+    step_profile.install_from_env()  # only with SGLANG_TRIMODE_STEP_PROFILE (bench)
