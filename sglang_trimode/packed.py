@@ -9,7 +9,8 @@ MLP, logits) sees only these tokens; attention needs their masks:
 1. `pack(...)` (once per forward): one `SegmentBatch` of the running requests' descriptors, one
    `PageTable` over their prefixes;
 2. `attend(...)` (per layer): ONE `extend_attention` (the Triton kernel or its torch reference,
-   same signature) over the whole forward.
+   same signature) over the whole forward, or impl `sdpa` (`dense_attention`: one batched SDPA
+   call over a padded layout built once per forward; the CPU's fast path).
 
 `srt/attention.py` is the SGLang adapter around it; `tests/kernels/test_packed.py` runs it
 compiled on a GPU (bench/gpu_check.sh) and under the interpreter on a CPU.
@@ -24,12 +25,14 @@ from functools import cached_property
 
 import torch
 
+from sglang_trimode import dense_attention
+from sglang_trimode.dense_attention import DenseLayout
 from sglang_trimode.kernels import PageTable, SegmentBatch
 from sglang_trimode.masks import MaskDescriptor
 
 logger = logging.getLogger(__name__)
 
-IMPLS = ("triton", "torch")
+IMPLS = ("triton", "torch", "sdpa")
 
 #: Impls that have logged their first use in this process (`attention_fn`).
 _announced: set[str] = set()
@@ -42,6 +45,7 @@ class Packed:
     num_tokens: int  # T: the forward's tokens (the running requests' segments, packed)
     segments: SegmentBatch | None  # None: no request has a segment (nothing to attend)
     pages: PageTable | None
+    descs: tuple[MaskDescriptor, ...] = ()  # the running requests' descriptors (impl sdpa)
 
     def check_tokens(self, num_tokens: int) -> None:
         """Clear error unless a forward of `num_tokens` tokens is this plan's."""
@@ -56,6 +60,16 @@ class Packed:
         """`packed_prefix(pages)`, computed once per forward (at the first layer that needs it:
         a pool of another dtype than q)."""
         return packed_prefix(self.pages)
+
+    @cached_property
+    def dense(self) -> DenseLayout:
+        """Impl `sdpa`'s padded layout over the pool, once per forward."""
+        return DenseLayout.build(list(self.descs), self.pages, self.pages.table.device)
+
+    @cached_property
+    def dense_gathered(self) -> DenseLayout:
+        """Impl `sdpa`'s padded layout over `gathered_prefix` (a pool of another dtype)."""
+        return DenseLayout.build(list(self.descs), self.gathered_prefix[1], self.pages.table.device)
 
 
 def pack(
@@ -79,16 +93,19 @@ def pack(
     pages = PageTable.from_req_to_token(
         req_to_token, req_pool_indices.index_select(0, idx).to(device), prefix.to(device)
     )
-    return Packed(num_tokens, segments, pages)
+    return Packed(num_tokens, segments, pages, tuple(descs[i] for i in active))
 
 
 def attention_fn(impl: str) -> Callable[..., torch.Tensor]:
-    """`extend_attention` of impl `triton` (kernels) or `torch` (reference); logs the first use
-    of each impl in this process (a server log line tests look for)."""
+    """`extend_attention` of impl `triton` (kernels), `torch` (reference) or `sdpa` (the
+    reference's signature, batched: `dense_attention.extend_attention`); logs the first use of
+    each impl in this process (a server log line tests look for)."""
     if impl == "triton":
         from sglang_trimode.kernels import extend_attention
     elif impl == "torch":
         from sglang_trimode.kernels.reference import extend_attention
+    elif impl == "sdpa":
+        from sglang_trimode.dense_attention import extend_attention
     else:
         raise ValueError(f"attention impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     if impl not in _announced:
@@ -142,11 +159,17 @@ def attend(
     if packed.segments is None:
         return q.new_zeros(q.shape)
     dtype, pages = q.dtype, packed.pages
-    if k_cache.dtype != dtype or v_cache.dtype != dtype:
+    gathered = k_cache.dtype != dtype or v_cache.dtype != dtype
+    if gathered:
         slots, pages = packed.gathered_prefix
         k_cache = k_cache.index_select(0, slots).to(dtype)
         v_cache = v_cache.index_select(0, slots).to(dtype)
     fn = attention_fn(impl)
+    if impl == "sdpa":  # the layout (masks, slots) is built once per forward, not per layer
+        layout = packed.dense_gathered if gathered else packed.dense
+        return dense_attention.attend(
+            q, k.to(dtype), v.to(dtype), k_cache, v_cache, layout, sm_scale
+        )
     return fn(
         q, k.to(dtype), v.to(dtype), k_cache, v_cache, pages, packed.segments, sm_scale=sm_scale
     )

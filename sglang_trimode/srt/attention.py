@@ -21,13 +21,15 @@ on a GPU by `bench/gpu_check.sh`) and resolves the attention impl once; per laye
 
 The call (`--trimode-attention-impl`, `srt/flags.py`) is `sglang_trimode.kernels.extend_attention`
 (`triton`: compiled on a CUDA device, or the Triton interpreter on a CPU with
-`TRITON_INTERPRET=1`) or its pure-torch reference `sglang_trimode.kernels.reference` (`torch`,
-the CPU default); both have one signature. The kernels need q, k, v and the cache in one dtype:
-when the pool stores another dtype than q (e.g. an fp8 or bf16 KV cache), the prefix slots are
-gathered and cast to q's dtype into a packed buffer (page table over it), as the plain-torch
-path did before. Scaling: `sm_scale = layer.scaling`; no `q_scale`: SGLang's `Ministral3Attention`
-multiplies q by the Llama-4 per-position factor before calling attention (the reference engine
-does the same in transformers' model), so the kernels must not scale again.
+`TRITON_INTERPRET=1`), its pure-torch reference `sglang_trimode.kernels.reference` (`torch`: a
+loop over requests in every layer) or `sglang_trimode.dense_attention` (`sdpa`, the CPU default:
+one batched SDPA call per layer over a padded layout built once per forward); one signature.
+The kernels need q, k, v and the cache in one dtype: when the pool stores another dtype than q (e.g.
+an fp8 or bf16 KV cache), the prefix slots are gathered and cast to q's dtype into a packed buffer
+(page table over it), as the plain-torch path did before. Scaling: `sm_scale = layer.scaling`; no
+`q_scale`: SGLang's `Ministral3Attention` multiplies q by the Llama-4 per-position factor before
+calling attention (the reference engine does the same in transformers' model), so the kernels must
+not scale again.
 
 Not run yet: the compiled-GPU path inside a server (the GPU machine lacks sglang); the kernels
 themselves are tested compiled on a GPU by `bench/gpu_check.sh`, and this backend with the
@@ -92,7 +94,7 @@ class TriModeForwardInput:
 class TriModeAttnBackend:
     """Delegates to `inner` except for forwards carrying a `TriModeForwardInput`.
 
-    `impl`: `auto`, `triton` or `torch` (`--trimode-attention-impl`); `auto` resolves on the
+    `impl`: `auto`, `triton`, `sdpa` or `torch` (`--trimode-attention-impl`); `auto` resolves on the
     first TRIMODE forward from the device of its tensors."""
 
     def __init__(self, inner, impl: str = flags.DEFAULT_ATTENTION_IMPL) -> None:

@@ -20,11 +20,12 @@ Flags (all optional):
 - `--trimode-cost-file PATH`: the forward-time model `auto` plans with, a calibration file
   written by `bench/calibrate.py` (`scheduler.cost.CostModel`); without it the worker fits one
   from its own timed forwards (AR until they span three shapes).
-- `--trimode-attention-impl {auto,triton,torch}`: the attention of the worker's structural-mask
+- `--trimode-attention-impl {auto,triton,sdpa,torch}`: the attention of the worker's structural-mask
   forwards (`srt/attention.py`): `triton` is `sglang_trimode.kernels.extend_attention` (compiled
   on a CUDA device; on a CPU only under the Triton interpreter, `TRITON_INTERPRET=1` in the
   server's environment), `torch` its pure-torch reference `sglang_trimode.kernels.reference`
-  (same signature). Default `auto`: triton on a CUDA device, torch otherwise.
+  (same signature), `sdpa` one batched torch SDPA call per layer (`dense_attention`). Default
+  `auto`: triton on a CUDA device, sdpa otherwise.
 - `--trimode-bonus-candidates C` (0 <= C <= 64, default 0): quadratic self-speculation steps get
   `C` more mask groups per acceptance length, each with a guess of the bonus token in its first
   slot (`modes.QuadraticSpecPolicy`); more drafts are accepted per forward at the price of
@@ -57,8 +58,8 @@ ALGORITHM = "TRIMODE"
 SERVER_ARGS_ATTR = "_trimode_args"
 #: Per-request override key in `custom_params` (native API) / the OpenAI extra body.
 REQUEST_MODE_KEY = "trimode_mode"
-#: Choices of `--trimode-attention-impl` (`auto`: triton on a CUDA device, torch otherwise).
-ATTENTION_IMPLS = ("auto", "triton", "torch")
+#: Choices of `--trimode-attention-impl` (`auto`: triton on a CUDA device, sdpa otherwise).
+ATTENTION_IMPLS = ("auto", "triton", "sdpa", "torch")
 DEFAULT_ATTENTION_IMPL = "auto"
 #: Choices of `--trimode-fill-in`.
 ON_OFF = ("on", "off")
@@ -198,8 +199,9 @@ FLAGS: tuple[Flag, ...] = (
         "trimode_attention_impl",
         None,
         "Attention of the TRIMODE worker's forwards: 'triton' (sglang_trimode.kernels; on a CPU "
-        "only with TRITON_INTERPRET=1), 'torch' (the kernels' pure-torch reference) or 'auto' "
-        "(default: triton on a CUDA device, torch otherwise).",
+        "only with TRITON_INTERPRET=1), 'sdpa' (one batched torch SDPA call per layer over a "
+        "padded layout built once per forward), 'torch' (the kernels' pure-torch reference, a "
+        "loop over requests) or 'auto' (default: triton on a CUDA device, sdpa otherwise).",
         choices=ATTENTION_IMPLS,
     ),
     Flag(
@@ -346,14 +348,14 @@ def triton_interpret_env(environ=None) -> bool:
 
 
 def resolve_attention_impl(impl: str | None, device_type: str) -> str:
-    """`triton` or `torch` for `--trimode-attention-impl` on a device of type `device_type`."""
+    """`triton`, `sdpa` or `torch` for `--trimode-attention-impl` on a `device_type` device."""
     impl = impl or DEFAULT_ATTENTION_IMPL
     if impl not in ATTENTION_IMPLS:
         raise ValueError(
             f"--trimode-attention-impl {impl!r}: expected one of {', '.join(ATTENTION_IMPLS)}"
         )
     if impl == "auto":
-        return "triton" if device_type == "cuda" else "torch"
+        return "triton" if device_type == "cuda" else "sdpa"
     return impl
 
 

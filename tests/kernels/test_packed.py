@@ -80,7 +80,7 @@ def layout(seed, descs, prefixes, *, dtype, pool_dtype, heads, head_dim):
     return args, pool, scale, want
 
 
-@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("impl", ["triton", "torch", "sdpa"])
 @pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("pool_dtype", ["same", "other"])
 @pytest.mark.parametrize(("heads", "head_dim"), [((4, 2), 32), ((8, 2), 64), ((32, 8), 128)])
@@ -124,5 +124,5 @@ def test_pack_rejects_inconsistent_plans():
     q, kv = torch.ones(5, 4, 16), torch.ones(5, 2, 16)
     with pytest.raises(ValueError, match="holds 5 tokens but the packed plan 4"):
         packed.attend(q, kv, kv, torch.ones(8, 2, 16), torch.ones(8, 2, 16), p, 0.25, "torch")
-    with pytest.raises(ValueError, match="attention impl must be one of triton, torch"):
+    with pytest.raises(ValueError, match="attention impl must be one of triton, torch, sdpa"):
         packed.attention_fn("flash")

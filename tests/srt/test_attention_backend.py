@@ -4,8 +4,9 @@ One forward of mixed requests (a bidirectional diffusion draft, a causal verify,
 step, an AR step, a request that only rides along) over ragged committed prefixes, laid out as
 the worker lays it (the running requests' segments packed one after another), is compared
 with a dense-mask `scaled_dot_product_attention` per request in float64 whose mask is written
-here from the mask definitions (not from `sglang_trimode.masks`), for both impls: `torch` (the
-kernels' reference) and `triton` (the kernel, under the interpreter on a CPU). Skipped without
+here from the mask definitions (not from `sglang_trimode.masks`), for every impl: `torch` (the
+kernels' reference), `triton` (the kernel, under the interpreter on a CPU) and `sdpa` (one batched
+SDPA call over a padded layout). Skipped without
 sglang (the backend imports SGLang's `KVWriteLoc`).
 """
 
@@ -173,7 +174,7 @@ def run(impl, inner, inputs, *, init=True):
     return backend.forward(q, k, v, lay, fb)
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", ["torch", "triton", "sdpa"])
 @pytest.mark.parametrize("init", [True, False])
 def test_mixed_batch_equals_dense_sdpa(impl, init):
     inner, inputs, expected, locs = case(MIXED, PREFIXES)
@@ -190,7 +191,7 @@ def test_mixed_batch_equals_dense_sdpa(impl, init):
     assert torch.equal(pool.v[locs], v.view(-1, HKV, D))
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", ["torch", "triton", "sdpa"])
 def test_pool_dtype_differs_from_q(impl):
     """A bf16 pool under fp32 q: the prefix is read as stored (bf16 values) and cast."""
     descs = [masks.quadratic(1, 2), None, masks.diffusion_draft(4, 3)]
@@ -199,7 +200,7 @@ def test_pool_dtype_differs_from_q(impl):
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", ["torch", "triton", "sdpa"])
 def test_all_requests_ride_along_gives_no_rows(impl):
     inner, inputs, _, _ = case([None, None], [4, 7])
     out = run(impl, inner, inputs)
@@ -219,7 +220,8 @@ def test_plan_is_packed_and_impl_resolved_once_per_forward(monkeypatch):
         lay.layer_id = layer_id
         out = backend.forward(q, k, v, lay, fb)
         assert fb.spec_info.attn_metadata is metadata
-    assert calls == [("auto", "cpu")] and fb.spec_info.attn_impl == "torch"
+    assert calls == [("auto", "cpu")] and fb.spec_info.attn_impl == "sdpa"
+    assert metadata.dense is metadata.dense  # sdpa's padded layout: built once, every layer
     torch.testing.assert_close(out.view(-1, HQ, D).double(), expected, atol=2e-5, rtol=1e-5)
 
 
@@ -244,19 +246,20 @@ def test_first_use_of_each_impl_is_logged(caplog):
     packed._announced.clear()
     with caplog.at_level("INFO", logger=packed.__name__):
         for _ in range(2):
-            for impl in ("torch", "triton"):
+            for impl in ("torch", "triton", "sdpa"):
                 inner, inputs, _, _ = case(MIXED[:2], PREFIXES[:2])
                 run(impl, inner, inputs)
     lines = [r.getMessage() for r in caplog.records if "TRIMODE attention" in r.getMessage()]
     assert lines == [
         "TRIMODE attention: impl=torch (sglang_trimode.kernels.reference.extend_attention)",
         "TRIMODE attention: impl=triton (sglang_trimode.kernels.attention.extend_attention)",
+        "TRIMODE attention: impl=sdpa (sglang_trimode.dense_attention.extend_attention)",
     ]
 
 
 def test_impl_resolution_and_errors():
     assert flags.resolve_attention_impl("auto", "cuda") == "triton"
-    assert flags.resolve_attention_impl(None, "cpu") == "torch"
+    assert flags.resolve_attention_impl(None, "cpu") == "sdpa"
     assert flags.resolve_attention_impl("torch", "cuda") == "torch"
     with pytest.raises(ValueError, match="--trimode-attention-impl 'flash'"):
         flags.resolve_attention_impl("flash", "cpu")
@@ -276,5 +279,5 @@ def test_impl_resolution_and_errors():
     # like every --trimode-* flag, it needs the TRIMODE algorithm
     assert "--trimode-attention-impl" in flags.check_combination(parsed, None)
     backend = TriModeAttnBackend(FakeInner(None, None), "bogus")
-    with pytest.raises(ValueError, match="expected one of auto, triton, torch"):
+    with pytest.raises(ValueError, match="expected one of auto, triton, sdpa, torch"):
         backend.resolved_impl(torch.device("cpu"))
