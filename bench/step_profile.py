@@ -2,7 +2,7 @@
 
     python bench/step_profile.py [--concurrency 1,8,32,64] [--modes ar,self_spec_linear,...]
         [--rounds 2] [--max-new-tokens 64] [--block-size 8] [--model PATH] [--device cpu|cuda]
-        [--server-arg=--some-flag ...] [--out out/step_profile]
+        [--server-arg=--some-flag ...] [--trimode-arg=--trimode-flag ...] [--out out/step_profile]
 
 Each round starts a plain SGLang AR server and a TRIMODE server one after the other (never both:
 an idle SGLang CPU scheduler spins a core), order alternating by round, each with
@@ -112,6 +112,25 @@ def server(args: list[str], env: dict[str, str], log_path: Path, timeout: float 
                 proc.wait(timeout=30)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            _wait_group_gone(proc.pid)
+
+
+def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
+    """Until no process of the server's group is left (a lingering scheduler spins a core and
+    would slow the next server of the round)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _live_members(pgid):
+        time.sleep(0.2)
+
+
+def _live_members(pgid: int) -> int:
+    """Processes of group `pgid` that still run (zombies do not count; Linux /proc)."""
+    n = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            n += int(fields[2]) == pgid and fields[0] != "Z"
+    return n
 
 
 def load(base: str, mode: str, texts: list[str], max_new: int, timeout: float) -> dict:
@@ -192,6 +211,7 @@ def run_server(kind: str, a, rnd: int, out: Path) -> list[dict]:
     if kind == "trimode":
         args += ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", str(a.block_size)]
         modes = a.modes
+        args += a.trimode_arg
     args += a.server_arg
     rows = []
     t0 = time.perf_counter()
@@ -275,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--max-total", type=int, default=32768, help="--max-total-tokens of servers")
     p.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeat)")
+    p.add_argument(
+        "--trimode-arg", action="append", default=[], help="extra TRIMODE-server flag (repeat)"
+    )
     p.add_argument("--servers", type=csv(str), default=["plain", "trimode"])
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out", default="out/step_profile")

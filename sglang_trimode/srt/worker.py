@@ -95,6 +95,11 @@ def request_mode(req, settings: flags.TriModeSettings) -> str:
     return mode
 
 
+def _same_output(ours: list[int], theirs) -> bool:
+    """O(1): `theirs` (SGLang's `req.output_ids`) holds the tokens of `ours`."""
+    return len(ours) == len(theirs) and (not ours or ours[-1] == theirs[-1])
+
+
 @dataclass
 class _Req:
     state: RequestState
@@ -190,10 +195,14 @@ class TriModeWorker(BaseSpecWorker):
     # ---- per-request state -------------------------------------------------------------------
 
     def _state(self, req) -> _Req:
+        """The request's entry, (re)built when SGLang's output differs from ours (a new request,
+        or one SGLang re-ran). Checked in O(1) per step: SGLang appends exactly the tokens this
+        worker emitted, so equal lengths and equal last tokens mean equal outputs."""
         entry = self.states.get(req.rid)
-        out = list(req.output_ids)
-        if entry is not None and entry.state.out == out:
+        ids = req.output_ids
+        if entry is not None and _same_output(entry.state.out, ids):
             return entry
+        out = list(ids)
         try:
             mode = request_mode(req, self.settings)
         except RequestModeError as e:
