@@ -2,7 +2,8 @@
 
     python bench/step_profile.py [--concurrency 1,8,32,64] [--modes ar,self_spec_linear,...]
         [--rounds 2] [--max-new-tokens 64] [--block-size 8] [--model PATH] [--device cpu|cuda]
-        [--server-arg=--some-flag ...] [--trimode-arg=--trimode-flag ...] [--out out/step_profile]
+        [--server-arg=--some-flag ...] [--trimode-arg=--trimode-flag ...] [--threads N]
+        [--out out/step_profile]
 
 Each round starts a plain SGLang AR server and a TRIMODE server one after the other (never both:
 an idle SGLang CPU scheduler spins a core), order alternating by round, each with
@@ -198,6 +199,8 @@ def run_server(kind: str, a, rnd: int, out: Path) -> list[dict]:
     prof = out / f"steps_{kind}_r{rnd}.jsonl"
     prof.unlink(missing_ok=True)
     env = dict(os.environ, SGLANG_TRIMODE_STEP_PROFILE=str(prof))
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
     args = ["--model-path", a.model, "--random-seed", "0", "--max-total-tokens", str(a.max_total)]
     if a.device == "cpu":
         from sglang_trimode.srt.cpu_platform import PYTHONPATH_ENTRY
@@ -299,6 +302,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--trimode-arg", action="append", default=[], help="extra TRIMODE-server flag (repeat)"
     )
     p.add_argument("--servers", type=csv(str), default=["plain", "trimode"])
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS of both servers (torch's intra-op threads); 0: unset (default)",
+    )
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out", default="out/step_profile")
     a = p.parse_args(argv)
@@ -308,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
     bad = [s for s in a.servers if s not in ("plain", "trimode")]
     if bad or not a.servers:
         p.error(f"--servers: expected plain and/or trimode, got {a.servers}")
+    if a.threads < 0:
+        p.error("--threads must be >= 0 (0: leave OMP_NUM_THREADS unset)")
     if a.rounds < 1 or a.max_new_tokens < 1 or not a.concurrency or min(a.concurrency) < 1:
         p.error("--rounds, --max-new-tokens and every --concurrency must be >= 1")
     if a.model is None:

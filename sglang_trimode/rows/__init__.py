@@ -110,11 +110,45 @@ def request_rows(
             out[i] = v
     if head is not None:  # quadratic steps: mask groups from the head when read
         full = torch.tensor([0, *lens]).cumsum(0).tolist()  # starts in the full packed layout
+        ready = _greedy_groups(head, segs, states, out, full)
         for i, seg in enumerate(segs):
             if seg is not None and seg.desc.kind == MaskKind.QUADRATIC:
                 make = _group_maker(head, seg.desc, full[i], states[i], nxt.get(i), uni.get(i))
-                out[i] = DeferredGroups(seg.desc, out[i], make)
+                out[i] = DeferredGroups(seg.desc, out[i], make, ready.get(i))
     return out
+
+
+def _greedy_groups(head, segs, states, causal, full: list[int]) -> dict[int, dict[int, Rows]]:
+    """The mask group each greedy quadratic request will read, for all of them through ONE head
+    call: greedy acceptance reads only the causal rows' argmax (`sampling.accept_greedy`), so
+    the accepted length `a`, the bonus `top[a]` and the group (the one whose first slot guessed
+    the bonus, else the all-mask one; `QuadraticSpecPolicy.consume`) are known before the policy
+    runs. A prediction only: a policy asking for another group gets it computed when read."""
+    picks: list[tuple[int, int, int]] = []  # (request, group, top_k)
+    for i, seg in enumerate(segs):
+        if seg is None or seg.desc.kind != MaskKind.QUADRATIC or not states[i].params.greedy:
+            continue
+        desc, top = seg.desc, causal[i].top.tolist()
+        drafts = seg.tokens[1 : desc.num_causal]
+        a = next((j for j, d in enumerate(drafts) if d != top[j]), len(drafts))
+        guesses = states[i].cands[a][: desc.variants_of(a) - 1] if a < len(states[i].cands) else []
+        variant = 1 + guesses.index(top[a]) if top[a] in guesses else 0
+        picks.append((i, desc.group_index(a, variant), desc.variants if desc.variants > 1 else 0))
+    ready: dict[int, dict[int, Rows]] = {}
+    for top_k in sorted({k for _, _, k in picks}):
+        batch = [(i, g) for i, g, k in picks if k == top_k]
+        idx = [
+            torch.arange(
+                full[i] + segs[i].desc.group(g).start, full[i] + segs[i].desc.group(g).stop
+            )
+            for i, g in batch
+        ]
+        rows = GreedyRows.from_logits(head(torch.cat(idx)), top_k)
+        at = 0
+        for (i, g), ix in zip(batch, idx, strict=True):
+            ready[i] = {g: rows[at : at + ix.numel()]}
+            at += ix.numel()
+    return ready
 
 
 def _group_maker(head, desc, start: int, state, nxt, uni) -> Callable[[int], Rows]:

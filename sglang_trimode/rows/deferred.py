@@ -43,10 +43,19 @@ class DeferredGroups:
     reads a quadratic policy makes: a slice within the causal rows, or one whole group
     (``desc.group_slice(i, variant)``)."""
 
-    def __init__(self, desc: MaskDescriptor, causal, group: Callable[[int], object]) -> None:
+    def __init__(
+        self,
+        desc: MaskDescriptor,
+        causal,
+        group: Callable[[int], object],
+        ready: dict[int, object] | None = None,
+    ) -> None:
+        """`ready`: groups already summarised (`rows.request_rows` computes the group a greedy
+        step will read, for all requests in one head call)."""
         if desc.kind != MaskKind.QUADRATIC:
             raise ValueError(f"DeferredGroups are a quadratic step's rows, got {desc}")
-        self.desc, self.causal, self._group, self._groups = desc, causal, group, {}
+        self.desc, self.causal, self._group = desc, causal, group
+        self._groups = dict(ready or {})
 
     @property
     def shape(self) -> tuple[int, ...]:
