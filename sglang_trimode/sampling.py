@@ -52,7 +52,7 @@ def probs_from_logits(logits: Rows, params: SamplingParams) -> Rows:
     for :class:`GreedyRows`, the one-hot of ``top`` as ``GreedyRows``)."""
     if isinstance(logits, GreedyRows):
         _greedy_only(logits, params)
-        return GreedyRows(logits.top, torch.ones_like(logits.prob), logits.vocab)
+        return GreedyRows(logits.top, torch.ones(logits.top.shape), logits.vocab)
     if isinstance(logits, SampledRows):
         return logits.as_probs(params)
     logits = logits.float()

@@ -121,3 +121,16 @@ def test_greedy_rows_refuse_sampling_and_other_tokens():
         confidence(rows, (rows.top + 1) % V)
     with pytest.raises(ValueError, match="dim=-1"):
         rows.argmax(0)
+
+
+def test_rows_without_probabilities_refuse_to_give_them():
+    """`with_prob=False` (no diffusion confidence nor logprob reads in the forward) skips the
+    softmax; a read of the probability is then a clear error, never a wrong value."""
+    logits = torch.randn(4, V, generator=torch.Generator().manual_seed(3))
+    rows = GreedyRows.from_logits(logits, with_prob=False)
+    assert rows.prob is None and torch.equal(rows.top, logits.argmax(-1))
+    assert torch.equal(rows[1:].top, logits[1:].argmax(-1))
+    with pytest.raises(ValueError, match="built without probabilities"):
+        confidence(rows, rows.top)
+    one_hot = probs_from_logits(rows, SamplingParams())  # greedy reads need no probability
+    assert torch.equal(one_hot.top, rows.top) and torch.equal(one_hot.prob, torch.ones(4))

@@ -81,7 +81,15 @@ def request_rows(
         top_k = max((r.top_logprobs_num for r, g in zip(states, greedy) if g), default=0)
         chosen = sorted({i for r, g in zip(states, greedy) if g for i in r.chosen_ids})
         picked = [i for i, g in enumerate(greedy) if g]
-        summary = GreedyRows.from_logits(_rows_of(logits, starts, picked), top_k, chosen)
+        # the argmax's probability is read by diffusion confidences (a diffusion request's
+        # draft forward: a bidirectional block while its `block` is open) and logprobs only
+        prob = any(
+            states[i].logprobs is not None
+            or (not segs[i].desc.is_causal and getattr(states[i], "block", None) is not None)
+            for i in picked
+        )
+        rows = _rows_of(logits, starts, picked)
+        summary = GreedyRows.from_logits(rows, top_k, chosen, with_prob=prob)
         at = 0
         for i in picked:
             out[i] = summary[at : at + rows_of[i]]
@@ -143,7 +151,7 @@ def _greedy_groups(head, segs, states, causal, full: list[int]) -> dict[int, dic
             )
             for i, g in batch
         ]
-        rows = GreedyRows.from_logits(head(torch.cat(idx)), top_k)
+        rows = GreedyRows.from_logits(head(torch.cat(idx)), top_k, with_prob=False)
         at = 0
         for (i, g), ix in zip(batch, idx, strict=True):
             ready[i] = {g: rows[at : at + ix.numel()]}
@@ -159,7 +167,8 @@ def _group_maker(head, desc, start: int, state, nxt, uni) -> Callable[[int], Row
         sl = desc.group(g)
         logits = head(torch.arange(start + sl.start, start + sl.stop))
         if state.params.greedy:  # with bonus candidates, each row's best V ids come along
-            return GreedyRows.from_logits(logits, desc.variants if desc.variants > 1 else 0)
+            top_k = desc.variants if desc.variants > 1 else 0
+            return GreedyRows.from_logits(logits, top_k, with_prob=False)  # drafts: argmax only
         return SampledRows.lazy(logits, state.params, nxt[sl], uni[sl])
 
     return make

@@ -21,7 +21,7 @@ class GreedyRows:
     probabilities and their ids come along (``topk_logprobs``, ``topk_ids`` ``[..., top_k]``)."""
 
     top: torch.Tensor
-    prob: torch.Tensor
+    prob: torch.Tensor | None  # None: not computed (no reader in this forward: `with_prob`)
     vocab: int
     topk_logprobs: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
@@ -30,12 +30,20 @@ class GreedyRows:
 
     @classmethod
     def from_logits(
-        cls, logits: torch.Tensor, top_k: int = 0, chosen_ids: Sequence[int] = ()
+        cls,
+        logits: torch.Tensor,
+        top_k: int = 0,
+        chosen_ids: Sequence[int] = (),
+        with_prob: bool = True,
     ) -> GreedyRows:
         """``logits [..., V]`` on any device -> the summary on the CPU (one transfer each); with
-        ``chosen_ids`` also each row's log probabilities at those ids (``token_ids_logprob``)."""
+        ``chosen_ids`` also each row's log probabilities at those ids (``token_ids_logprob``).
+        ``with_prob=False`` skips the softmax (``[..., V]``) when no reader of these rows needs
+        the argmax's probability (only diffusion confidences and logprobs read it)."""
         top = logits.argmax(-1)
-        prob = torch.softmax(logits.float(), -1).gather(-1, top[..., None]).squeeze(-1)
+        prob = None
+        if with_prob:
+            prob = torch.softmax(logits.float(), -1).gather(-1, top[..., None]).squeeze(-1)
         vals = ids = chosen = None
         if top_k or chosen_ids:
             logp = torch.log_softmax(logits.float(), -1)
@@ -45,7 +53,8 @@ class GreedyRows:
         if chosen_ids:
             chosen = logp[..., torch.tensor(list(chosen_ids), device=logp.device)].cpu()
         vocab = int(logits.shape[-1])
-        return cls(top.cpu(), prob.cpu(), vocab, vals, ids, tuple(chosen_ids), chosen)
+        prob = None if prob is None else prob.cpu()
+        return cls(top.cpu(), prob, vocab, vals, ids, tuple(chosen_ids), chosen)
 
     def __getitem__(self, key) -> GreedyRows:
         def at(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -53,7 +62,7 @@ class GreedyRows:
 
         return GreedyRows(
             self.top[key],
-            self.prob[key],
+            at(self.prob),
             self.vocab,
             at(self.topk_logprobs),
             at(self.topk_ids),
@@ -88,6 +97,8 @@ class GreedyRows:
         """Each row's softmax probability of `tokens`, which must be the rows' argmax."""
         if not torch.equal(tokens.cpu(), self.top):
             raise ValueError("GreedyRows know the probability of each row's argmax token only")
+        if self.prob is None:
+            raise ValueError("GreedyRows were built without probabilities (with_prob=False)")
         return self.prob
 
     def argmax(self, dim: int = -1) -> torch.Tensor:
