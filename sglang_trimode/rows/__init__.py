@@ -132,15 +132,17 @@ def _greedy_groups(head, segs, states, causal, full: list[int]) -> dict[int, dic
     the accepted length `a`, the bonus `top[a]` and the group (the one whose first slot guessed
     the bonus, else the all-mask one; `QuadraticSpecPolicy.consume`) are known before the policy
     runs. A prediction only: a policy asking for another group gets it computed when read."""
+    from sglang_trimode.sampling import accept_greedy  # sampling imports this package
+
     picks: list[tuple[int, int, int]] = []  # (request, group, top_k)
     for i, seg in enumerate(segs):
         if seg is None or seg.desc.kind != MaskKind.QUADRATIC or not states[i].params.greedy:
             continue
-        desc, top = seg.desc, causal[i].top.tolist()
-        drafts = seg.tokens[1 : desc.num_causal]
-        a = next((j for j, d in enumerate(drafts) if d != top[j]), len(drafts))
+        desc = seg.desc
+        drafts = torch.tensor(seg.tokens[1 : desc.num_causal], dtype=torch.long)
+        a, bonus = accept_greedy(drafts, causal[i])
         guesses = states[i].cands[a][: desc.variants_of(a) - 1] if a < len(states[i].cands) else []
-        variant = 1 + guesses.index(top[a]) if top[a] in guesses else 0
+        variant = 1 + guesses.index(bonus) if bonus in guesses else 0
         picks.append((i, desc.group_index(a, variant), desc.variants if desc.variants > 1 else 0))
     ready: dict[int, dict[int, Rows]] = {}
     for top_k in sorted({k for _, _, k in picks}):
