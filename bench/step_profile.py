@@ -80,13 +80,24 @@ def _post(url: str, body: dict, timeout: float) -> dict:
 
 
 @contextlib.contextmanager
-def server(args: list[str], env: dict[str, str], log_path: Path, timeout: float = 300.0):
-    """`python -m sglang.launch_server ARGS` on a free port; yields its base URL."""
+def server(
+    args: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float = 300.0,
+    python: str = sys.executable,
+):
+    """`PYTHON -m sglang.launch_server ARGS` on a free port; yields its base URL."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [python, "-m", "sglang.launch_server", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            cmd + args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd + args,
+            env=env,
+            cwd=log_path.parent,  # not the repo root, whose sglang_trimode/ lacks kernels/
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         base = f"http://127.0.0.1:{port}"
         try:
