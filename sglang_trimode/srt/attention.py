@@ -39,12 +39,16 @@ interpreted kernel on a CPU (`tests/srt/test_attention_backend.py`,
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from sglang_trimode import packed as packing
 from sglang_trimode.masks import MaskDescriptor
 from sglang_trimode.srt import flags
+
+logger = logging.getLogger(__name__)
 
 
 class TriModeForwardInput:
@@ -139,6 +143,7 @@ class TriModeAttnBackend:
         if plan.attn_metadata is not None:
             return
         plan.attn_impl = self.resolved_impl(device)
+        _announce(plan.attn_impl, device, self.inner)
         plan.attn_metadata = packing.pack(
             plan.descs,
             plan.prefix_lens,
@@ -174,6 +179,32 @@ class TriModeAttnBackend:
             plan.attn_impl,
         )
         return out.reshape(-1, hq * dv)
+
+
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def _announce(impl: str, device: torch.device, inner) -> None:
+    """Log once per (impl, device) which attention path the TRIMODE forwards take."""
+    if (impl, device.type) in _ANNOUNCED:
+        return
+    _ANNOUNCED.add((impl, device.type))
+    path = {
+        "sdpa": "sglang_trimode.dense_attention (batched SDPA)",
+        "torch": "the pure-torch reference sglang_trimode.kernels.reference",
+    }.get(impl)
+    if path is None:
+        from sglang_trimode.kernels.attention import INTERPRETED
+
+        kind = "interpreted (TRITON_INTERPRET=1)" if INTERPRETED else "compiled"
+        path = f"{kind} Triton kernel sglang_trimode.kernels.extend_attention"
+    logger.info(
+        "TRIMODE: attention impl %s on %s: %s; other forwards via the wrapped %s",
+        impl,
+        device,
+        path,
+        type(inner).__name__,
+    )
 
 
 def install(model_runner, impl: str = flags.DEFAULT_ATTENTION_IMPL) -> TriModeAttnBackend:

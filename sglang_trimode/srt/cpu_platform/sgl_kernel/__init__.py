@@ -1,4 +1,5 @@
-"""Plain-torch stand-in for the CUDA-only `sgl_kernel` package, for SGLang's CPU engine in tests.
+"""Plain-torch stand-in for the CUDA-only `sgl_kernel` package: SGLang's CPU engine in tests, and
+SGLang's CUDA path on a GPU machine without `sglang-kernel` (bench/gpu_serve.sh).
 
 NOT the real `sgl_kernel`: it implements exactly the names that our CPU test paths (plain AR
 serving through `python -m sglang.launch_server --device cpu` with SGLANG_USE_CPU_ENGINE=1 and
@@ -10,6 +11,13 @@ serving through `python -m sglang.launch_server --device cpu` with SGLANG_USE_CP
   buffer given by raw data pointers and row strides in bytes (SGLang's MHA pool warms it up at
   start-up whenever speculative decoding is on; same semantics as its Triton
   `copy_all_layer_kv_cache_tiled`: all source rows are read before any target row is written).
+
+and, device-agnostic, the names SGLang's CUDA layers import at module level for a dense model
+(`elementwise.py`: `rmsnorm`, `fused_add_rmsnorm`, `gemma_rmsnorm`, `gemma_fused_add_rmsnorm`,
+`silu_and_mul`, `gelu_and_mul`, `gelu_tanh_and_mul`, `gelu_quick`, `top_k_renorm_prob`,
+`top_p_renorm_prob`; `utils.is_arch_support_pdl`). Found by reading SGLang 0.5.23's CUDA imports,
+not yet by running on a GPU: SGLang's own JIT kernels (`sglang.kernels`, compiled with nvcc at
+first use) serve rotary embeddings and KV stores there.
 
 Names that SGLang imports at module level but that these paths never call are defined and raise
 `NotImplementedError` when called (the speculative-decoding helpers
@@ -30,7 +38,33 @@ import torch
 
 __version__ = "0.0.0+trimode.cpu.stand-in"
 
-IMPLEMENTED = ("assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu")
+from .elementwise import (  # noqa: F401  (re-exported: `from sgl_kernel import rmsnorm`)
+    fused_add_rmsnorm,
+    gelu_and_mul,
+    gelu_quick,
+    gelu_tanh_and_mul,
+    gemma_fused_add_rmsnorm,
+    gemma_rmsnorm,
+    rmsnorm,
+    silu_and_mul,
+    top_k_renorm_prob,
+    top_p_renorm_prob,
+)
+
+IMPLEMENTED = (
+    "assign_req_to_token_pool_cpu",
+    "copy_all_layer_kv_cache_cpu",
+    "rmsnorm",
+    "fused_add_rmsnorm",
+    "gemma_rmsnorm",
+    "gemma_fused_add_rmsnorm",
+    "silu_and_mul",
+    "gelu_and_mul",
+    "gelu_tanh_and_mul",
+    "gelu_quick",
+    "top_k_renorm_prob",
+    "top_p_renorm_prob",
+)
 NOT_IMPLEMENTED = (
     "build_tree_kernel_efficient_cpu",
     "verify_tree_greedy_cpu",
