@@ -96,9 +96,13 @@ def test_assign_req_to_token_pool_cpu_equals_torch(stand_in):
 
 
 def test_unimplemented_names_raise(stand_in):
-    for name in stand_in.NOT_IMPLEMENTED:
+    for name in stand_in.NOT_IMPLEMENTED + stand_in.CUDA_IMPORT_ONLY:
         with pytest.raises(NotImplementedError, match=name):
             getattr(stand_in, name)()
+    for sub, names in stand_in.CUDA_IMPORT_ONLY_SUBMODULES.items():
+        for name in names:
+            with pytest.raises(NotImplementedError, match=f"{sub}.{name}"):
+                getattr(getattr(stand_in, sub), name)()
     assert not hasattr(stand_in, "some_other_kernel")
 
 

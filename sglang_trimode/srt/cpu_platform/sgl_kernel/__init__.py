@@ -24,7 +24,10 @@ Names that SGLang imports at module level but that these paths never call are de
 `build_tree_kernel_efficient_cpu`,
 `verify_tree_greedy_cpu`, `fill_accept_out_cache_loc_cpu`, `fill_bonus_tokens_cpu`,
 `rotate_input_ids_cpu`, `assign_draft_cache_locs_contiguous_cpu`, `assign_extend_cache_locs_cpu`,
-`build_draft_decode_metadata_cpu`, imported by SGLang's scheduler modules). Every other attribute is
+`build_draft_decode_metadata_cpu`, imported by SGLang's scheduler modules; and `CUDA_IMPORT_ONLY`
+plus the stub submodules `CUDA_IMPORT_ONLY_SUBMODULES`, which SGLang's CUDA paths import at module
+level for quantization, MoE and KV transfer: tests/srt/test_cuda_import_surface.py imports the
+server's modules with CUDA claimed and finds none missing). Every other attribute is
 absent (`AttributeError`, so a `from sgl_kernel import x` fails loudly with an ImportError naming
 `x`). No `torch.ops.sgl_kernel.*` operators are registered: SGLang code paths that call those (CPU
 quantization, MoE, mamba, AMX layers) fail.
@@ -33,6 +36,8 @@ quantization, MoE, mamba, AMX layers) fail.
 from __future__ import annotations
 
 import ctypes
+import sys
+import types
 
 import torch
 
@@ -49,6 +54,7 @@ from .elementwise import (  # noqa: F401  (re-exported: `from sgl_kernel import 
     silu_and_mul,
     top_k_renorm_prob,
     top_p_renorm_prob,
+    weak_ref_tensor,
 )
 
 IMPLEMENTED = (
@@ -64,6 +70,7 @@ IMPLEMENTED = (
     "gelu_quick",
     "top_k_renorm_prob",
     "top_p_renorm_prob",
+    "weak_ref_tensor",
 )
 NOT_IMPLEMENTED = (
     "build_tree_kernel_efficient_cpu",
@@ -75,6 +82,33 @@ NOT_IMPLEMENTED = (
     "assign_extend_cache_locs_cpu",
     "build_draft_decode_metadata_cpu",
 )
+#: Imported at module level by SGLang's CUDA paths (quantization, MoE, cascade attention, ...),
+#: never called for a dense bf16/fp32 model; found by importing the server's modules with
+#: `is_cuda()` forced on (tests/srt/test_cuda_import_surface.py).
+CUDA_IMPORT_ONLY = (
+    "int8_scaled_mm",
+    "merge_state_v2",
+    "moe_sum_reduce",
+    "moe_sum",
+)  #: The same for names imported from submodules (`from sgl_kernel.quantization import ...`).
+CUDA_IMPORT_ONLY_SUBMODULES: dict[str, tuple[str, ...]] = {
+    "quantization": ("ggml_dequantize", "ggml_moe_a8", "ggml_mul_mat_a8", "ggml_mul_mat_vec_a8"),
+    "kvcacheio": (
+        "transfer_kv_all_layer",
+        "transfer_kv_all_layer_direct_lf_pf",
+        "transfer_kv_all_layer_lf_pf",
+        "transfer_kv_all_layer_lf_ph",
+        "transfer_kv_all_layer_mla_lf_pf",
+        "transfer_kv_direct",
+        "transfer_kv_per_layer",
+        "transfer_kv_per_layer_direct_pf_lf",
+        "transfer_kv_per_layer_mla",
+        "transfer_kv_per_layer_mla_pf_lf",
+        "transfer_kv_per_layer_pf_lf",
+        "transfer_kv_per_layer_ph_lf",
+        "transfer_kv_all_layer_mla",
+    ),
+}
 
 
 def assign_req_to_token_pool_cpu(
@@ -130,6 +164,12 @@ def _not_implemented(name: str):
     return fn
 
 
-for _name in NOT_IMPLEMENTED:
+for _name in NOT_IMPLEMENTED + CUDA_IMPORT_ONLY:
     globals()[_name] = _not_implemented(_name)
+for _sub, _names in CUDA_IMPORT_ONLY_SUBMODULES.items():
+    _mod = types.ModuleType(f"{__name__}.{_sub}", "sglang-trimode stand-in: raising stubs only")
+    for _name in _names:
+        setattr(_mod, _name, _not_implemented(f"{_sub}.{_name}"))
+    sys.modules[_mod.__name__] = _mod
+    globals()[_sub] = _mod
 del _name

@@ -99,3 +99,9 @@ def top_p_renorm_prob(probs: torch.Tensor, top_p, *args, **kwargs) -> torch.Tens
     keep = torch.zeros_like(keep_sorted).scatter(-1, idx, keep_sorted)
     kept = torch.where(keep, probs, torch.zeros_like(probs))
     return kept / kept.sum(-1, keepdim=True)
+
+
+def weak_ref_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """sgl_kernel's returns a view that does not keep the storage alive (CUDA-graph outputs); a
+    plain view keeps it alive: the same values, memory freed later."""
+    return tensor.view(tensor.shape) if isinstance(tensor, torch.Tensor) else tensor
