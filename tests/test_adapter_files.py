@@ -18,6 +18,8 @@ from sglang_trimode.reference.adapter_files import (  # noqa: E402
     ADAPTER_WEIGHTS,
     LEGACY_DIR,
     VENDOR_DIR,
+    adapter_folder,
+    local_checkpoint,
 )
 from sglang_trimode.reference.engine import TriModeEngine  # noqa: E402
 from sglang_trimode.reference.tiny import make_tiny_checkpoint  # noqa: E402
@@ -108,3 +110,21 @@ def test_tensors_of_another_model_and_bad_json_are_refused(ckpt, tmp_path):
     (ckpt / VENDOR_DIR / ADAPTER_CONFIG).write_text("{r: 8")
     with pytest.raises(ValueError, match=f"{ADAPTER_CONFIG}: not JSON"):
         TriModeEngine.from_pretrained(ckpt)
+
+
+def test_a_hub_ids_drafter_is_found_in_the_hub_cache(ckpt, tmp_path):
+    """A hub id (the recipes' `--model-path nvidia/...`) resolves to the cached snapshot that
+    holds its `linear_spec_lora/` (the worker fetches it into SGLang's `--download-dir`; here a
+    cache laid out as huggingface_hub lays it out, read offline)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(ckpt / VENDOR_DIR, snapshot / VENDOR_DIR)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    cache = str(tmp_path / "hub")
+    local = local_checkpoint("org/tiny", cache_dir=cache, local_files_only=True)
+    assert local == snapshot and adapter_folder(local, "on") == snapshot / VENDOR_DIR
+    assert local_checkpoint(ckpt) == ckpt  # a folder is itself
+    with pytest.raises(ValueError, match="cannot fetch the drafter folders of org/missing"):
+        local_checkpoint("org/missing", cache_dir=cache, local_files_only=True)

@@ -66,6 +66,37 @@ def adapter_folder(checkpoint: str | Path, choice: bool | str = "on") -> Path | 
     return found[0] if found else None
 
 
+def local_checkpoint(
+    model_path: str | Path,
+    cache_dir: str | None = None,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """``model_path`` when it is a folder; for a hub id (``nvidia/Nemotron-Labs-Diffusion-8B``)
+    the local snapshot with its drafter folders only (``huggingface_hub.snapshot_download`` of
+    ``linear_spec_lora/*`` and ``drafter_lora/*``, into SGLang's ``--download-dir`` and at its
+    ``--revision``), so ``--trimode-drafter on`` finds a hub checkpoint's drafter."""
+    if Path(model_path).is_dir():
+        return Path(model_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = snapshot_download(
+            str(model_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=[f"{d}/*" for d in (VENDOR_DIR, LEGACY_DIR)],
+            local_files_only=local_files_only,
+        )
+    except Exception as e:  # huggingface_hub raises many kinds (offline, gated, missing repo)
+        raise ValueError(
+            f"--trimode-drafter: cannot fetch the drafter folders of {model_path} from the hub "
+            f"({type(e).__name__}: {e}); pass a local checkpoint folder, an adapter PATH, "
+            f"{OFF_HINT.removeprefix('or ')}"
+        ) from e
+    return Path(snapshot)
+
+
 def read_config(folder: str | Path) -> tuple[int, float]:
     """``(r, lora_alpha)`` of ``folder/adapter_config.json`` after checking every field the
     engines rely on: a LoRA on ``o_proj`` only, none of :data:`UNSUPPORTED_OPTIONS` set."""

@@ -130,15 +130,28 @@ def _validate(server_args) -> None:
     check_drafter(server_args)
 
 
-def check_drafter(server_args) -> Path | None:
+def check_drafter(server_args, fetch: bool = False) -> Path | None:
     """The drafter folder `--trimode-drafter` picks, or None; raises on one the worker cannot
     apply: malformed (the file and field named) or any at TP > 1 (not sharded). Run in the
-    launching process (`_validate`, against a local checkpoint's config.json) and by the worker
-    before it loads the adapter."""
-    from sglang_trimode.reference.adapter_files import adapter_folder, check_adapter, model_shapes
+    launching process (`_validate`: local checkpoints, checked against their config.json) and by
+    the worker before it loads the adapter (`fetch`: a hub id's drafter folders are fetched into
+    SGLang's download dir, `adapter_files.local_checkpoint`)."""
+    from sglang_trimode.reference.adapter_files import (
+        adapter_folder,
+        check_adapter,
+        local_checkpoint,
+        model_shapes,
+    )
 
     settings = settings_from_server_args(server_args)
-    folder = adapter_folder(server_args.model_path, settings.drafter)
+    path = server_args.model_path
+    if settings.drafter == "on" and not os.path.isdir(path):
+        if not fetch:
+            return None  # a hub id: the worker fetches and checks its drafter
+        path = local_checkpoint(
+            path, getattr(server_args, "download_dir", None), getattr(server_args, "revision", None)
+        )
+    folder = adapter_folder(path, settings.drafter)
     if folder is None:
         return None
     tp = getattr(server_args, "tp_size", 1)
@@ -147,7 +160,7 @@ def check_drafter(server_args) -> Path | None:
             f"--trimode-drafter: the adapter {folder} is not sharded for tensor parallelism "
             f"(--tp-size {tp}); pass --trimode-drafter off"
         )
-    config = os.path.join(server_args.model_path, "config.json")
+    config = os.path.join(path, "config.json")
     if os.path.isfile(config):
         with open(config) as f:
             check_adapter(folder, *model_shapes(json.load(f)))

@@ -160,7 +160,7 @@ class TriModeWorker(BaseSpecWorker):
         """The drafter adapter `--trimode-drafter` picks (the checkpoint's `linear_spec_lora/` or
         older `drafter_lora/`, or a folder), hooked into the model's `o_proj`s, or None (off, or
         the checkpoint has none). A malformed adapter raises, naming the file and field."""
-        folder = check_drafter(server_args)
+        folder = check_drafter(server_args, fetch=True)
         if folder is None:
             return None
         model = self.model_runner.model
