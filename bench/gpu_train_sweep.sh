@@ -39,7 +39,7 @@ out=${OUT:-out/train_sweep}
 # Optional (DRAFTER_STEPS=N, default off): a draft-only adapter for the best run
 # (python -m sglang_trimode.training.drafter, corpus KL to the frozen AR head), then the held-out
 # TPF of the best run with and without it (CPU, fp32), tables in $out/drafter_{on,off}.txt.
-# training.export carries $out/best/drafter_lora into the default model: delete it first if the
+# training.export carries $out/best/linear_spec_lora into the default model: delete it first if the
 # table shows no gain.
 if [[ ${DRAFTER_STEPS:-0} -gt 0 && -d $out/best ]]; then
     dev=cpu

@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--drafter",
         choices=["on", "off"],
         default="on",
-        help="the checkpoint's draft-only adapter drafter_lora/, if it has one (default on)",
+        help="the checkpoint's draft-only adapter (linear_spec_lora/ or drafter_lora/), if any "
+        "(default on; self-speculation drafts only)",
     )
     ap.add_argument(
         "--bonus-candidates",

@@ -17,6 +17,8 @@ if [ "$MODE" != ar ]; then
   ARGS+=(--speculative-algorithm TRIMODE --trimode-mode "$MODE")
   if [ -n "${BLOCK_SIZE:-}" ]; then ARGS+=(--trimode-block-size "$BLOCK_SIZE"); fi
   if [ -n "${THRESHOLD:-}" ]; then ARGS+=(--trimode-threshold "$THRESHOLD"); fi
+  # the TRIMODE worker runs every forward eager: capture no CUDA graphs it would drop
+  if [ "${DEVICE:-cpu}" != cpu ]; then ARGS+=(--disable-cuda-graph); fi
 fi
 if [ "${DEVICE:-cpu}" = cpu ]; then
   # SGLang's CPU engine, with the plugin's plain-torch stand-in for the CUDA-only sgl_kernel

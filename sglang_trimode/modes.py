@@ -162,8 +162,12 @@ class RequestState:
 
 @dataclass(frozen=True)
 class Segment:
+    """One request's tokens of a forward, their mask, and the mode whose policy made them
+    (``""``: a prefill or a commit pass of an engine; ``drafter_rows`` reads it)."""
+
     tokens: list[int]
     desc: masks.MaskDescriptor
+    mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,7 @@ class ARPolicy:
         self.cfg = cfg
 
     def segment(self, r: RequestState) -> Segment:
-        return Segment([r.seed], masks.decode())
+        return Segment([r.seed], masks.decode(), self.name)
 
     def switchable(self, r: RequestState) -> bool:
         """Whether another policy may take ``r`` over before its next forward (no cycle open)."""
@@ -258,8 +262,9 @@ class DiffusionPolicy(ARPolicy):
             r.block_logprobs = None if r.logprobs is None else [None] * len(r.block)
             r.block_steps = 0
         if any(r.masked):
-            return Segment(list(r.block), masks.diffusion_draft(self.cfg.block_size, len(r.block)))
-        return Segment(list(r.block), masks.commit(len(r.block)))
+            desc = masks.diffusion_draft(self.cfg.block_size, len(r.block))
+            return Segment(list(r.block), desc, self.name)
+        return Segment(list(r.block), masks.commit(len(r.block)), self.name)
 
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
         if seg.desc.is_causal:  # commit pass: keep the block's causal KV, sample the next seed
@@ -327,9 +332,9 @@ class LinearSpecPolicy(ARPolicy):
             n = min(self.cfg.block_size, r.remaining)
             if n > 1:
                 tokens = [r.seed] + [self.cfg.mask_token_id] * (n - 1)
-                return Segment(tokens, masks.diffusion_draft(n))
+                return Segment(tokens, masks.diffusion_draft(n), self.name)
             r.drafts, r.q = [], torch.zeros(0)
-        return Segment([r.seed, *r.drafts], masks.linear_verify(1 + len(r.drafts)))
+        return Segment([r.seed, *r.drafts], masks.linear_verify(1 + len(r.drafts)), self.name)
 
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
         if r.q is None:  # draft forward: no KV is written
@@ -396,7 +401,7 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
             for v in range(desc.variants_of(i)):
                 first = guesses[v - 1] if 0 < v <= len(guesses) else mask
                 groups += [first] + [mask] * (self.cfg.block_size - 1)
-        return Segment([r.seed, *r.drafts, *groups], desc)
+        return Segment([r.seed, *r.drafts, *groups], desc, self.name)
 
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
         desc = seg.desc

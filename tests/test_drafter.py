@@ -2,8 +2,9 @@
 
 It changes exactly the rows it is told to (the drafting rows), never the rows that verify or
 commit, so greedy self-speculation with any adapter still equals greedy AR; it round-trips
-through its folder and refuses folders that do not fit; the engine applies it to every forward's
-non-committable rows; a few training steps lower the distillation loss.
+through its folder and refuses folders that do not fit; the engine applies it to the
+non-committable rows of self-speculation (every such row with ``drafter_rows="all"``); a few
+training steps lower the distillation loss.
 """
 
 import json
@@ -96,29 +97,29 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     lora = random_drafter(model, rank=3)
     folder = lora.save(tmp_path)
     assert folder == tmp_path / DRAFTER_DIR and has_drafter(tmp_path)
-    back = load_drafter(tmp_path, *shape)
+    back = load_drafter(folder, *shape)
     assert back.cfg == lora.cfg
     assert torch.equal(back.lora_A, lora.lora_A) and torch.equal(back.lora_B, lora.lora_B)
     with pytest.raises(ValueError, match="do not match a 5-layer model"):
-        load_drafter(tmp_path, 5, *shape[1:])
+        load_drafter(folder, 5, *shape[1:])
     with pytest.raises(ValueError, match=r"has shape .* expected"):
-        load_drafter(tmp_path, shape[0], shape[1] * 2, shape[2])
+        load_drafter(folder, shape[0], shape[1] * 2, shape[2])
     conf = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps(conf | {"target_modules": ["q_proj"]}))
-    with pytest.raises(ValueError, match="target_modules must be"):
-        load_drafter(tmp_path, *shape)
+    with pytest.raises(ValueError, match="target_modules must name 'o_proj' only"):
+        load_drafter(folder, *shape)
     (folder / "adapter_model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="--trimode-drafter off"):
-        load_drafter(tmp_path, *shape)
+        load_drafter(folder, *shape)
     assert not has_drafter(tmp_path / "elsewhere")
 
 
 def test_engine_gates_the_non_committable_rows_of_every_forward():
-    """Every forward's gate is exactly its segments' rows past `desc.committable`: none in a
-    prefill / AR step / commit / verify, all of a diffusion or linear draft, a quadratic step's
-    mask groups."""
+    """With `drafter_rows="all"` every forward's gate is exactly its segments' rows past
+    `desc.committable`: none in a prefill / AR step / commit / verify, all of a diffusion or
+    linear draft, a quadratic step's mask groups (the scopes: tests/test_vendor_drafter.py)."""
     model = make_tiny_model(seed=4)
-    engine = TriModeEngine(model, drafter=random_drafter(model))
+    engine = TriModeEngine(model, drafter=random_drafter(model), drafter_rows="all")
     seen: list[tuple[list, torch.Tensor | None]] = []
     forward = engine._forward
 
@@ -136,7 +137,8 @@ def test_engine_gates_the_non_committable_rows_of_every_forward():
             engine.drafter.rows = real
 
     engine._forward = spy
-    engine.generate([[5, 6, 7], [8, 9]], mode=list(MODES[2:]), max_new_tokens=10, block_size=4)
+    prompts = [[5, 6, 7], [8, 9], [10, 11], [12]]
+    engine.generate(prompts, mode=list(MODES), max_new_tokens=10, block_size=4)
     kinds = set()
     for descs, gate in seen:
         for j, d in enumerate(descs):
@@ -163,8 +165,11 @@ def test_greedy_self_spec_with_a_drafter_equals_ar_and_the_drafter_drafts(tmp_pa
     ar = [o.token_ids for o in plain.generate(prompts, mode="ar", **kw)]
     for mode in ("self_spec_linear", "self_spec_quadratic"):
         assert [o.token_ids for o in engine.generate(prompts, mode=mode, **kw)] == ar, mode
-    diff_on = [o.token_ids for o in engine.generate(prompts, mode="diffusion", **kw)]
+    everywhere = TriModeEngine.from_pretrained(path, drafter_rows="all")
+    diff_on = [o.token_ids for o in everywhere.generate(prompts, mode="diffusion", **kw)]
     diff_off = [o.token_ids for o in plain.generate(prompts, mode="diffusion", **kw)]
+    # the default scope (self_spec) leaves diffusion blocks to the base model
+    assert [o.token_ids for o in engine.generate(prompts, mode="diffusion", **kw)] == diff_off
     if block_size == 1:  # block-1 diffusion is AR: nothing drafts
         assert diff_on == diff_off == ar
     else:  # diffusion tokens are the drafts themselves: a large random adapter changes them

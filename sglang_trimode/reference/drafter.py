@@ -2,7 +2,8 @@
 
 The vendor ships an optional drafter adapter (``linear_spec_lora/``: LoRA on ``o_proj`` only,
 applied in the draft pass only). Here it is applied *per token*: ``o_proj(x) + s * B A x`` on the
-rows a step drafts with (a bidirectional draft block, a quadratic step's mask groups) and plain
+rows a step drafts with (a linear draft block, a quadratic step's mask groups; diffusion blocks
+only on request, ``drafter_rows.py``) and plain
 ``o_proj(x)`` on every committable (causal) row, so the verifying AR path, and with it greedy
 self-speculation's output, is the base model's exactly. Rows that draft never feed a causal row
 (causal rows do not attend to them), so one forward may mix both.
@@ -10,17 +11,16 @@ self-speculation's output, is the base model's exactly. Rows that draft never fe
 Shapes: ``A [layers, r, H*D]``, ``B [layers, hidden, r]``, ``s = alpha / r`` (LoRA, Hu et al.
 2021, eq. 3). ``B`` starts at zero: a fresh adapter is the base model.
 
-On disk (:data:`DRAFTER_DIR` inside the checkpoint folder) it is a PEFT-style LoRA:
-``adapter_config.json`` (``r``, ``lora_alpha``, ``target_modules: ["o_proj"]``) and
-``adapter_model.safetensors`` with ``base_model.model.encoder.layers.{i}.self_attn.o_proj.
-lora_{A,B}.weight`` (``[r, H*D]`` / ``[hidden, r]``). The vendor's ``linear_spec_lora/`` (layout
-not published) is not read.
+On disk: PEFT's layout in ``linear_spec_lora/`` (the vendor's folder, :data:`DRAFTER_DIR`; the
+older ``drafter_lora/`` is still read): ``reference/adapter_files.py`` finds and checks it, with
+no peft import. Which rows of a forward get the adapter: ``sglang_trimode/drafter_rows.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +30,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-DRAFTER_DIR = "drafter_lora"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_KEY = "base_model.model.encoder.layers.{}.self_attn.o_proj.lora_{}.weight"
+from sglang_trimode.reference.adapter_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    KEY,
+    LEGACY_DIR,
+    VENDOR_DIR,
+    adapter_folder,
+    check_adapter,
+    config_peft_fields,
+    model_shapes,
+)
+
+#: the folder this project writes (the vendor's name); ``adapter_files.LEGACY_DIR`` is read too
+DRAFTER_DIR = VENDOR_DIR
 
 
 @dataclass(frozen=True)
@@ -127,82 +137,51 @@ class DrafterLoRA(nn.Module):
             self._gate = None
 
     def save(self, checkpoint: str | Path) -> Path:
-        """Write the adapter into ``checkpoint/drafter_lora/`` (PEFT layout, module docstring)."""
+        """Write the adapter into ``checkpoint/linear_spec_lora/`` (PEFT's layout and names, so
+        ``PeftModel.from_pretrained(model, checkpoint, subfolder="linear_spec_lora")`` loads
+        it too). It replaces the checkpoint's drafter: an older ``drafter_lora/`` is removed."""
+        shutil.rmtree(Path(checkpoint) / LEGACY_DIR, ignore_errors=True)
         out = Path(checkpoint) / DRAFTER_DIR
         out.mkdir(parents=True, exist_ok=True)
-        conf = {
-            "peft_type": "LORA",
-            "r": self.cfg.rank,
-            "lora_alpha": self.cfg.alpha,
-            "target_modules": ["o_proj"],
-            "applies_to": "draft rows only (tokens whose KV a step does not keep)",
-        }
+        conf = config_peft_fields(self.cfg.rank, self.cfg.alpha)
         (out / ADAPTER_CONFIG).write_text(json.dumps(conf, indent=1) + "\n")
         tensors = {}
         for i in range(self.lora_A.shape[0]):
-            tensors[_KEY.format(i, "A")] = self.lora_A[i].detach().cpu().contiguous()
-            tensors[_KEY.format(i, "B")] = self.lora_B[i].detach().cpu().contiguous()
+            tensors[KEY.format(i, "A")] = self.lora_A[i].detach().cpu().contiguous()
+            tensors[KEY.format(i, "B")] = self.lora_B[i].detach().cpu().contiguous()
         save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         return out
 
 
 def has_drafter(checkpoint: str | Path) -> bool:
-    """Whether ``checkpoint`` ships a drafter adapter (``drafter_lora/adapter_config.json``)."""
-    return (Path(checkpoint) / DRAFTER_DIR / ADAPTER_CONFIG).is_file()
+    """Whether ``checkpoint`` ships a drafter adapter folder (``linear_spec_lora/`` or the older
+    ``drafter_lora/``)."""
+    return adapter_folder(checkpoint, "on") is not None
 
 
 def load_drafter(
-    checkpoint: str | Path, num_layers: int, in_features: int, out_features: int
+    folder: str | Path, num_layers: int, in_features: int, out_features: int
 ) -> DrafterLoRA:
-    """Read ``checkpoint/drafter_lora/`` for a model of these shapes (fp32, CPU); a
-    ``ValueError`` names the file and the field that does not fit."""
-    folder = Path(checkpoint) / DRAFTER_DIR
-    conf_file, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
-    if not conf_file.is_file() or not weights.is_file():
-        raise FileNotFoundError(
-            f"{folder}: a drafter adapter needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}; remove the "
-            "folder or turn the drafter off (--trimode-drafter off / drafter=False)"
-        )
-    conf = json.loads(conf_file.read_text())
-    if conf.get("target_modules") != ["o_proj"]:
-        raise ValueError(
-            f"{conf_file}: target_modules must be ['o_proj'] (a draft-only o_proj adapter), got "
-            f"{conf.get('target_modules')!r}"
-        )
-    cfg = DrafterConfig(int(conf["r"]), float(conf["lora_alpha"]))
-    lora = DrafterLoRA(cfg, num_layers, in_features, out_features)
-    want = {"A": (cfg.rank, in_features), "B": (out_features, cfg.rank)}
-    with safe_open(str(weights), framework="pt") as f:
-        names = set(f.keys())
-        expected = {_KEY.format(i, ab) for i in range(num_layers) for ab in "AB"}
-        if names != expected:
-            raise ValueError(
-                f"{weights}: tensors do not match a {num_layers}-layer model: missing "
-                f"{sorted(expected - names)[:4]}, unexpected {sorted(names - expected)[:4]}"
-            )
-        with torch.no_grad():
-            for i in range(num_layers):
-                for ab, param in (("A", lora.lora_A), ("B", lora.lora_B)):
-                    t = f.get_tensor(_KEY.format(i, ab))
-                    if tuple(t.shape) != want[ab]:
-                        raise ValueError(
-                            f"{weights}: {_KEY.format(i, ab)} has shape {tuple(t.shape)}, "
-                            f"expected {want[ab]} (r={cfg.rank} in {ADAPTER_CONFIG})"
-                        )
-                    param[i].copy_(t.float())
+    """Read the adapter folder ``folder`` for a model of these shapes (fp32, CPU) after
+    ``adapter_files.check_adapter``: a refusal names the file and the field that does not fit."""
+    rank, alpha = check_adapter(folder, num_layers, in_features, out_features)
+    lora = DrafterLoRA(DrafterConfig(rank, alpha), num_layers, in_features, out_features)
+    with safe_open(str(Path(folder) / ADAPTER_WEIGHTS), framework="pt") as f, torch.no_grad():
+        for i in range(num_layers):
+            lora.lora_A[i].copy_(f.get_tensor(KEY.format(i, "A")).float())
+            lora.lora_B[i].copy_(f.get_tensor(KEY.format(i, "B")).float())
     return lora
 
 
-def load_drafter_for(model: nn.Module, checkpoint: str | Path) -> DrafterLoRA:
-    """``checkpoint``'s adapter shaped for ``model`` (a reference model or SGLang's, TP 1), on
+def load_drafter_for(model: nn.Module, folder: str | Path) -> DrafterLoRA:
+    """The adapter in ``folder`` shaped for ``model`` (a reference model or SGLang's, TP 1), on
     the model's device and dtype, not yet attached."""
-    return _like(load_drafter(checkpoint, *_shapes(model)), model)
+    return _like(load_drafter(folder, *_shapes(model)), model)
 
 
 def _shapes(model: nn.Module) -> tuple[int, int, int]:
     """``(layers, o_proj in features H*D, o_proj out features hidden)`` from the model's config."""
-    c = model.config
-    return c.num_hidden_layers, c.num_attention_heads * c.head_dim, c.hidden_size
+    return model_shapes(model.config)
 
 
 def _like(lora: DrafterLoRA, model: nn.Module) -> DrafterLoRA:

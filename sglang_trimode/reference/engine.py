@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sglang_trimode import drafter_rows as drafter_rows_module
 from sglang_trimode import masks
 from sglang_trimode.modes import (
     POLICIES,
@@ -23,7 +24,8 @@ from sglang_trimode.modes import (
     Segment,
     kept_prefix,
 )
-from sglang_trimode.reference.drafter import DrafterLoRA, has_drafter, load_drafter_for
+from sglang_trimode.reference.adapter_files import adapter_folder
+from sglang_trimode.reference.drafter import DrafterLoRA, load_drafter_for
 from sglang_trimode.reference.kv_cache import KVCache
 from sglang_trimode.reference.validation import validate_logprobs, validate_request
 from sglang_trimode.rows import eager_row_index, request_rows
@@ -56,13 +58,16 @@ class TriModeEngine:
         model: torch.nn.Module,
         cost: CostModel | None = None,
         drafter: DrafterLoRA | None = None,
+        drafter_rows: str = drafter_rows_module.DEFAULT_SCOPE,
     ) -> None:
         self.model = model.eval()
         self.config = model.config
         self.cost = cost
         self.last_trace: list[TraceRow] = []
-        #: draft-only adapter on every forward's non-committable rows (``reference/drafter.py``)
+        #: draft-only adapter (``reference/drafter.py``) on the rows ``drafter_rows`` picks
+        #: among every forward's non-committable rows (``sglang_trimode/drafter_rows.py``)
         self.drafter = None if drafter is None else drafter.attach(model)
+        self.drafter_rows = drafter_rows_module.check_scope(drafter_rows)
 
     def cost_model(self) -> CostModel:
         """The forward-time model of mode ``auto``: the one given, else measured once here."""
@@ -101,19 +106,21 @@ class TriModeEngine:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         attn_implementation: str = "sdpa",
-        drafter: bool = True,
+        drafter: bool | str = True,
+        drafter_rows: str = drafter_rows_module.DEFAULT_SCOPE,
     ) -> TriModeEngine:
-        """The checkpoint at ``path``; with ``drafter`` (default) its draft-only adapter
-        ``drafter_lora/`` when it has one (``--trimode-drafter`` of the server)."""
+        """The checkpoint at ``path`` with the drafter adapter ``drafter`` picks, as the server's
+        ``--trimode-drafter``: True / ``"on"`` (default) the checkpoint's ``linear_spec_lora/``
+        (or older ``drafter_lora/``) when it has one, False / ``"off"`` none, any other string
+        an adapter folder; ``drafter_rows`` as ``--trimode-drafter-rows``."""
         from sglang_trimode.reference.checkpoint import load_model
 
         model = load_model(
             path, device=device, dtype=dtype, attn_implementation=attn_implementation
         )
-        lora = None
-        if drafter and has_drafter(path):
-            lora = load_drafter_for(model, path)
-        return cls(model, drafter=lora)
+        folder = adapter_folder(path, drafter)
+        lora = None if folder is None else load_drafter_for(model, folder)
+        return cls(model, drafter=lora, drafter_rows=drafter_rows)
 
     @property
     def device(self) -> torch.device:
@@ -286,13 +293,11 @@ class TriModeEngine:
         return logits.float().cpu()
 
     def _drafting(self, segs: Sequence[Segment], q: int):
-        """The drafter on each segment's rows past ``desc.committable`` (the rows that draft)."""
+        """The drafter on the rows of each segment that ``self.drafter_rows`` picks (always past
+        ``desc.committable``: rows that draft)."""
         if self.drafter is None:
             return contextlib.nullcontext()
-        gate = torch.zeros(len(segs), q, dtype=torch.bool)
-        for j, seg in enumerate(segs):
-            gate[j, seg.desc.committable : seg.desc.length] = True
-        return self.drafter.rows(gate)
+        return self.drafter.rows(drafter_rows_module.padded_gate(segs, self.drafter_rows, q))
 
 
 SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)

@@ -36,6 +36,9 @@ Flags (all optional):
   cycles take one forward (`ar`, `self_spec_quadratic`) and have finished theirs run further
   cycles in those forwards, as long as their tokens fit the step's KV slots, instead of waiting
   for the step's end. `off`: one cycle per request per step. Outputs are the same either way.
+- `--trimode-drafter {on,off,PATH}` and `--trimode-drafter-rows {self_spec,vendor,all}`: the
+  draft-only LoRA adapter (`linear_spec_lora/`) and the drafting rows it is applied to
+  (`sglang_trimode.drafter_rows`); see docs/trimode-flags.md.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ ATTENTION_IMPLS = ("auto", "triton", "sdpa", "torch")
 DEFAULT_ATTENTION_IMPL = "auto"
 #: Choices of `--trimode-fill-in`.
 ON_OFF = ("on", "off")
+#: Choices of `--trimode-drafter-rows` (`sglang_trimode.drafter_rows.SCOPES`; no torch here).
+DRAFTER_SCOPES = ("self_spec", "vendor", "all")
 
 
 def _parse_int(text: str, expected: str = "an integer") -> int:
@@ -116,6 +121,16 @@ def mode_list(text: str) -> tuple[str, ...]:
             f"got {text!r}" + (f" (unknown: {', '.join(bad)})" if bad else "")
         )
     return modes
+
+
+def drafter_choice(text: str) -> str:
+    """`on`, `off`, or an adapter folder (its contents are checked at launch, `spec._validate`)."""
+    if text in ON_OFF or os.path.isdir(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected on, off or an adapter folder (adapter_config.json + "
+        f"adapter_model.safetensors), got {text!r}: no such folder"
+    )
 
 
 def cost_file(text: str) -> str:
@@ -217,11 +232,21 @@ FLAGS: tuple[Flag, ...] = (
         "--trimode-drafter",
         "trimode_drafter",
         None,
-        "The checkpoint's draft-only LoRA adapter (drafter_lora/, trained by "
-        "python -m sglang_trimode.training.drafter) on the rows a step drafts with (diffusion "
-        "blocks, linear drafts, quadratic mask groups; never the rows that verify or commit): "
-        "'on' (default; used when the checkpoint has one) or 'off'.",
-        choices=ON_OFF,
+        "The draft-only LoRA adapter on o_proj (PEFT layout): 'on' (default: the checkpoint's "
+        "linear_spec_lora/, the vendor's, or the older drafter_lora/, when it has one), 'off', "
+        "or PATH (an adapter folder). Applied to the rows --trimode-drafter-rows picks, never "
+        "to rows that verify or commit. A malformed adapter stops the launch.",
+        type=drafter_choice,
+        metavar="{on,off,PATH}",
+    ),
+    Flag(
+        "--trimode-drafter-rows",
+        "trimode_drafter_rows",
+        None,
+        "Which drafting rows get the drafter: 'self_spec' (default: linear drafts and quadratic "
+        "mask groups), 'vendor' (the vendor's switching: linear draft forwards only) or 'all' "
+        "(diffusion blocks too, which changes diffusion's output).",
+        choices=DRAFTER_SCOPES,
     ),
     Flag(
         "--trimode-bonus-candidates",
@@ -303,7 +328,8 @@ class TriModeSettings:
     cost_file: str | None = None
     attention_impl: str = DEFAULT_ATTENTION_IMPL
     fill_in: bool = True
-    drafter: bool = True
+    drafter: str = "on"  # on, off or an adapter folder
+    drafter_rows: str = DRAFTER_SCOPES[0]
     bonus_candidates: int = 0
     bonus_lengths: int = 0
 
@@ -324,7 +350,8 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
         cost_file=values.get("trimode_cost_file"),
         attention_impl=values.get("trimode_attention_impl") or DEFAULT_ATTENTION_IMPL,
         fill_in=values.get("trimode_fill_in") != "off",
-        drafter=values.get("trimode_drafter") != "off",
+        drafter=values.get("trimode_drafter") or "on",
+        drafter_rows=values.get("trimode_drafter_rows") or DRAFTER_SCOPES[0],
         bonus_candidates=values.get("trimode_bonus_candidates") or 0,
         bonus_lengths=values.get("trimode_bonus_lengths") or 0,
     )

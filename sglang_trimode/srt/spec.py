@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
@@ -94,7 +95,7 @@ class TriModeSpecAlgo(CustomSpecAlgo):
             settings.attention_impl,
             "on" if settings.fill_in else "off",
             width,
-            "on" if settings.drafter else "off",
+            settings.drafter,
             settings.bonus_candidates,
             settings.bonus_lengths,
         )
@@ -126,6 +127,44 @@ def _validate(server_args) -> None:
         )
     if msg:
         raise ValueError(msg)
+    check_drafter(server_args)
+
+
+def check_drafter(server_args, fetch: bool = False) -> Path | None:
+    """The drafter folder `--trimode-drafter` picks, or None; raises on one the worker cannot
+    apply: malformed (the file and field named) or any at TP > 1 (not sharded). Run in the
+    launching process (`_validate`: local checkpoints, checked against their config.json) and by
+    the worker before it loads the adapter (`fetch`: a hub id's drafter folders are fetched into
+    SGLang's download dir, `adapter_files.local_checkpoint`)."""
+    from sglang_trimode.reference.adapter_files import (
+        adapter_folder,
+        check_adapter,
+        local_checkpoint,
+        model_shapes,
+    )
+
+    settings = settings_from_server_args(server_args)
+    path = server_args.model_path
+    if settings.drafter == "on" and not os.path.isdir(path):
+        if not fetch:
+            return None  # a hub id: the worker fetches and checks its drafter
+        path = local_checkpoint(
+            path, getattr(server_args, "download_dir", None), getattr(server_args, "revision", None)
+        )
+    folder = adapter_folder(path, settings.drafter)
+    if folder is None:
+        return None
+    tp = getattr(server_args, "tp_size", 1)
+    if tp != 1:
+        raise ValueError(
+            f"--trimode-drafter: the adapter {folder} is not sharded for tensor parallelism "
+            f"(--tp-size {tp}); pass --trimode-drafter off"
+        )
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        with open(config) as f:
+            check_adapter(folder, *model_shapes(json.load(f)))
+    return folder
 
 
 def register_algorithm() -> None:

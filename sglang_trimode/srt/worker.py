@@ -50,6 +50,7 @@ from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.ngram_info import NgramVerifyInput
 
 from sglang_trimode import masks
+from sglang_trimode.drafter_rows import packed_gate
 from sglang_trimode.modes import (
     ARPolicy,
     ModeConfig,
@@ -59,14 +60,14 @@ from sglang_trimode.modes import (
     kept_prefix,
 )
 from sglang_trimode.packed import ragged_offsets
-from sglang_trimode.reference.drafter import DRAFTER_DIR, has_drafter, load_drafter_for
+from sglang_trimode.reference.drafter import load_drafter_for
 from sglang_trimode.reference.validation import check_bonus_candidates, check_bonus_lengths
 from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
-from sglang_trimode.srt.spec import settings_from_server_args
+from sglang_trimode.srt.spec import check_drafter, settings_from_server_args
 
 logger = logging.getLogger(__name__)
 
@@ -156,24 +157,19 @@ class TriModeWorker(BaseSpecWorker):
             self.auto = AutoModes(self.settings, auto_cfg, self.width)
 
     def _load_drafter(self, server_args):
-        """The checkpoint's draft-only adapter (`drafter_lora/`), hooked into the model's
-        `o_proj`s, or None (`--trimode-drafter off`, or the checkpoint has none)."""
-        path = server_args.model_path
-        if not self.settings.drafter or not has_drafter(path):
+        """The drafter adapter `--trimode-drafter` picks (the checkpoint's `linear_spec_lora/` or
+        older `drafter_lora/`, or a folder), hooked into the model's `o_proj`s, or None (off, or
+        the checkpoint has none). A malformed adapter raises, naming the file and field."""
+        folder = check_drafter(server_args, fetch=True)
+        if folder is None:
             return None
-        if server_args.tp_size != 1:
-            raise ValueError(
-                f"--trimode-drafter: {path}/{DRAFTER_DIR} is not sharded for tensor parallelism "
-                f"(--tp-size {server_args.tp_size}); pass --trimode-drafter off"
-            )
         model = self.model_runner.model
-        drafter = load_drafter_for(model, path).attach(model)
+        drafter = load_drafter_for(model, folder).attach(model)
         logger.info(
-            "TRIMODE: drafter adapter %s/%s (LoRA r=%d on o_proj) on the draft rows of every "
-            "forward",
-            path,
-            DRAFTER_DIR,
+            "TRIMODE: drafter adapter %s (LoRA r=%d on o_proj) on the drafting rows (%s)",
+            folder,
             drafter.cfg.rank,
+            self.settings.drafter_rows,
         )
         return drafter
 
@@ -322,8 +318,10 @@ class TriModeWorker(BaseSpecWorker):
             plan.logit_rows = eager_row_index(descs).to(dev)
         batch.spec_info = plan
         drafting = contextlib.nullcontext()
-        if self.drafter is not None:  # the adapter on the rows no step keeps: the draft rows
-            drafting = self.drafter.rows(~stored)
+        if self.drafter is not None:  # on rows no step keeps that --trimode-drafter-rows picks
+            drafting = self.drafter.rows(
+                packed_gate(segs, self.settings.drafter_rows, owner, offset)
+            )
         with drafting:
             result = self._target_worker.forward_batch_generation(batch, is_verify=True)
         if plan.head is not None and not self._head_announced:

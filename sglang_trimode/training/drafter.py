@@ -2,9 +2,9 @@
 
     python -m sglang_trimode.training.drafter --model DIR [--minutes 18] [--rank 64]
 
-Writes ``DIR/drafter_lora/`` (see ``reference/drafter.py``), which both engines apply to the
-rows a step drafts with (never to the causal rows that verify or commit), so greedy
-self-speculation still equals greedy AR.
+Writes ``DIR/linear_spec_lora/`` (the vendor's folder name and PEFT layout; see
+``reference/drafter.py``), which both engines apply to rows a step drafts with (never to the
+causal rows that verify or commit), so greedy self-speculation still equals greedy AR.
 
 Objective (default): self-distillation toward the frozen AR path (DistillSpec, Zhou et al.
 2024) on the dual stream of ``objective.py``, the adapter on the noisy stream only:

@@ -3,8 +3,10 @@
     python -m sglang_trimode.training.export SRC [--dst sglang_trimode/assets/default_model]
                                              [--dtype bfloat16]
 
-Copies the tokenizer files, ``training_log.json`` and the drafter adapter ``drafter_lora/`` (a
-destination adapter without a source one is removed: it belongs to the old weights); the model
+Copies the tokenizer files, ``training_log.json`` and the drafter adapter into the vendor's
+``linear_spec_lora/`` (a source's older ``drafter_lora/`` is written there too, its config in
+PEFT's form; a destination adapter without a source one is removed: it belongs to the old
+weights); the model
 card (README.md) in the destination is kept. A ``tokenizer_config.json`` without a chat
 template gets ``CHAT_TEMPLATE`` (the messages' contents, one per line: the model is not
 chat-trained, but SGLang's ``/v1/chat/completions`` needs a template).
@@ -20,8 +22,15 @@ from pathlib import Path
 import torch
 
 from sglang_trimode.models import EMBEDDED
+from sglang_trimode.reference.adapter_files import (
+    ADAPTER_CONFIG,
+    LEGACY_DIR,
+    VENDOR_DIR,
+    adapter_folder,
+    config_peft_fields,
+    read_config,
+)
 from sglang_trimode.reference.checkpoint import load_model, save_checkpoint
-from sglang_trimode.reference.drafter import DRAFTER_DIR
 
 COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "training_log.json")
 #: The shipped model's chat template: the messages' contents joined by newlines.
@@ -46,15 +55,20 @@ def export(src: Path, dst: Path, dtype: torch.dtype) -> Path:
 
 
 def copy_drafter(src: Path, dst: Path) -> None:
-    """The source's drafter adapter replaces the destination's: an adapter belongs to the weights
-    it was trained on, so a destination adapter is removed when the source has none."""
-    old, new = dst / DRAFTER_DIR, src / DRAFTER_DIR
-    if old.exists():
-        shutil.rmtree(old)
-        if not new.exists():
-            print(f"[export] removed {old}: it was trained on the previous weights")
-    if new.exists():
-        shutil.copytree(new, old)
+    """The source's drafter adapter replaces the destination's, in ``linear_spec_lora/``: an
+    adapter belongs to the weights it was trained on, so a destination adapter is removed when
+    the source has none."""
+    new = adapter_folder(src, "on")
+    for old in (dst / VENDOR_DIR, dst / LEGACY_DIR):
+        if old.exists():
+            shutil.rmtree(old)
+            if new is None:
+                print(f"[export] removed {old}: it was trained on the previous weights")
+    if new is not None:
+        out = dst / VENDOR_DIR
+        shutil.copytree(new, out)
+        conf = config_peft_fields(*read_config(out))
+        (out / ADAPTER_CONFIG).write_text(json.dumps(conf, indent=1) + "\n")
 
 
 def add_chat_template(path: Path) -> None:

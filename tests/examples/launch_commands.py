@@ -148,7 +148,7 @@ def parse_main() -> None:
         fields = (
             "model_path", "tp_size", "pp_size", "dp_size", "nnodes", "node_rank",
             "dist_init_addr", "context_length", "max_running_requests", "mem_fraction_static",
-            "host", "port", "device", "speculative_algorithm",
+            "host", "port", "device", "speculative_algorithm", "disable_cuda_graph",
         )  # fmt: skip
         got = {f: getattr(sa, f, None) for f in fields}
         got["trimode"] = {k: v for k, v in spec.trimode_values(sa).items() if v is not None}

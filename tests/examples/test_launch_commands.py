@@ -37,6 +37,7 @@ RECIPES = sorted(DEPLOY.glob("*.md"))
 K8S = DEPLOY / "kubernetes" / "trimode-8b.yaml"
 HUB = re.compile(r"^nvidia/Nemotron-Labs-Diffusion-(3B|8B|14B)$")
 GPU_GIB = 79.0  # an 80 GB card as CUDA reports it (H100 80GB: about 79.2 GiB)
+VENDOR_DRAFTER_RANK = 128  # linear_spec_lora/ of the published checkpoints (docs/model.md)
 #: Commands that must NOT parse: the harness has to be able to fail.
 BAD = [
     ["--model-path", "m", "--tp-size", "eight"],
@@ -106,6 +107,8 @@ def test_serve_script_modes(commands):
             assert args["trimode"] == {"trimode_mode": mode}
         cpu = "'cpu'" in rec["source"]
         assert (args["device"] == "cpu") == cpu
+        # the TRIMODE worker runs eager on every device; plain AR keeps graphs except on a CPU
+        assert args["disable_cuda_graph"] == (cpu or mode != "ar"), rec["source"]
         assert (rec["env"].get("SGLANG_USE_CPU_ENGINE") == "1") == cpu
         assert (PYTHONPATH_ENTRY in rec["env"].get("PYTHONPATH", "")) == cpu
         assert Path(args["model_path"]).is_dir()  # the tiny default model
@@ -116,6 +119,54 @@ def _hub_servers(commands) -> list[dict]:
     out = [r for r in ok if HUB.match(r["parsed"]["args"]["model_path"])]
     assert len(out) >= 10
     return out
+
+
+def _is_trimode(args: dict) -> bool:
+    return args["speculative_algorithm"] == "TRIMODE"
+
+
+def test_recipes_say_what_they_do_about_cuda_graphs(commands):
+    """The TRIMODE worker runs every forward eager (it drops SGLang's captured graphs): each
+    TRIMODE launch line passes --disable-cuda-graph; plain AR replicas keep SGLang's graphs.
+    The worker loads the LoRA drafter at TP 1 only: TP > 1 lines turn it off."""
+    recs = _hub_servers(commands)
+    assert any(_is_trimode(r["parsed"]["args"]) for r in recs)
+    assert any(not _is_trimode(r["parsed"]["args"]) for r in recs)
+    for rec in recs:
+        a = rec["parsed"]["args"]
+        assert a["disable_cuda_graph"] == _is_trimode(a), rec["source"]
+        if _is_trimode(a) and a["tp_size"] > 1:
+            assert a["trimode"].get("trimode_drafter") == "off", rec["source"]
+    k8s = (DEPLOY / "kubernetes" / "trimode-8b.yaml").read_text()
+    assert "--disable-cuda-graph" in k8s and "CUDA graph capture" not in k8s
+
+
+def _memory_args(a: dict) -> list[str]:
+    """memory.py's arguments for a parsed launch line: the drafter (vendor rank) where the
+    worker loads it (TRIMODE, TP 1, not turned off), graphs as the line says."""
+    size = HUB.match(a["model_path"]).group(1)
+    drafter = _is_trimode(a) and a["tp_size"] == 1 and a["trimode"].get("trimode_drafter") != "off"
+    return [
+        "--size", size, "--tp", str(a["tp_size"]), "--context", str(a["context_length"]),
+        "--requests", str(a["max_running_requests"]), "--verify-width", str(a["verify_width"]),
+        "--drafter-rank", str(VENDOR_DRAFTER_RANK if drafter else 0),
+        "--cuda-graph", "off" if a["disable_cuda_graph"] else "on",
+    ]  # fmt: skip
+
+
+def test_memory_counts_the_drafter_and_the_eager_logits():
+    base = ["--size", "8B", "--context", "1024", "--requests", "4", "--verify-width", "64"]
+    plain = memory.main(base)
+    with_lora = memory.main(base + ["--drafter-rank", str(VENDOR_DRAFTER_RANK)])
+    total = re.compile(r"= ([\d.]+) GiB per GPU")
+    lora_gib = memory.drafter_parameters("8B", VENDOR_DRAFTER_RANK) * memory.BYTES / memory.GIB
+    assert lora_gib > 0.05 and "drafter" in with_lora and "drafter" not in plain
+    grown = float(total.search(with_lora).group(1)) - float(total.search(plain).group(1))
+    assert abs(grown - lora_gib) <= 0.1  # figures are rounded to 0.1 GiB
+    assert "logits 0.25 GiB (4 x 64 rows)" in plain  # 4 x 64 x 131072 x 4 B x 2 = 0.25 GiB
+    assert "not counted" in memory.main(base + ["--cuda-graph", "on"])
+    with pytest.raises(SystemExit, match="TP 1 only"):
+        memory.main(base + ["--tp", "2", "--drafter-rank", "8"])
 
 
 def test_recipe_commands_are_sized(commands):
@@ -148,16 +199,16 @@ def test_memory_figures_are_recomputed():
 def test_every_recipe_command_has_its_memory_figure(commands):
     for rec in _hub_servers(commands):
         a = rec["parsed"]["args"]
-        size = HUB.match(a["model_path"]).group(1)
-        want = [
-            "--size", size, "--tp", str(a["tp_size"]), "--context", str(a["context_length"]),
-            "--requests", str(a["max_running_requests"]), "--verify-width", str(a["verify_width"]),
-        ]  # fmt: skip
+        want = _memory_args(a)
         path = lc.ROOT / rec["source"].split("#")[0]
         stated = dict((tuple(args), line) for args, line in _memory_lines(path))
         assert tuple(want) in stated, f"{rec['source']}: no memory figure for {want}"
         total = float(re.search(r"= ([\d.]+) GiB per GPU", stated[tuple(want)]).group(1))
         assert total <= a["mem_fraction_static"] * GPU_GIB, f"{rec['source']}: {total} GiB"
+        if a["disable_cuda_graph"]:  # eager logits fit in what SGLang leaves outside its pool
+            logits = memory.eager_logits_gib(a["max_running_requests"], a["verify_width"])
+            outside = (1 - a["mem_fraction_static"]) * GPU_GIB
+            assert logits <= outside, f"{rec['source']}: {logits} GiB of logits"
 
 
 def test_multi_node_ranks_agree(commands):
@@ -215,11 +266,7 @@ def test_kubernetes_manifest_runs_a_tested_command(commands):
     assert {m["name"] for m in c["volumeMounts"]} == vols
     # the header's memory figure is the recipe's
     stated = re.search(r"Memory: ([\d.]+) GiB", K8S.read_text()).group(1)
-    size = HUB.match(a["model_path"]).group(1)
-    line = memory.report(
-        size, a["tp_size"], a["context_length"], a["max_running_requests"], a["verify_width"]
-    )
-    assert line.endswith(f"= {stated} GiB per GPU")
+    assert f"= {stated} GiB per GPU" in memory.main(_memory_args(a))
 
 
 def test_dockerfile_installs_the_plugin():

@@ -49,6 +49,7 @@ def test_flags_module_is_consistent():
         "--trimode-attention-impl",
         "--trimode-fill-in",
         "--trimode-drafter",
+        "--trimode-drafter-rows",
         "--trimode-bonus-candidates",
         "--trimode-bonus-lengths",
     ]
@@ -66,8 +67,10 @@ def test_flags_module_is_consistent():
     assert "needs --trimode-bonus-candidates" in flags.check_combination(lengths_only, "TRIMODE")
     both = lengths_only | {"trimode_bonus_candidates": 3}
     assert flags.check_combination(both, "TRIMODE") is None
-    assert s.drafter is True  # the checkpoint's drafter adapter unless --trimode-drafter off
-    assert flags.resolve({"trimode_drafter": "off"}, 4).drafter is False
+    assert s.drafter == "on"  # the checkpoint's drafter adapter unless --trimode-drafter off
+    assert flags.resolve({"trimode_drafter": "off"}, 4).drafter == "off"
+    assert s.drafter_rows == "self_spec"
+    assert flags.resolve({"trimode_drafter_rows": "vendor"}, 4).drafter_rows == "vendor"
     assert flags.check_combination({"trimode_mode": "diffusion"}, None)
     assert flags.check_combination({"trimode_mode": "ar"}, None) is None
     assert flags.check_combination({"trimode_mode": "diffusion"}, "trimode") is None
@@ -143,6 +146,7 @@ for name, extra in {
     "bad_impl": ["--speculative-algorithm", "TRIMODE", "--trimode-attention-impl", "flash"],
     "bad_fill_in": ["--speculative-algorithm", "TRIMODE", "--trimode-fill-in", "yes"],
     "bad_drafter": ["--speculative-algorithm", "TRIMODE", "--trimode-drafter", "lora"],
+    "bad_drafter_rows": ["--speculative-algorithm", "TRIMODE", "--trimode-drafter-rows", "some"],
     "bad_bonus": ["--speculative-algorithm", "TRIMODE", "--trimode-bonus-candidates", "65"],
     "bad_lengths": ["--speculative-algorithm", "TRIMODE", "--trimode-bonus-lengths", "-1"],
     "lengths_alone": ["--speculative-algorithm", "TRIMODE", "--trimode-bonus-lengths", "2"],
@@ -182,6 +186,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
         "trimode_attention_impl": None,
         "trimode_fill_in": "off",
         "trimode_drafter": None,
+        "trimode_drafter_rows": None,
         "trimode_bonus_candidates": None,
         "trimode_bonus_lengths": None,
     }
@@ -198,7 +203,8 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
     assert "unknown: turbo" in errors["bad_serve"][1]
     assert "--trimode-attention-impl: invalid choice: 'flash'" in errors["bad_impl"][1]
     assert "--trimode-fill-in: invalid choice: 'yes'" in errors["bad_fill_in"][1]
-    assert "--trimode-drafter: invalid choice: 'lora'" in errors["bad_drafter"][1]
+    assert "--trimode-drafter: expected on, off or an adapter folder" in errors["bad_drafter"][1]
+    assert "--trimode-drafter-rows: invalid choice: 'some'" in errors["bad_drafter_rows"][1]
     assert "--trimode-bonus-candidates: must be in [0, 64]" in errors["bad_bonus"][1]
     assert "--trimode-bonus-lengths: must be >= 0" in errors["bad_lengths"][1]
     assert (
@@ -310,9 +316,73 @@ def test_offline_server_args_take_the_flags_as_keywords(tmp_path):
     assert "trimode_threshold=2: must be in (0, 1]" in errors["threshold_2"]
     assert "unknown: turbo" in errors["bad_serve"]
     assert "trimode_fill_in='yes': expected one of on, off" in errors["bad_fill_in"]
-    assert "trimode_drafter='no': expected one of on, off" in errors["bad_drafter"]
+    assert "trimode_drafter='no': expected on, off or an adapter folder" in errors["bad_drafter"]
     assert "trimode_bonus_candidates='two': expected an integer" in errors["bad_bonus"]
     assert "trimode_bonus_lengths needs trimode_bonus_candidates > 0" in errors["lengths_alone"]
     assert "trimode_mode need speculative_algorithm=TRIMODE" in errors["no_algo"]
     assert "trimode_mode diffusion is not among trimode_serve_modes ar" in errors["mode_not_served"]
     assert "trimode_turbo" in errors["unknown"]
+
+
+_DRAFTER_PROBE = r"""
+import json, sys
+from sglang.srt.plugins import load_plugins
+load_plugins()
+from sglang.srt.server_args import prepare_server_args
+
+out = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    try:
+        prepare_server_args(argv + ["--device", "cpu"]).resolve_once()
+        out[name] = None
+    except (ValueError, OSError) as e:
+        out[name] = str(e)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_launch_stops_on_a_malformed_drafter_adapter(tmp_path):
+    """The launching process checks the adapter `--trimode-drafter` picks against the
+    checkpoint's config.json before any worker starts: a malformed one (rank of the tensors vs
+    the config's r, target module, missing file) and any at TP > 1 stop the launch with the file
+    and the field named; `--trimode-drafter off` or a good adapter start."""
+    import shutil
+
+    from sglang_trimode.reference.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VENDOR_DIR
+    from sglang_trimode.reference.drafter import DrafterConfig, DrafterLoRA
+    from sglang_trimode.reference.engine import TriModeEngine
+
+    def checkpoint(name: str, **conf) -> str:
+        path = tmp_path / name
+        shutil.copytree(default_model_path(), path)
+        model = TriModeEngine.from_pretrained(path, drafter=False).model
+        folder = DrafterLoRA.for_model(model, DrafterConfig(4, 8.0)).save(path)
+        cfg = json.loads((folder / ADAPTER_CONFIG).read_text()) | conf
+        (folder / ADAPTER_CONFIG).write_text(json.dumps(cfg))
+        return str(path)
+
+    good, bad_rank = checkpoint("good"), checkpoint("rank", r=8)
+    wrong_target = checkpoint("target", target_modules=["q_proj"])
+    missing = checkpoint("missing")
+    (tmp_path / "missing" / VENDOR_DIR / ADAPTER_WEIGHTS).unlink()
+    algo = ["--speculative-algorithm", "TRIMODE"]
+    cases = {
+        "good": ["--model-path", good, *algo],
+        "rank": ["--model-path", bad_rank, *algo],
+        "target": ["--model-path", wrong_target, *algo],
+        "missing": ["--model-path", missing, *algo],
+        "path": ["--model-path", good, *algo, "--trimode-drafter", f"{bad_rank}/{VENDOR_DIR}"],
+        "off": ["--model-path", bad_rank, *algo, "--trimode-drafter", "off"],
+        "tp2": ["--model-path", good, *algo, "--tp-size", "2"],
+    }
+    res = _run(["-c", _DRAFTER_PROBE, json.dumps(cases)], tmp_path)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert res.returncode == 0 and lines, f"rc={res.returncode}\n{res.stderr[-3000:]}"
+    got = json.loads(lines[-1][len("RESULT ") :])
+    assert got["good"] is None and got["off"] is None, got
+    rank = f"{bad_rank}/{VENDOR_DIR}/{ADAPTER_WEIGHTS}: base_model.model.encoder.layers.0."
+    assert got["rank"].startswith(rank) and "(field r = 8 in adapter_config.json" in got["rank"]
+    assert got["path"] == got["rank"]
+    assert f"{VENDOR_DIR}/{ADAPTER_CONFIG}: target_modules must name 'o_proj'" in got["target"]
+    assert f"{VENDOR_DIR}/{ADAPTER_WEIGHTS}: missing" in got["missing"]
+    assert "not sharded for tensor parallelism (--tp-size 2)" in got["tp2"], got["tp2"]

@@ -5,11 +5,14 @@ The same ragged batch of four modes (ar, diffusion, quadratic, linear; block 4):
 every request runs exactly one cycle per SGLang step (`spec_verify_ct` == its cycles, the ar and
 quadratic requests included), and the tokens and stats are the same as with it (the reference
 engine's). This server also serves a copy of the default model with a seeded random draft-only
-adapter (`drafter_lora/`): the worker applies it to the drafting rows exactly as the reference
-engine does (same tokens and stats), and it matters (the reference without it decodes other
-diffusion tokens). Its quadratic requests run with `--trimode-bonus-candidates 2
---trimode-bonus-lengths 2` (two guessing mask groups for acceptance lengths 0 and 1): same tokens
-and stats as the reference engine with `bonus_candidates=2, bonus_lengths=2`, and those stats
+adapter written by the `peft` library in the vendor's layout (`linear_spec_lora/`, o_proj, r 8,
+alpha 32): the worker applies it to the self-speculation drafting rows exactly as the reference
+engine does (same tokens and stats: greedy self-speculation = greedy AR), it matters (the
+reference without it accepts other draft lengths) and diffusion blocks keep the base model
+(the default `--trimode-drafter-rows self_spec`). Its quadratic requests run with
+`--trimode-bonus-candidates 2 --trimode-bonus-lengths 2` (two guessing mask groups for
+acceptance lengths 0 and 1): same tokens and stats as the reference engine with
+`bonus_candidates=2, bonus_lengths=2`, and those stats
 differ from plain quadratic's. Skipped without sglang.
 """
 
@@ -21,34 +24,36 @@ pytest.importorskip(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
 
+pytest.importorskip("peft", reason="peft writes the adapter (requirements/test.txt)")
+
 import shutil  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from _srt_server import FILL_IN_MODES, post_ok, prompts, trimode_server  # noqa: E402
 
 from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
-from sglang_trimode.reference.drafter import DRAFTER_DIR, DrafterConfig, DrafterLoRA  # noqa: E402
+from sglang_trimode.reference.adapter_files import LEGACY_DIR, VENDOR_DIR  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from vendor_adapter import write_peft_adapter  # noqa: E402
 
 BLOCK = 4
 MAX_NEW_TOKENS = 24
 BONUS = 2
 LENGTHS = 2
+DRAFTER_B_STD = 0.1  # x scale 4: a random adapter that drafts other tokens, not garbage
 
 
 @pytest.fixture(scope="module")
 def drafted(tmp_path_factory):
-    """The default model with a seeded random drafter adapter (any shipped one replaced)."""
+    """The default model with a seeded random PEFT adapter (any shipped one replaced)."""
     path = tmp_path_factory.mktemp("drafted") / "model"
     shutil.copytree(default_model_path(), path)
-    shutil.rmtree(path / DRAFTER_DIR, ignore_errors=True)
-    model = TriModeEngine.from_pretrained(path, drafter=False).model
-    lora = DrafterLoRA.for_model(model, DrafterConfig(8, 16.0))
-    with torch.no_grad():  # both factors seeded: lora_A's own init draws from the global RNG
-        gen = torch.Generator().manual_seed(0)
-        a_std = lora.lora_A.shape[-1] ** -0.5
-        lora.lora_A.copy_(torch.randn(lora.lora_A.shape, generator=gen) * a_std)
-        lora.lora_B.copy_(torch.randn(lora.lora_B.shape, generator=gen) * 0.2)
-    lora.save(path)
+    for d in (VENDOR_DIR, LEGACY_DIR):
+        shutil.rmtree(path / d, ignore_errors=True)
+    write_peft_adapter(path, seed=0, b_std=DRAFTER_B_STD)
     return path
 
 
@@ -75,8 +80,15 @@ def test_without_fill_in_every_request_runs_one_cycle_per_step(server, drafted):
     ps = prompts()
     want = _reference(drafted, drafter=True)
     without = _reference(drafted, drafter=False)
-    diffusion = FILL_IN_MODES.index("diffusion")
-    assert want[diffusion].token_ids != without[diffusion].token_ids  # the adapter matters
+    diffusion, linear = FILL_IN_MODES.index("diffusion"), FILL_IN_MODES.index("self_spec_linear")
+    assert want[linear].stats.accept_lengths != without[linear].stats.accept_lengths  # it matters
+    assert want[diffusion].token_ids == without[diffusion].token_ids  # not on diffusion blocks
+    engine = TriModeEngine.from_pretrained(drafted, dtype=torch.float32, drafter=False)
+    kw = dict(max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[])
+    for mode in ("self_spec_linear", "self_spec_quadratic"):  # greedy self-spec = greedy AR
+        i = FILL_IN_MODES.index(mode)
+        ar = engine.generate([ps[i]], mode="ar", **kw)[0]
+        assert want[i].token_ids == ar.token_ids, mode
     quad = FILL_IN_MODES.index("self_spec_quadratic")
     plain = _reference(drafted, drafter=True, bonus=0)[quad]
     assert plain.stats.accept_lengths != want[quad].stats.accept_lengths  # the guesses matter

@@ -204,7 +204,7 @@ def test_server_used_our_worker_and_model(server):
     # a step's tokens per request (SGLang reserves twice this many KV slots per request): 2 B
     # with fill-in, though the quadratic steps served here put B (B + 1) = 20 tokens in a forward
     assert "fill_in=on (8 tokens/step) drafter=on" in log
-    # the shipped model has no drafter adapter (drafter_lora/): nothing is hooked (a server with
+    # the shipped model has no drafter adapter (linear_spec_lora/): nothing is hooked (a server with
     # one: tests/srt/test_server_fill_in_off.py)
     assert "TRIMODE: drafter adapter" not in log
 
