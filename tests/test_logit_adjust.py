@@ -48,7 +48,7 @@ def _segs_and_states():
         LogitAdjust.make({3: 1.0}, 0, {2}),
         LogitAdjust.make({"07": 0.5, 7: 4.0}, 12, {2, 9}),  # "07" and 7: the last wins
         None,
-        LogitAdjust.make({11: -3.0}, 6, {4}),
+        LogitAdjust.make({11: -3.0}, 6, {4, V + 5}),  # a stop id past the vocabulary
         LogitAdjust.make(None, 0, {2}),  # neither: None
     ]
     assert adjusts[6] is None and adjusts[3].bias == ((7, 4.0),)

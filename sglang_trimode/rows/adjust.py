@@ -78,7 +78,8 @@ def adjust_rows_slow(
             out[j, t] += v
         if pos < adjust.min_new_tokens:
             for t in adjust.stop_ids:
-                out[j, t] = -math.inf
+                if 0 <= t < out.shape[-1]:
+                    out[j, t] = -math.inf
     return out
 
 
@@ -106,7 +107,8 @@ class _Rows:
         for k, i in enumerate(picked):
             for t, v in adjusts[i].bias:
                 bias[k, t] += v
-            stops[k, list(adjusts[i].stop_ids)] = True
+            # a stop id past the vocabulary can never be sampled: nothing to mask
+            stops[k, [t for t in adjusts[i].stop_ids if 0 <= t < vocab]] = True
         self.bias, self.stops = bias.to(device), stops.to(device)
 
     def apply(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
