@@ -141,6 +141,7 @@ class TriModeEngine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        min_p: float = 0.0,
         stop_token_ids: Sequence[int] | None = None,
         seed: int | Sequence[int] = 0,
         acceptance: str = "lossless",
@@ -190,7 +191,7 @@ class TriModeEngine:
         block_size = cfg.block_size if block_size is None else block_size
         modes = [mode] * len(prompts) if isinstance(mode, str) else list(mode)
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
-        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
+        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
         stops = frozenset(cfg.eos_token_ids if stop_token_ids is None else stop_token_ids)
         validate_request(
             cfg, prompts, modes, seeds, max_new_tokens, block_size, threshold, diffusion_steps,

@@ -227,6 +227,7 @@ class TriModeWorker(BaseSpecWorker):
             temperature=0.0 if greedy else float(sp.temperature),
             top_p=float(sp.top_p),
             top_k=0 if greedy or sp.top_k < 0 else int(sp.top_k),
+            min_p=0.0 if greedy else float(sp.min_p or 0.0),
         )
         stops = set(sp.stop_token_ids or ())
         if not sp.ignore_eos:

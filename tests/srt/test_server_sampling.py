@@ -44,7 +44,7 @@ def cases(engine) -> dict[str, list[dict]]:
     ps = prompts()
     free = [o.token_ids for o in engine.generate(ps, mode="ar", max_new_tokens=MAX_NEW_TOKENS)]
     base = {"temperature": 0.0, "max_new_tokens": MAX_NEW_TOKENS}
-    out: dict[str, list[dict]] = {"free": [base] * len(ps)}
+    out: dict[str, list[dict]] = {"free": [base] * len(ps), "min_p": [base | {"min_p": 0.3}] * 4}
     # forbid two tokens greedy AR would emit, favour another
     out["logit_bias"] = [
         base | {"logit_bias": {str(f[1]): -100.0, str(f[4]): -100.0, "9": 2.0}} for f in free
@@ -105,7 +105,7 @@ def test_the_oracle_shows_each_field_at_work(oracle, cases):
         assert ids == [x] * MIN_NEW + [stop]
 
 
-@pytest.mark.parametrize("name", ["logit_bias", "min_new_tokens", "both"])
+@pytest.mark.parametrize("name", ["logit_bias", "min_new_tokens", "both", "min_p"])
 @pytest.mark.parametrize("mode", EXACT_MODES)
 def test_greedy_equals_the_plain_ar_server(server, oracle, cases, mode, name):
     out = _generate(server, cases, name, mode)
