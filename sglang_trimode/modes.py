@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sglang_trimode import masks
+from sglang_trimode.rows.adjust import LogitAdjust
 from sglang_trimode.sampling import (
     AcceptRule,
     SamplingParams,
@@ -98,6 +99,9 @@ class RequestState:
     #: (``token_ids_logprob``), and per token those values (``chosen_logprobs``)
     chosen_ids: tuple[int, ...] = ()
     chosen_logprobs: list[list[float]] | None = None
+    #: ``logit_bias`` / ``min_new_tokens`` on every row the request's forwards read
+    #: (``rows.adjust``); None: neither
+    adjust: LogitAdjust | None = None
     # per-mode scratch
     block: list[int] | None = None  # diffusion: current block tokens
     masked: list[bool] | None = None  # diffusion: which block positions are still masks

@@ -20,11 +20,14 @@ from sglang_trimode.rows import GreedyRows, Rows, SampledRows
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling settings. ``top_k = 0`` and ``top_p = 1`` disable the filters."""
+    """Per-request sampling settings. ``top_k = 0``, ``top_p = 1`` and ``min_p = 0`` disable
+    the filters (``min_p``: keep the tokens whose probability is at least ``min_p`` times the
+    row's largest, as SGLang's sampler)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
@@ -33,6 +36,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
             raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {self.top_k!r}")
+        if not (isinstance(self.min_p, (int, float)) and 0.0 <= self.min_p <= 1.0):
+            raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {self.min_p!r}")
 
     @property
     def greedy(self) -> bool:
@@ -69,6 +74,9 @@ def probs_from_logits(logits: Rows, params: SamplingParams) -> Rows:
         drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    if params.min_p > 0:
+        probs = probs.masked_fill(probs < params.min_p * probs.max(-1, keepdim=True).values, 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
 

@@ -35,6 +35,8 @@ SETTINGS = [
     SamplingParams(temperature=0.8, top_k=5, top_p=0.5),
     SamplingParams(temperature=2.0, top_k=1),
     SamplingParams(temperature=1.0, top_k=V, top_p=0.05),
+    SamplingParams(temperature=1.0, min_p=0.2),
+    SamplingParams(temperature=0.7, top_k=6, top_p=0.9, min_p=0.05),
 ]
 
 
@@ -51,6 +53,7 @@ def test_processed_probs_equal_the_per_request_filters():
         torch.tensor([p.temperature for p in per_row]),
         torch.tensor([p.top_k for p in per_row]),
         torch.tensor([p.top_p for p in per_row]),
+        torch.tensor([p.min_p for p in per_row]),
     )
     for i, p in enumerate(SETTINGS):
         want = probs_from_logits(logits[4 * i : 4 * i + 4], p)
@@ -81,7 +84,7 @@ def _rows(params, lens, seed, device="cpu"):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_batch_equals_its_requests_one_by_one(device):
-    lens = [3, 1, 5, 2, 4, 6]
+    lens = [3, 1, 5, 2, 4, 6, 2, 3]  # one request per setting
     logits, nxt, uni = _rows(SETTINGS, lens, 1, device)
     batch = SampledRows.batch(logits, SETTINGS, lens, nxt, uni)
     start = 0

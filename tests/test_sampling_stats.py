@@ -27,19 +27,30 @@ def engine():
     return TriModeEngine(model)
 
 
-@pytest.fixture(scope="module")
-def exact_ar(engine):
-    """Exact probability of every NEW-token continuation under AR sampling at TEMP."""
+def exact_distribution(engine, min_p: float = 0.0, bias: dict[int, float] | None = None):
+    """Exact probability of every NEW-token continuation under AR sampling at TEMP (after
+    `bias` on the logits and the `min_p` filter, as SGLang's sampler)."""
     seqs = torch.tensor(list(itertools.product(range(VOCAB), repeat=NEW)))
     ids = torch.cat([torch.tensor(PROMPT).expand(len(seqs), -1), seqs], 1)
     pos = torch.arange(ids.shape[1]).expand_as(ids)
     with torch.no_grad():
         logits = engine.model(ids, pos, None)
     start = len(PROMPT) - 1
-    probs = torch.softmax(logits[:, start : start + NEW].double() / TEMP, -1)
+    logits = logits[:, start : start + NEW].double()
+    for t, v in (bias or {}).items():
+        logits[..., t] += v
+    probs = torch.softmax(logits / TEMP, -1)
+    if min_p:
+        probs = probs * (probs >= min_p * probs.max(-1, keepdim=True).values)
+        probs = probs / probs.sum(-1, keepdim=True)
     p = probs.gather(-1, seqs[..., None]).squeeze(-1).prod(-1)
     assert abs(p.sum().item() - 1) < 1e-9
     return {tuple(s.tolist()): float(v) for s, v in zip(seqs, p)}
+
+
+@pytest.fixture(scope="module")
+def exact_ar(engine):
+    return exact_distribution(engine)
 
 
 def chi_square_rejects(samples, exact, alpha_z=3.29):
@@ -69,7 +80,7 @@ def chi_square_rejects(samples, exact, alpha_z=3.29):
     return worst > 1.0, worst
 
 
-def run(engine, mode, acceptance, row_summary=False, bonus_candidates=0):
+def run(engine, mode, acceptance, row_summary=False, bonus_candidates=0, **kw):
     outs = engine.generate(
         [PROMPT] * N,
         mode=mode,
@@ -81,6 +92,7 @@ def run(engine, mode, acceptance, row_summary=False, bonus_candidates=0):
         acceptance=acceptance,
         row_summary=row_summary,
         bonus_candidates=bonus_candidates,
+        **kw,
     )
     assert all(len(o.token_ids) == NEW for o in outs)
     return outs
@@ -105,6 +117,23 @@ def test_sampled_quadratic_with_bonus_candidates_matches_ar_distribution(
     outs = run(engine, "self_spec_quadratic", "lossless", row_summary, bonus_candidates=2)
     rejects, ratio = chi_square_rejects([tuple(o.token_ids) for o in outs], exact_ar)
     assert not rejects, f"bonus candidates: chi-square / critical = {ratio:.2f}"
+
+
+FILTERED = {"min_p": 0.3, "logit_bias": {4: 1.0}}
+
+
+@pytest.mark.parametrize(
+    ("mode", "row_summary"),
+    [("self_spec_linear", True), ("self_spec_quadratic", False), ("self_spec_quadratic", True)],
+)
+def test_sampled_self_spec_under_min_p_and_logit_bias_matches_ar(engine, mode, row_summary):
+    """min_p and logit_bias on every row that verifies or drafts: lossless acceptance keeps the
+    filtered AR distribution; the plain AR distribution is rejected (the filters show)."""
+    exact = exact_distribution(engine, FILTERED["min_p"], FILTERED["logit_bias"])
+    samples = [tuple(o.token_ids) for o in run(engine, mode, "lossless", row_summary, **FILTERED)]
+    rejects, ratio = chi_square_rejects(samples, exact)
+    assert not rejects, f"{mode}: chi-square / critical = {ratio:.2f}"
+    assert chi_square_rejects(samples, exact_distribution(engine))[0]
 
 
 def test_the_distribution_test_catches_a_wrong_residual_on_sampled_rows(
@@ -155,11 +184,20 @@ def test_greedy_probs_are_one_hot_and_filters_renormalise():
     assert p[0, 0] == 0 and p[0, 3] == 0 and abs(p.sum() - 1) < 1e-6
     p = probs_from_logits(logits, SamplingParams(temperature=1.0, top_p=0.5))
     assert p[0].tolist() == [0.0, 1.0, 0.0, 0.0]  # the top token alone holds >= 0.5
+    p = probs_from_logits(
+        torch.log(torch.tensor([[0.1, 0.5, 0.3, 0.1]])), SamplingParams(1.0, min_p=0.5)
+    )
+    torch.testing.assert_close(p, torch.tensor([[0.0, 0.625, 0.375, 0.0]]))  # >= 0.5 x 0.5 stay
 
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [(dict(temperature=-1), "temperature"), (dict(top_p=0), "top_p"), (dict(top_k=-2), "top_k")],
+    [
+        (dict(temperature=-1), "temperature"),
+        (dict(top_p=0), "top_p"),
+        (dict(top_k=-2), "top_k"),
+        (dict(min_p=1.5), "min_p"),
+    ],
 )
 def test_sampling_params_reject_bad_values(kwargs, field):
     with pytest.raises(ValueError, match=field):

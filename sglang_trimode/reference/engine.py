@@ -27,8 +27,19 @@ from sglang_trimode.modes import (
 from sglang_trimode.reference.adapter_files import adapter_folder
 from sglang_trimode.reference.drafter import DrafterLoRA, load_drafter_for
 from sglang_trimode.reference.kv_cache import KVCache
-from sglang_trimode.reference.validation import validate_logprobs, validate_request
+from sglang_trimode.reference.validation import (
+    validate_adjust,
+    validate_logprobs,
+    validate_request,
+)
 from sglang_trimode.rows import eager_row_index, request_rows
+from sglang_trimode.rows.adjust import (
+    LogitAdjust,
+    adjust_logits,
+    adjust_rows_slow,
+    decided_offsets,
+    first_index,
+)
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.scheduler.driver import ModeDriver, TraceRow
@@ -137,6 +148,7 @@ class TriModeEngine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        min_p: float = 0.0,
         stop_token_ids: Sequence[int] | None = None,
         seed: int | Sequence[int] = 0,
         acceptance: str = "lossless",
@@ -149,6 +161,8 @@ class TriModeEngine:
         row_summary: bool = False,
         bonus_candidates: int = 0,
         bonus_lengths: int = 0,
+        logit_bias: dict[int, float] | None = None,
+        min_new_tokens: int = 0,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
 
@@ -173,18 +187,25 @@ class TriModeEngine:
         length, each guessing the bonus token (``modes.QuadraticSpecPolicy``); more rows per
         forward, the same output. ``bonus_lengths=G``: only acceptance lengths ``0..G-1`` get them
         (0: every one); a step's extra rows drop from ``C (k + 1) B`` to ``C G B``.
+
+        ``logit_bias`` (token id -> value added to the raw logits) and ``min_new_tokens`` (the
+        stop tokens and the config's EOS ids masked until that many tokens are out), SGLang's
+        fields, apply to every row a policy reads (``rows.adjust``: a verify row at draft ``i``
+        as if drafts ``0..i-1`` were accepted, so self-speculation stays lossless).
         """
         chosen = validate_logprobs(self.config, logprobs, top_logprobs, token_ids_logprob)
         cfg = self.config
         block_size = cfg.block_size if block_size is None else block_size
         modes = [mode] * len(prompts) if isinstance(mode, str) else list(mode)
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
-        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
+        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
         stops = frozenset(cfg.eos_token_ids if stop_token_ids is None else stop_token_ids)
         validate_request(
             cfg, prompts, modes, seeds, max_new_tokens, block_size, threshold, diffusion_steps,
             bonus_candidates, bonus_lengths,
         )  # fmt: skip
+        validate_adjust(cfg, logit_bias, min_new_tokens, max_new_tokens)
+        adjust = LogitAdjust.make(logit_bias, min_new_tokens, stops | set(cfg.eos_token_ids))
         mode_cfg = ModeConfig(
             mask_token_id=cfg.mask_token_id,
             block_size=block_size,
@@ -211,6 +232,7 @@ class TriModeEngine:
                 logprobs=[] if logprobs else None,
                 top_logprobs_num=top_logprobs,
                 chosen_ids=chosen,
+                adjust=adjust,
             )
             for p, s in zip(prompts, seeds)
         ]
@@ -219,10 +241,17 @@ class TriModeEngine:
         while active := [i for i, r in enumerate(reqs) if not r.done]:
             rows = driver.plan(reqs, active)  # fixed modes: every active request, its own policy
             segs = [policy.segment(reqs[i]) for i, policy in rows]
+            prefix = [int(cache.lengths[i]) for i, _ in rows]
             logits = self._forward(cache, [i for i, _ in rows], segs)
             views = [logits[j, : seg.desc.length] for j, seg in enumerate(segs)]
+            states = [reqs[i] for i, _ in rows]
             if row_summary:  # the worker's reads: quadratic mask groups through a head
-                views = _summaries(views, [reqs[i] for i, _ in rows], segs)
+                views = _summaries(views, states, segs, prefix)
+            elif adjust is not None:  # the obviously-correct twin, row by row
+                views = [
+                    adjust_rows_slow(v, adjust, first_index(r, n) + decided_offsets(seg.desc))
+                    for v, r, n, seg in zip(views, states, prefix, segs, strict=True)
+                ]
             for j, ((i, policy), seg) in enumerate(zip(rows, segs)):
                 r = reqs[i]
                 r.stats.forwards += 1
@@ -263,9 +292,10 @@ class TriModeEngine:
         for j, r in enumerate(reqs):
             n = len(r.prompt)
             cache.commit(j, torch.arange(n))
-            probs = probs_from_logits(logits[j, n - 1 : n], r.params)
+            last = adjust_rows_slow(logits[j, n - 1 : n], r.adjust, [0])  # output position 0
+            probs = probs_from_logits(last, r.params)
             r.seed = int(sample(probs, r.generator, r.params.greedy)[0])
-            r.emit([r.seed], r.logprobs_of(logits[j, n - 1 : n], [r.seed]))
+            r.emit([r.seed], r.logprobs_of(last, [r.seed]))
         cache.end()
 
     def _forward(self, cache: KVCache, rows: list[int], segs: Sequence[Segment]) -> torch.Tensor:
@@ -303,10 +333,12 @@ class TriModeEngine:
 SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)
 
 
-def _summaries(views: list[torch.Tensor], states: list[RequestState], segs: list[Segment]):
+def _summaries(views: list[torch.Tensor], states: list[RequestState], segs: list[Segment], prefix):
     """What the SGLang worker hands the policies for these rows: ``rows.request_rows`` over each
     segment's eager rows, with a quadratic step's mask groups read through a head (here a slice
-    of the full logits; in the worker the LM head over the forward's hidden states)."""
+    of the full logits; in the worker the LM head over the forward's hidden states), after the
+    worker's batched ``rows.adjust.adjust_logits``."""
     full = torch.cat(views)  # [T, V]
     eager = eager_row_index([s.desc for s in segs])
-    return request_rows(full[eager], states, segs, head=lambda idx: full[idx])
+    logits, head = adjust_logits(full[eager], lambda idx: full[idx], states, segs, prefix)
+    return request_rows(logits, states, segs, head=head)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 from sglang_trimode.modes import POLICIES
 
@@ -124,4 +125,26 @@ def check_bonus_lengths(count: object, candidates: int, name: str, candidates_na
         raise ValueError(
             f"{name}={count} needs {candidates_name} > 0 (it limits which acceptance lengths get "
             f"the candidates' groups); set {candidates_name} or leave {name} at 0"
+        )
+
+
+def validate_adjust(cfg, logit_bias, min_new_tokens: object, max_new_tokens: int) -> None:
+    """Check ``generate``'s ``logit_bias`` (token id -> finite number) and ``min_new_tokens`` (an
+    int in ``[0, max_new_tokens]``, SGLang's range)."""
+    if logit_bias is not None and not isinstance(logit_bias, Mapping):
+        raise ValueError(f"logit_bias must be a dict token id -> bias, got {logit_bias!r}")
+    for t, v in (logit_bias or {}).items():
+        ok_id = isinstance(t, int) and not isinstance(t, bool) and 0 <= t < cfg.vocab_size
+        if not ok_id:
+            raise ValueError(
+                f"logit_bias: key {t!r} is not a token id of this vocabulary "
+                f"(0..{cfg.vocab_size - 1})"
+            )
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"logit_bias[{t}] must be a finite number, got {v!r}")
+    bad = isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int)
+    if bad or not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(
+            f"min_new_tokens must be an int in [0, max_new_tokens={max_new_tokens}], got "
+            f"{min_new_tokens!r}"
         )

@@ -6,8 +6,8 @@ worker (and the reference engine with ``row_summary=True``) hands each request o
 
 - :class:`GreedyRows` (temperature 0): each row's argmax and its softmax probability;
 - :class:`SampledRows` (temperature > 0): the rows processed on the device in one batch for all
-  sampled requests (per-row temperature, top-k, top-p), one draw per row by inverse CDF from a
-  uniform of the request's own generator (so a request's tokens depend on its seed, not on the
+  sampled requests (per-row temperature, top-k, top-p, min-p), one draw per row by inverse CDF from
+  a uniform of the request's own generator (so a request's tokens depend on its seed, not on the
   batch it shares), the draw's processed and raw probabilities, and the processed probability of
   the segment's next token (the ``p_j(d_j)`` of the acceptance ratio); the device rows stay
   referenced for the rare reads that need a whole row (the residual draw after a rejection,

@@ -13,18 +13,25 @@ class _Params(Protocol):  # sampling.SamplingParams (not imported: sampling impo
     temperature: float
     top_p: float
     top_k: int
+    min_p: float
 
     @property
     def greedy(self) -> bool: ...
 
 
 def processed_probs(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sampling.probs_from_logits`` for rows with their own settings: ``logits [N, V]`` on any
-    device, ``temperature [N]`` (> 0), ``top_k [N]`` (0: off), ``top_p [N]`` (1: off) on the CPU
-    -> float32 ``[N, V]`` on the logits' device. Same rule: top-k keeps the logits >= the k-th
-    largest, top-p the smallest sorted prefix whose mass reaches ``top_p``, then renormalise.
+    device, ``temperature [N]`` (> 0), ``top_k [N]`` (0: off), ``top_p [N]`` (1: off),
+    ``min_p [N]`` (0 or None: off) on the CPU -> float32 ``[N, V]`` on the logits' device. Same
+    rule: top-k keeps the logits >= the k-th largest, top-p the smallest sorted prefix whose mass
+    reaches ``top_p``, then renormalise; min-p then keeps the probabilities >= ``min_p`` times
+    the row's largest and renormalises.
     Only the rows that use a filter pay for it (top-p sorts those rows only), and a row's result
     does not depend on the other rows."""
     dev = logits.device
@@ -45,6 +52,12 @@ def processed_probs(
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         kept = sub.masked_fill(drop, 0.0)
         probs = probs.index_copy(0, cut.to(dev), kept / kept.sum(-1, keepdim=True))
+    low = torch.zeros(0, dtype=torch.long) if min_p is None else (min_p > 0).nonzero().squeeze(-1)
+    if low.numel():
+        sub = probs[low.to(dev)]
+        floor = min_p[low].float().to(dev)[:, None] * sub.max(-1, keepdim=True).values
+        kept = sub.masked_fill(sub < floor, 0.0)
+        probs = probs.index_copy(0, low.to(dev), kept / kept.sum(-1, keepdim=True))
     return probs
 
 
@@ -89,9 +102,13 @@ def _process(
     if not logits.shape[0]:
         empty = torch.zeros(0)
         return _Processed(empty.long(), empty, empty, empty, logits.float())
-    per_row = [(p.temperature, p.top_k, p.top_p) for p, m in zip(params, lens) for _ in range(m)]
-    temp, k, top_p = (torch.tensor(c, dtype=torch.float64) for c in zip(*per_row))
-    probs = processed_probs(logits, temp, k.long(), top_p)
+    per_row = [
+        (p.temperature, p.top_k, p.top_p, getattr(p, "min_p", 0.0))
+        for p, m in zip(params, lens)
+        for _ in range(m)
+    ]
+    temp, k, top_p, min_p = (torch.tensor(c, dtype=torch.float64) for c in zip(*per_row))
+    probs = processed_probs(logits, temp, k.long(), top_p, min_p)
     draw = inverse_cdf(probs, uniforms.to(dev))
     nxt = next_tokens.to(dev)
     small = torch.stack(

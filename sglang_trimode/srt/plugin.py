@@ -12,10 +12,11 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   `_trimode_args` (checked: modes other than `ar` need `--speculative-algorithm TRIMODE`);
 - a check of each request's `custom_params["trimode_mode"]` (hook on `SamplingParams.verify`, in
   the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
-- a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding the
-  checkpoint's mask token is a clear HTTP 400 naming the field; on a TRIMODE server, a request
-  for sampling fields its worker does not apply (`flags.IGNORED_SAMPLING`: penalties, `min_p`,
-  `min_new_tokens`, `logit_bias`, grammars, beams) too;
+- a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding a token
+  id outside [0, vocabulary) (which would crash the scheduler in the embedding) or the
+  checkpoint's mask token is a clear HTTP 400 naming the field and the position; on a TRIMODE
+  server, a request for sampling fields its worker does not apply (`flags.IGNORED_SAMPLING`:
+  penalties, grammars, beams) too;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
   `trimode_step_modes` in each response's `meta_info` (hook on
   `TokenizerManager.update_request_meta_info`, `srt/stats.py`);
@@ -74,11 +75,31 @@ def _after_verify_sampling(result, sampling_params, *args, **kwargs):
     return result
 
 
+def _prompt_field(from_text: bool) -> str:
+    return "text (OpenAI: prompt / messages)" if from_text else "input_ids"
+
+
+def token_range_error(input_ids, vocab_size: int | None, from_text: bool) -> str | None:
+    """The 400 message for a prompt holding a token id outside [0, vocab_size) (None when every
+    id is inside): such an id would index past the embedding table and take the scheduler down
+    (IndexError), losing every other request."""
+    if not vocab_size or not input_ids:
+        return None
+    if 0 <= min(input_ids) and max(input_ids) < vocab_size:
+        return None
+    pos = next(i for i, t in enumerate(input_ids) if not 0 <= t < vocab_size)
+    return (
+        f"the prompt ({_prompt_field(from_text)}) holds token id {input_ids[pos]} at position "
+        f"{pos}, outside the model's vocabulary: valid ids are in [0, {vocab_size}); fix or "
+        "drop it before sending the request"
+    )
+
+
 def mask_token_error(input_ids, mask_token_id: int, from_text: bool) -> str | None:
     """The 400 message for a prompt holding the mask token (None when it does not)."""
     if mask_token_id is None or input_ids is None or mask_token_id not in input_ids:
         return None
-    field = "text (OpenAI: prompt / messages)" if from_text else "input_ids"
+    field = _prompt_field(from_text)
     return (
         f"the prompt ({field}) contains the mask token id {mask_token_id} at position "
         f"{list(input_ids).index(mask_token_id)}; it is reserved for diffusion drafts: remove it "
@@ -87,8 +108,9 @@ def mask_token_error(input_ids, mask_token_id: int, from_text: bool) -> str | No
 
 
 def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs):
-    """Refuse a prompt that holds the checkpoint's mask token, and on a TRIMODE server a request
-    for what its worker does not apply (HTTP 400 via ValueError)."""
+    """Refuse a prompt that holds a token id outside the vocabulary or the checkpoint's mask
+    token, and on a TRIMODE server a request for what its worker does not apply (HTTP 400 via
+    ValueError)."""
     from sglang_trimode.config import ARCHITECTURE
 
     algorithm = getattr(getattr(manager, "server_args", None), "speculative_algorithm", None)
@@ -98,11 +120,15 @@ def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs
         if msg:
             raise ValueError(msg)
 
-    hf = getattr(getattr(manager, "model_config", None), "hf_config", None)
-    ours = ARCHITECTURE in (getattr(hf, "architectures", None) or ())
-    mask = getattr(hf, "mask_token_id", None) if ours else None
+    model_config = getattr(manager, "model_config", None)
+    hf = getattr(model_config, "hf_config", None)
+    if ARCHITECTURE not in (getattr(hf, "architectures", None) or ()):
+        return result
     from_text = getattr(obj, "input_ids", None) is None
-    msg = mask_token_error(input_ids, mask, from_text)
+    vocab = getattr(model_config, "vocab_size", None) or getattr(hf, "vocab_size", None)
+    msg = token_range_error(input_ids, vocab, from_text) or mask_token_error(
+        input_ids, getattr(hf, "mask_token_id", None), from_text
+    )
     if msg:
         raise ValueError(msg)
     return result

@@ -63,6 +63,7 @@ from sglang_trimode.packed import ragged_offsets
 from sglang_trimode.reference.drafter import load_drafter_for
 from sglang_trimode.reference.validation import check_bonus_candidates, check_bonus_lengths
 from sglang_trimode.rows import eager_row_index, request_rows
+from sglang_trimode.rows.adjust import LogitAdjust, adjust_logits
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
@@ -94,6 +95,16 @@ def request_mode(req, settings: flags.TriModeSettings) -> str:
             f"{','.join(settings.serve_modes)})"
         )
     return mode
+
+
+def min_new_stops(req) -> set[int]:
+    """The tokens SGLang's `min_new_tokens` penalizer masks for `req`: its stop token ids, its
+    EOS ids and the tokenizer's (also under `ignore_eos`)."""
+    tok = getattr(req, "tokenizer", None)
+    ids = set(req.sampling_params.stop_token_ids or ()) | set(req.eos_token_ids or ())
+    ids |= set(getattr(tok, "additional_stop_token_ids", None) or ())
+    ids.add(getattr(tok, "eos_token_id", None))
+    return {int(t) for t in ids if t is not None}
 
 
 def _same_output(ours: list[int], theirs) -> bool:
@@ -212,6 +223,7 @@ class TriModeWorker(BaseSpecWorker):
             temperature=0.0 if greedy else float(sp.temperature),
             top_p=float(sp.top_p),
             top_k=0 if greedy or sp.top_k < 0 else int(sp.top_k),
+            min_p=0.0 if greedy else float(sp.min_p or 0.0),
         )
         stops = set(sp.stop_token_ids or ())
         if not sp.ignore_eos:
@@ -230,6 +242,7 @@ class TriModeWorker(BaseSpecWorker):
             logprobs=[] if req.return_logprob else None,
             top_logprobs_num=logprobs.top_logprobs_num(req),
             chosen_ids=logprobs.chosen_ids(req),
+            adjust=LogitAdjust.make(sp.logit_bias, sp.min_new_tokens or 0, min_new_stops(req)),
         )
         if entry is not None:
             self._forget(req.rid)
@@ -406,7 +419,9 @@ class TriModeWorker(BaseSpecWorker):
                 segs.append(e.policy.segment(e.state) if runs[i] or fill else None)
             t0 = time.perf_counter()
             logits, head = self._forward(batch, segs, prefix)  # [T', V] on the device
-            rows = request_rows(logits, [e.state for e in entries], segs, head)
+            states = [e.state for e in entries]
+            logits, head = adjust_logits(logits, head, states, segs, prefix)
+            rows = request_rows(logits, states, segs, head)
             if self.auto is not None:
                 tokens = sum(s.desc.length for s in segs if s is not None)
                 context = sum(p for p, s in zip(prefix, segs, strict=True) if s is not None)

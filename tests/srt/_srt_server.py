@@ -213,3 +213,30 @@ def kv_pool_problems(server: dict, log_start: int = 0, timeout_s: float = 120.0)
         )
     problems += leak_lines(server["log"].read_bytes()[log_start:].decode(errors="replace"))
     return problems
+
+
+def check_bad_token_ids(server: dict, good: list[int], want: list[int], sp: dict) -> None:
+    """Prompts holding a token id outside [0, vocabulary) (default model: 2048 ids) get a 400
+    naming the position and the valid range, natively (`input_ids`, single and batched) and
+    through OpenAI `/v1/completions` (`prompt` as a token array); afterwards `good` still
+    generates `want` under `sp` and every KV slot is free."""
+    base, log_start = server["base"], server["log"].stat().st_size
+    cases = [  # (url, body, the message's position and id)
+        ("/generate", {"input_ids": [30, -4, 50]}, "token id -4 at position 1"),
+        ("/generate", {"input_ids": good[:3] + [5000] + good[3:]}, "token id 5000 at position 3"),
+        ("/generate", {"input_ids": [good, [7, 2048]]}, "token id 2048 at position 1"),
+        ("/v1/completions", {"prompt": [5000, *good]}, "token id 5000 at position 0"),
+        ("/v1/completions", {"prompt": [good, [1, -1]]}, "token id -1 at position 1"),
+    ]
+    for url, body, where in cases:
+        if url == "/generate":
+            body = body | {"sampling_params": sp}
+        else:
+            body = body | {"model": "default", "max_tokens": 4, "temperature": 0.0}
+        status, out = request(base + url, body)
+        text = json.dumps(out)
+        assert status == 400, (url, body, status, out)
+        assert where in text and "valid ids are in [0, 2048)" in text, (url, out)
+    out = post_ok(base + "/generate", {"input_ids": good, "sampling_params": sp})
+    assert out["output_ids"] == want
+    assert kv_pool_problems(server, log_start) == []

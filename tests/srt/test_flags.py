@@ -230,8 +230,9 @@ def test_sampling_messages_and_what_the_worker_reads_of_a_logprob_request():
                 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "logit_bias": {},
                 "regex": None, "json_schema": None, "beam_width": None}  # fmt: skip
     assert flags.unsupported_sampling_error(defaults) is None
-    msg = flags.unsupported_sampling_error(defaults | {"regex": "a+", "min_p": 0.2}, "<proc>")
-    assert msg.startswith("min_p, regex, custom_logit_processor: not applied with")
+    asked = {"regex": "a+", "frequency_penalty": 0.2, "min_p": 0.2, "logit_bias": {"5": 1.0}}
+    msg = flags.unsupported_sampling_error(defaults | asked, "<proc>")
+    assert msg.startswith("frequency_penalty, regex, custom_logit_processor: not applied with")
     assert flags.unsupported_server_error(False, None) is None
     assert "--return-hidden-states-mode" in flags.unsupported_server_error(False, "last")
 

@@ -20,7 +20,14 @@ pytest.importorskip(
 )
 
 import torch  # noqa: E402
-from _srt_server import post_ok, prompts, request, server_env, start_server  # noqa: E402
+from _srt_server import (  # noqa: E402
+    check_bad_token_ids,
+    post_ok,
+    prompts,
+    request,
+    server_env,
+    start_server,
+)
 
 from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
 
@@ -156,3 +163,11 @@ def test_prompt_with_mask_token_is_a_clear_400(server, reference):
     status, out = request(server["base"] + "/generate", body)
     assert status == 400, out
     assert f"input_ids) contains the mask token id {mask} at position 0" in json.dumps(out)
+
+
+def test_prompt_token_ids_outside_the_vocabulary_are_a_clear_400(server, reference):
+    """Today's crash (IndexError in the embedding takes the scheduler down): a 400 instead, and
+    the server keeps serving."""
+    prompts, expected = reference
+    sp = {"temperature": 0.0, "max_new_tokens": MAX_NEW_TOKENS, "ignore_eos": True}
+    check_bad_token_ids(server, prompts[1], expected[1], sp)

@@ -350,9 +350,6 @@ def test_prompt_scoring_logprobs_equal_the_reference_model(server, engine, refer
     [
         {"repetition_penalty": 1.3},
         {"frequency_penalty": 0.5},
-        {"min_p": 0.1},
-        {"min_new_tokens": 30},
-        {"logit_bias": {"5": 3.0}},
         {"regex": "[a-z]+"},
         {"json_schema": '{"type": "object"}'},
     ],
