@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers.models.ministral3.modeling_ministral3 import Ministral3RotaryEmbedding
 
 from sglang_trimode.config import ARCHITECTURE, MODEL_TYPE, NemotronLabsDiffusionConfig
@@ -48,32 +48,17 @@ def save_checkpoint(
     config.architectures = [ARCHITECTURE]
     config.save_pretrained(path)
 
+    if max_shard_bytes is not None and max_shard_bytes < 1:
+        raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     for old in [*path.glob("model*.safetensors"), path / INDEX_NAME]:
         old.unlink(missing_ok=True)  # stale files from an earlier save would confuse loading
+    # huggingface_hub writes `model.safetensors`, or shards `model-0000K-of-0000N.safetensors`
+    # with `model.safetensors.index.json` when the tensors exceed `max_shard_size`
     total = sum(t.numel() * t.element_size() for t in state.values())
-    if max_shard_bytes is None or total <= max_shard_bytes:
-        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
-        return
-    if max_shard_bytes < 1:
-        raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
-
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor
-        size += nbytes
-    weight_map: dict[str, str] = {}
-    for i, shard in enumerate(shards, start=1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(path / fname), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, fname))
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (path / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    save_torch_state_dict(
+        state, path, max_shard_size=max_shard_bytes or total + 1, metadata={"format": "pt"}
+    )
 
 
 def load_config(path: str | Path) -> NemotronLabsDiffusionConfig:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 #: Decoding modes a request can run in (those of the reference engine).
 REQUEST_MODES = ("ar", "diffusion", "self_spec_linear", "self_spec_quadratic")
@@ -473,16 +473,23 @@ def unsupported_server_error(return_hidden_states: Any, hidden_states_mode: Any)
     return None
 
 
+class _RaisingParser(argparse.ArgumentParser):
+    """argparse that raises ValueError(message) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
 def values_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The `--trimode-*` values from Python keywords named like the flags' dests
     (`trimode_mode="diffusion"`, `trimode_block_size=4`, `trimode_serve_modes=["ar", "auto"]`,
-    ...), checked exactly as the command line checks them; absent or None: not given.
-    `sglang.Engine(**kwargs)` / `ServerArgs(**kwargs)` take these (plugin hook); a bad value is a
-    ValueError naming the keyword."""
+    ...), parsed by the command line's own parser (`add_flags`) from `--flag=value` words;
+    absent or None: not given. `sglang.Engine(**kwargs)` / `ServerArgs(**kwargs)` take these
+    (plugin hook); a bad value is a ValueError naming the keyword."""
     unknown = sorted(set(kwargs) - set(DESTS))
     if unknown:
         raise ValueError(f"unknown tri-mode keyword(s) {', '.join(unknown)}; known: {DESTS}")
-    values: dict[str, Any] = dict.fromkeys(DESTS)
+    argv, by_name = [], {}
     for flag in FLAGS:
         value = kwargs.get(flag.dest)
         if value is None:
@@ -490,14 +497,15 @@ def values_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (str, int, float, list, tuple)):
             raise ValueError(f"{flag.dest}={value!r}: expected {flag.metavar or 'a string'}")
         text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-        try:
-            parsed = text if flag.type is str else flag.type(text)
-        except argparse.ArgumentTypeError as e:
-            raise ValueError(f"{flag.dest}={value!r}: {e}") from None
-        if flag.choices is not None and parsed not in flag.choices:
-            raise ValueError(
-                f"{flag.dest}={value!r}: expected one of {', '.join(flag.choices)} "
-                f"(the choices of {flag.name})"
-            )
-        values[flag.dest] = parsed
-    return values
+        argv.append(f"{flag.name}={text}")
+        by_name[flag.name] = flag
+    parser = _RaisingParser(add_help=False)
+    add_flags(parser)
+    try:
+        return values_from_namespace(parser.parse_args(argv))
+    except ValueError as e:  # "argument --trimode-x: why" -> "trimode_x=value: why"
+        name, _, why = str(e).removeprefix("argument ").partition(": ")
+        flag = by_name.get(name.split("/")[0])
+        if flag is None:
+            raise
+        raise ValueError(f"{flag.dest}={kwargs[flag.dest]!r}: {why}") from None
