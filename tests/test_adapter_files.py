@@ -8,8 +8,9 @@ import json
 import shutil
 
 import pytest
+from _deps import require
 
-pytest.importorskip("peft", reason="peft writes the adapters (requirements/test.txt)")
+require("peft", reason="peft writes the adapters (requirements/test.txt)")
 
 from vendor_adapter import write_peft_adapter  # noqa: E402
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _deps import require
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))
@@ -76,9 +77,7 @@ def test_gpu_serve_without_bundle_or_gpu_says_so_in_one_line(tmp_path):
 def test_cpu_smoke_runs_the_whole_script_to_its_table(tmp_path):
     """bench/gpu_serve.sh --cpu-smoke: correctness (server == reference engine), the plain AR vs
     TRIMODE speed table and the torch-impl point, on CPU servers (two modes to keep it short)."""
-    pytest.importorskip(
-        "sglang", reason="the smoke starts SGLang servers (scripts/setup_sglang.sh)"
-    )
+    require("sglang", reason="the smoke starts SGLang servers (scripts/setup_sglang.sh)")
     cmd = ["bash", str(ROOT / "bench" / "gpu_serve.sh"), "--cpu-smoke"]
     cmd += ["--phases", "correctness,8B,torch_impl", "--modes", "ar,self_spec_linear"]
     proc = subprocess.run(

@@ -23,10 +23,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
+require(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
+
+pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
 
 sys.path.insert(0, str(Path(__file__).parent / "srt"))
 from _srt_server import trimode_server  # noqa: E402

@@ -17,10 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
+require(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
+
+pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
 
 from bench.speed_bench.cli import main  # noqa: E402
 from sglang_trimode.srt.flags import REQUEST_MODES  # noqa: E402

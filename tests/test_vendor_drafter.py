@@ -15,8 +15,9 @@ from collections import defaultdict
 
 import pytest
 import torch
+from _deps import require
 
-pytest.importorskip("peft", reason="peft writes the adapters (requirements/test.txt)")
+require("peft", reason="peft writes the adapters (requirements/test.txt)")
 
 from peft import PeftModel  # noqa: E402
 from vendor_adapter import peft_linear_spec, peft_model, write_peft_adapter  # noqa: E402

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,3 +78,18 @@ def reference(prompt: str = PROMPT, new: int = NEW) -> dict[str, dict]:
         }
         for m, o in zip(MODES, outs)
     }
+
+
+#: What README.md's "Request" section sends (checked to be there, so an edit fails loudly).
+README_URL = "http://127.0.0.1:30000"
+README_PROMPT = "def fibonacci(n):"
+README_NEW = 32
+
+
+def readme_requests() -> tuple[str, str]:
+    """README.md's curl command (an indented block) and its OpenAI-client ```python block."""
+    text = (ROOT / "README.md").read_text()
+    curl = re.search(r"^( {4}curl .*?)\n\n", text, flags=re.S | re.M)
+    code = re.search(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+    assert curl and code, "README.md lost its curl or OpenAI request example"
+    return textwrap.dedent(curl.group(1)), code.group(1)

@@ -21,17 +21,33 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
+require(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
+
+pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
 
 from sglang_trimode import default_model_path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "srt"))
 from _srt_server import free_port, kill_group, log_tail  # noqa: E402
-from runner import EXAMPLES, NEW, PROMPT, completion, env, reference, run, sections  # noqa: E402
+from runner import (  # noqa: E402
+    EXAMPLES,
+    NEW,
+    PROMPT,
+    README_NEW,
+    README_PROMPT,
+    README_URL,
+    completion,
+    env,
+    readme_requests,
+    reference,
+    run,
+    sections,
+)
 
 SERVER_MODE = "self_spec_linear"  # serve.sh's default; every mode is served per request
 STARTUP_TIMEOUT_S = float(os.environ.get("SGLANG_TRIMODE_STARTUP_TIMEOUT", "300"))
@@ -103,3 +119,26 @@ def test_request_stats(server, expected, mode):
     ref = expected[mode]
     assert stats["completion_tokens"] == ref["tokens"], stats
     assert stats.get("spec_verify_ct") == len(ref["accept_lengths"]), (stats, ref)
+
+
+def test_readme_requests_work_as_written(server):
+    """README.md's curl (native API, diffusion) and OpenAI-client (quadratic self-speculation)
+    examples, run verbatim but for the port: diffusion's text is the reference engine's, and
+    greedy quadratic self-speculation prints the reference's greedy AR text."""
+    curl, code = readme_requests()
+    for block in (curl, code):
+        assert README_URL in block and README_PROMPT in block and str(README_NEW) in block
+    ref = reference(README_PROMPT, README_NEW)
+    got = subprocess.run(
+        ["bash", "-c", curl.replace(README_URL, server)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    out = json.loads(got.stdout)
+    assert out["meta_info"]["trimode_mode"] == "diffusion"
+    assert out["text"] == ref["diffusion"]["text"]
+    got = subprocess.run(
+        [sys.executable, "-c", code.replace(README_URL, server)], env=env(),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert completion(got.stdout) == ref["ar"]["text"]

@@ -17,12 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
+require(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
 import yaml  # noqa: E402
 
+from sglang_trimode import default_model_path  # noqa: E402
 from sglang_trimode.srt import flags  # noqa: E402
 from sglang_trimode.srt.cpu_platform import PYTHONPATH_ENTRY  # noqa: E402
 
@@ -64,10 +66,28 @@ def commands(tmp_path_factory):
         for mode in flags.MODES:
             recs += lc.extract_script(lc.EXAMPLES / "serve.sh", [mode], tmp, {"DEVICE": device})
     servers = [r for r in recs if r["kind"] == "server"]
-    parsed = lc.parse_commands([r["argv"] for r in servers] + BAD, _parse_env())
-    for rec, res in zip(servers, parsed, strict=False):
+    readme = lc.extract_markdown(lc.ROOT / "README.md", tmp)  # not a sized recipe: kept apart
+    parsed = lc.parse_commands([r["argv"] for r in servers + readme] + BAD, _parse_env())
+    for rec, res in zip(servers + readme, parsed, strict=False):
         rec["parsed"] = res
-    return {"all": recs, "servers": servers, "bad": parsed[len(servers) :]}
+    bad = parsed[len(servers) + len(readme) :]
+    return {"all": recs, "servers": servers, "readme": readme, "bad": bad}
+
+
+def test_readme_launch_lines_parse_as_a_gpu_and_a_cpu_trimode_server(commands):
+    """README.md's "Serve" section: one GPU line (a published checkpoint, graphs off as the eager
+    worker needs) and one CPU line (the shipped model, SGLang's CPU engine and the stand-in)."""
+    gpu, cpu = commands["readme"]
+    for rec in (gpu, cpu):
+        assert rec["parsed"]["ok"], rec["parsed"].get("error")
+        assert _is_trimode(rec["parsed"]["args"]), rec["argv"]
+    g, c = gpu["parsed"]["args"], cpu["parsed"]["args"]
+    assert HUB.match(g["model_path"]) and g["disable_cuda_graph"] and g["device"] != "cpu"
+    assert c["device"] == "cpu" and c["disable_cuda_graph"]
+    assert Path(lc.ROOT / c["model_path"]).resolve() == Path(default_model_path()).resolve()
+    assert cpu["env"].get("SGLANG_USE_CPU_ENGINE") == "1"
+    entry = cpu["env"]["PYTHONPATH"].split(os.pathsep)[0]
+    assert (lc.ROOT / entry).resolve() == Path(PYTHONPATH_ENTRY).resolve()
 
 
 def _from(commands, name: str) -> list[dict]:

@@ -4,8 +4,8 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
+from _deps import require
 from kernel_cases import assert_close, extend_case
 from sglang_trimode.kernels import extend_attention
 
@@ -38,7 +38,7 @@ def test_bench_quick_writes_rows_that_agree(tmp_path):
 
 def test_matches_sglang_extend_attention_fwd():
     """SGLang's own extend kernel, given the equivalent dense custom mask, agrees with ours."""
-    pytest.importorskip("sglang", reason="sglang is not installed in this environment")
+    require("sglang", reason="sglang is not installed in this environment")
     descs = [masks.quadratic(2, 3), masks.diffusion_draft(8, 5), masks.prefill(6)]
     case = extend_case(21, descs, [17, 0, 40], heads=(4, 2), page_size=1)
     assert_close(sglang_extend(*case.args())(), extend_attention(*case.args()))

@@ -15,18 +15,16 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
+require(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
 
 import torch  # noqa: E402
 from torch.nn.functional import scaled_dot_product_attention  # noqa: E402
 
-from sglang_trimode import (
-    masks,  # noqa: E402
-    packed,  # noqa: E402
-)
+from sglang_trimode import masks, packed  # noqa: E402
 from sglang_trimode.masks import MaskKind  # noqa: E402
 from sglang_trimode.srt import flags  # noqa: E402
 from sglang_trimode.srt.attention import TriModeAttnBackend, TriModeForwardInput  # noqa: E402

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _deps import require
 
 from sglang_trimode.srt.cpu_platform import PYTHONPATH_ENTRY
 
@@ -166,7 +167,7 @@ def test_renorm_probs_keep_top_k_and_top_p(stand_in):
 def test_sglang_cuda_layers_equal_their_native_forward(stand_in, monkeypatch):
     """SGLang's own RMSNorm / SiluAndMul `forward_cuda` bodies, run on CPU tensors with the
     stand-in's kernels in place of sgl_kernel's, equal their `forward_native`."""
-    pytest.importorskip("sglang", reason="SGLang's layers need sglang (scripts/setup_sglang.sh)")
+    require("sglang", reason="SGLang's layers need sglang (scripts/setup_sglang.sh)")
     from sglang.srt.layers import activation, layernorm
 
     for mod, names in (

@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from _deps import require
 
-pytest.importorskip("sglang", reason="the import surface is SGLang's (scripts/setup_sglang.sh)")
+require("sglang", reason="the import surface is SGLang's (scripts/setup_sglang.sh)")
 
 from sglang_trimode.srt.cpu_platform import PYTHONPATH_ENTRY  # noqa: E402
 

@@ -19,12 +19,15 @@ differ from plain quadratic's. Skipped without sglang.
 from __future__ import annotations
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
+require(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
 
-pytest.importorskip("peft", reason="peft writes the adapter (requirements/test.txt)")
+pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
+
+require("peft", reason="peft writes the adapter (requirements/test.txt)")
 
 import shutil  # noqa: E402
 import sys  # noqa: E402

@@ -11,10 +11,13 @@ the vocabulary are a clear 400 and the server keeps serving. Skipped without sgl
 from __future__ import annotations
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
+require(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
+
+pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
 
 import torch  # noqa: E402
 from _srt_server import (  # noqa: E402

@@ -14,10 +14,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
+require(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
+
+pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
 
 import torch  # noqa: E402
 from _srt_server import (  # noqa: E402
@@ -475,7 +478,7 @@ def test_streaming_and_openai_completions_equal_reference(server, reference, mod
 
 def test_openai_client_extra_body_selects_mode(server, reference):
     """The official openai client's `extra_body` reaches SGLang's custom_params."""
-    openai = pytest.importorskip("openai")
+    openai = require("openai", "the OpenAI client (requirements/sglang-cpu.txt)")
     ps, expected, _, _ = reference
     # a prompt whose diffusion output differs from the server default's (self_spec_linear): an
     # ignored extra_body would show

@@ -16,10 +16,16 @@ import subprocess
 import sys
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
+require(
     "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
 )
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.interpreter,
+]  # a real SGLang server (or engine) on the CPU: minutes
 
 import torch  # noqa: E402
 from _srt_server import kill_group, post_ok, prompts, server_env, start_server  # noqa: E402
