@@ -117,8 +117,10 @@ def test_every_mode_at_tp2_equals_tp1(server, engine, mode):
 
 
 def test_the_drafter_is_sharded_and_matters(server, engine, drafted):
-    """Each rank loaded half of `A`'s 256 columns (4 heads x 64); the reference without the
-    adapter accepts other lengths, so the equal stats above are the sharded drafter's."""
+    """Each rank loaded half of `A`'s 256 columns (4 heads x 64), its partial products summed by
+    the decoder layer's all-reduce of o_proj's partial output (SGLang's Ministral-3); the
+    reference without the adapter accepts other lengths, so the equal stats above are the sharded
+    drafter's."""
     plain = TriModeEngine.from_pretrained(drafted, dtype=torch.float32, drafter=False)
     for mode in ("self_spec_linear", "self_spec_quadratic"):
         with_it = [o.stats.accept_lengths for o in _generate(engine, mode)]
@@ -126,7 +128,11 @@ def test_the_drafter_is_sharded_and_matters(server, engine, drafted):
     log = server["log"].read_text(errors="replace")
     for rank in range(TP):
         assert f"TP{rank}] TRIMODE: drafter adapter {drafted}/" in log
-    assert log.count("(LoRA r=8 on o_proj, A columns 128 of 256)") == TP
+    for rank, cols in enumerate(("[0, 128)", "[128, 256)")):
+        assert (
+            f"drafter sharded: A columns {cols} of 256 on TP rank {rank} of {TP}; partial products "
+            "summed with o_proj's partial outputs by the layer's all-reduce"
+        ) in log
     assert log.count("quadratic steps: logits of the causal rows in the forward") == TP
 
 
