@@ -424,7 +424,7 @@ class TriModeWorker(BaseSpecWorker):
             states = [e.state for e in entries]
             logits, head = adjust_logits(logits, head, states, segs, prefix)
             rows = request_rows(logits, states, segs, head)
-            if self.auto is not None:
+            if self.auto is not None and self.auto.calibration is not None:  # online fit
                 tokens = sum(s.desc.length for s in segs if s is not None)
                 context = sum(p for p, s in zip(prefix, segs, strict=True) if s is not None)
                 seconds = tp.agreed_seconds(time.perf_counter() - t0)  # every TP rank fits alike

@@ -125,6 +125,12 @@ def test_the_drafter_is_sharded_and_matters(server, engine, drafted):
     for mode in ("self_spec_linear", "self_spec_quadratic"):
         with_it = [o.stats.accept_lengths for o in _generate(engine, mode)]
         assert with_it != [o.stats.accept_lengths for o in _generate(plain, mode)], mode
+    # a quadratic step here too, so the deferred-head line below is in the log in any test order
+    one = post_ok(
+        server["base"] + "/generate",
+        {"input_ids": prompts()[0], "sampling_params": _params("self_spec_quadratic")},
+    )
+    assert one["meta_info"]["trimode_accept_lengths"] == list(with_it[0])
     log = server["log"].read_text(errors="replace")
     for rank in range(TP):
         assert f"TP{rank}] TRIMODE: drafter adapter {drafted}/" in log
