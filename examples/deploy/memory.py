@@ -13,8 +13,9 @@ committed prefix every decode step, W = `speculative_num_draft_tokens` = the mos
 request emits per step: B, or 2 B with `--trimode-fill-in on` (the default).
 
 The drafter (`--drafter-rank R`, the checkpoint's `linear_spec_lora/`: LoRA on every layer's
-`o_proj`, r 128 in the vendor's checkpoints) adds `layers x R x (4096 + hidden)` bf16 numbers
-next to the weights; the worker loads it at TP 1 only (`--trimode-drafter off` at TP > 1).
+`o_proj`, r 128 in the vendor's checkpoints) adds `layers x R x (4096 / TP + hidden)` bf16
+numbers per GPU next to the weights: at TP > 1 each rank holds its columns of LoRA A (those of its
+`o_proj` input slice) and all of B.
 
 `--cuda-graph off` (the TRIMODE worker runs every forward eager, so its recipes pass
 `--disable-cuda-graph`): the line adds the fp32 logits one eager forward holds, requests x W
@@ -42,10 +43,11 @@ def parameters(size: str) -> int:
     return 2 * VOCAB * hidden + layers * (attn + mlp + norms) + hidden  # embed + head + final norm
 
 
-def drafter_parameters(size: str, rank: int) -> int:
-    """LoRA on every layer's o_proj: A [rank, heads x head_dim] and B [hidden, rank]."""
+def drafter_parameters(size: str, rank: int, tp: int = 1) -> int:
+    """LoRA on every layer's o_proj, per GPU: A [rank, heads x head_dim / tp] (sharded like
+    o_proj's input) and B [hidden, rank] (whole on every rank)."""
     layers, hidden, _ = SIZES[size]
-    return layers * rank * (HEADS * HEAD_DIM + hidden)
+    return layers * rank * (HEADS * HEAD_DIM // tp + hidden)
 
 
 def kv_bytes_per_token(size: str, tp: int) -> int:
@@ -67,10 +69,8 @@ def report(
     drafter_rank: int = 0,
     cuda_graph: str = "off",
 ) -> str:
-    if drafter_rank and tp != 1:
-        raise SystemExit("--drafter-rank: the worker loads the drafter at TP 1 only")
     weights = parameters(size) * BYTES / tp / GIB
-    drafter = drafter_parameters(size, drafter_rank) * BYTES / GIB
+    drafter = drafter_parameters(size, drafter_rank, tp) * BYTES / GIB
     kv = requests * context * kv_bytes_per_token(size, tp) / GIB
     reserve = 2 * width if width > 1 else 1  # plain AR (width 1): one slot per step
     slots = requests * reserve * kv_bytes_per_token(size, tp) / GIB

@@ -11,6 +11,15 @@ self-speculation's output, is the base model's exactly. Rows that draft never fe
 Shapes: ``A [layers, r, H*D]``, ``B [layers, hidden, r]``, ``s = alpha / r`` (LoRA, Hu et al.
 2021, eq. 3). ``B`` starts at zero: a fresh adapter is the base model.
 
+Tensor parallel (:meth:`DrafterLoRA.shard`): ``o_proj`` is row-parallel, so rank ``k`` sees only
+its heads' slice ``x_k`` of the input and computes a partial output ``W_k x_k``; the ranks' partial
+outputs are summed by an all-reduce. ``A`` is sharded along its input dimension like ``o_proj``'s
+weight (``A_k = A[:, cols_k]``; ``B`` replicated) and ``B A_k x_k`` is added to the partial output,
+so that same all-reduce sums the LoRA too: ``sum_k B A_k x_k = B A x``, no collective of its own.
+Where ``o_proj`` reduces its output itself (SGLang's ``reduce_results``; SGLang's Ministral-3
+leaves it to the decoder layer), the hook sees the sum already, and the ``r``-wide partial
+products ``A_k x_k`` are all-reduced before ``B`` instead.
+
 On disk: PEFT's layout in ``linear_spec_lora/`` (the vendor's folder, :data:`DRAFTER_DIR`; the
 older ``drafter_lora/`` is still read): ``reference/adapter_files.py`` finds and checks it, with
 no peft import. Which rows of a forward get the adapter: ``sglang_trimode/drafter_rows.py``.
@@ -21,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +85,26 @@ class DrafterLoRA(nn.Module):
         nn.init.normal_(self.lora_A, std=in_features**-0.5)
         self._gate: torch.Tensor | None = None  # [B, Q] float, 1 = draft row
         self._handles: list = []
+        self._reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # sums A_k x_k
+        self._sharded = False
+
+    def shard(
+        self,
+        start: int,
+        stop: int,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> DrafterLoRA:
+        """Keep ``A``'s input columns ``[start, stop)`` (this rank's slice of a row-parallel
+        ``o_proj``'s input). ``reduce`` None: the hook adds this rank's partial ``B A_k x_k`` to
+        ``o_proj``'s partial output, summed over the ranks downstream with it; else ``reduce``
+        (an all-reduce over the TP group, for an ``o_proj`` that returns the sum) sums the
+        ``A_k x_k`` first. Every rank must run the same forwards with the same gates."""
+        full = self.lora_A.shape[2]
+        if not 0 <= start < stop <= full:
+            raise ValueError(f"drafter shard [{start}, {stop}) outside o_proj's {full} inputs")
+        self.lora_A = nn.Parameter(self.lora_A.detach()[:, :, start:stop].contiguous())
+        self._reduce, self._sharded = reduce, True
+        return self
 
     @classmethod
     def for_model(cls, model: nn.Module, cfg: DrafterConfig) -> DrafterLoRA:
@@ -115,7 +144,10 @@ class DrafterLoRA(nn.Module):
                 )
             base = out[0] if isinstance(out, tuple) else out  # SGLang's linears: (out, bias)
             a, b = self.lora_A[layer], self.lora_B[layer]
-            delta = (x.to(a.dtype) @ a.T) @ b.T  # [..., hidden]
+            z = x.to(a.dtype) @ a.T  # [..., r]; one rank's share of A x when sharded
+            if self._reduce is not None:
+                z = self._reduce(z.contiguous())
+            delta = z @ b.T  # [..., hidden]
             base = base + (self.cfg.scale * delta * self._gate[..., None]).to(base.dtype)
             return (base, *out[1:]) if isinstance(out, tuple) else base
 
@@ -140,6 +172,8 @@ class DrafterLoRA(nn.Module):
         """Write the adapter into ``checkpoint/linear_spec_lora/`` (PEFT's layout and names, so
         ``PeftModel.from_pretrained(model, checkpoint, subfolder="linear_spec_lora")`` loads
         it too). It replaces the checkpoint's drafter: an older ``drafter_lora/`` is removed."""
+        if self._sharded:
+            raise ValueError("a sharded drafter holds one rank's columns of A: save the whole one")
         shutil.rmtree(Path(checkpoint) / LEGACY_DIR, ignore_errors=True)
         out = Path(checkpoint) / DRAFTER_DIR
         out.mkdir(parents=True, exist_ok=True)
@@ -174,8 +208,8 @@ def load_drafter(
 
 
 def load_drafter_for(model: nn.Module, folder: str | Path) -> DrafterLoRA:
-    """The adapter in ``folder`` shaped for ``model`` (a reference model or SGLang's, TP 1), on
-    the model's device and dtype, not yet attached."""
+    """The whole adapter in ``folder`` shaped for ``model`` (a reference model or SGLang's), on
+    the model's device and dtype, not yet attached (``DrafterLoRA.shard``: one TP rank's)."""
     return _like(load_drafter(folder, *_shapes(model)), model)
 
 

@@ -131,8 +131,8 @@ def _validate(server_args) -> None:
 
 
 def check_drafter(server_args, fetch: bool = False) -> Path | None:
-    """The drafter folder `--trimode-drafter` picks, or None; raises on one the worker cannot
-    apply: malformed (the file and field named) or any at TP > 1 (not sharded). Run in the
+    """The drafter folder `--trimode-drafter` picks, or None; raises on a malformed one (the
+    file and field named). At TP > 1 each rank's worker shards it (`srt/tp.py`). Run in the
     launching process (`_validate`: local checkpoints, checked against their config.json) and by
     the worker before it loads the adapter (`fetch`: a hub id's drafter folders are fetched into
     SGLang's download dir, `adapter_files.local_checkpoint`)."""
@@ -154,12 +154,6 @@ def check_drafter(server_args, fetch: bool = False) -> Path | None:
     folder = adapter_folder(path, settings.drafter)
     if folder is None:
         return None
-    tp = getattr(server_args, "tp_size", 1)
-    if tp != 1:
-        raise ValueError(
-            f"--trimode-drafter: the adapter {folder} is not sharded for tensor parallelism "
-            f"(--tp-size {tp}); pass --trimode-drafter off"
-        )
     config = os.path.join(path, "config.json")
     if os.path.isfile(config):
         with open(config) as f:

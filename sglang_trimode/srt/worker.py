@@ -65,7 +65,7 @@ from sglang_trimode.reference.validation import check_bonus_candidates, check_bo
 from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.rows.adjust import LogitAdjust, adjust_logits
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
-from sglang_trimode.srt import flags, logprobs, stats
+from sglang_trimode.srt import flags, logprobs, stats, tp
 from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
 from sglang_trimode.srt.spec import check_drafter, settings_from_server_args
@@ -169,13 +169,15 @@ class TriModeWorker(BaseSpecWorker):
 
     def _load_drafter(self, server_args):
         """The drafter adapter `--trimode-drafter` picks (the checkpoint's `linear_spec_lora/` or
-        older `drafter_lora/`, or a folder), hooked into the model's `o_proj`s, or None (off, or
-        the checkpoint has none). A malformed adapter raises, naming the file and field."""
+        older `drafter_lora/`, or a folder), hooked into the model's `o_proj`s (this TP rank's
+        share: `tp.shard_drafter`), or None (off, or the checkpoint has none). A malformed
+        adapter raises, naming the file and field."""
         folder = check_drafter(server_args, fetch=True)
         if folder is None:
             return None
         model = self.model_runner.model
-        drafter = load_drafter_for(model, folder).attach(model)
+        drafter = load_drafter_for(model, folder)
+        drafter = tp.shard_drafter(drafter, model.model.layers[0].self_attn.o_proj).attach(model)
         logger.info(
             "TRIMODE: drafter adapter %s (LoRA r=%d on o_proj) on the drafting rows (%s)",
             folder,
@@ -229,7 +231,7 @@ class TriModeWorker(BaseSpecWorker):
         if not sp.ignore_eos:
             stops |= set(req.eos_token_ids or ())
         seed = getattr(sp, "sampling_seed", None)
-        seed = int(seed) if seed is not None else hash(req.rid) % 2**31
+        seed = int(seed) if seed is not None else tp.request_seed(req.rid)  # same on each rank
         gen = torch.Generator().manual_seed(seed)
         state = RequestState(
             prompt=list(req.origin_input_ids),
@@ -422,10 +424,11 @@ class TriModeWorker(BaseSpecWorker):
             states = [e.state for e in entries]
             logits, head = adjust_logits(logits, head, states, segs, prefix)
             rows = request_rows(logits, states, segs, head)
-            if self.auto is not None:
+            if self.auto is not None and self.auto.calibration is not None:  # online fit
                 tokens = sum(s.desc.length for s in segs if s is not None)
                 context = sum(p for p, s in zip(prefix, segs, strict=True) if s is not None)
-                self.auto.timed(tokens, context, time.perf_counter() - t0)
+                seconds = tp.agreed_seconds(time.perf_counter() - t0)  # every TP rank fits alike
+                self.auto.timed(tokens, context, seconds)
             for i, (e, seg) in enumerate(zip(entries, segs, strict=True)):
                 if seg is None:
                     continue
@@ -473,6 +476,7 @@ class TriModeWorker(BaseSpecWorker):
 
         self._drop_departed(batch)
         new_tokens, prefix = self._decode(batch)
+        tp.check_step_agrees(new_tokens, prefix)
         self._commit_kv(batch, new_tokens, prefix)
         for req, toks in zip(batch.reqs, new_tokens, strict=True):
             e = self.states[req.rid]

@@ -148,24 +148,24 @@ def _is_trimode(args: dict) -> bool:
 def test_recipes_say_what_they_do_about_cuda_graphs(commands):
     """The TRIMODE worker runs every forward eager (it drops SGLang's captured graphs): each
     TRIMODE launch line passes --disable-cuda-graph; plain AR replicas keep SGLang's graphs.
-    The worker loads the LoRA drafter at TP 1 only: TP > 1 lines turn it off."""
+    No TRIMODE line turns the LoRA drafter off: the worker shards it at TP > 1."""
     recs = _hub_servers(commands)
     assert any(_is_trimode(r["parsed"]["args"]) for r in recs)
     assert any(not _is_trimode(r["parsed"]["args"]) for r in recs)
     for rec in recs:
         a = rec["parsed"]["args"]
         assert a["disable_cuda_graph"] == _is_trimode(a), rec["source"]
-        if _is_trimode(a) and a["tp_size"] > 1:
-            assert a["trimode"].get("trimode_drafter") == "off", rec["source"]
+        if _is_trimode(a):
+            assert a["trimode"].get("trimode_drafter") != "off", rec["source"]
     k8s = (DEPLOY / "kubernetes" / "trimode-8b.yaml").read_text()
     assert "--disable-cuda-graph" in k8s and "CUDA graph capture" not in k8s
 
 
 def _memory_args(a: dict) -> list[str]:
     """memory.py's arguments for a parsed launch line: the drafter (vendor rank) where the
-    worker loads it (TRIMODE, TP 1, not turned off), graphs as the line says."""
+    worker loads it (TRIMODE, not turned off; sharded at TP > 1), graphs as the line says."""
     size = HUB.match(a["model_path"]).group(1)
-    drafter = _is_trimode(a) and a["tp_size"] == 1 and a["trimode"].get("trimode_drafter") != "off"
+    drafter = _is_trimode(a) and a["trimode"].get("trimode_drafter") != "off"
     return [
         "--size", size, "--tp", str(a["tp_size"]), "--context", str(a["context_length"]),
         "--requests", str(a["max_running_requests"]), "--verify-width", str(a["verify_width"]),
@@ -185,8 +185,13 @@ def test_memory_counts_the_drafter_and_the_eager_logits():
     assert abs(grown - lora_gib) <= 0.1  # figures are rounded to 0.1 GiB
     assert "logits 0.25 GiB (4 x 64 rows)" in plain  # 4 x 64 x 131072 x 4 B x 2 = 0.25 GiB
     assert "not counted" in memory.main(base + ["--cuda-graph", "on"])
-    with pytest.raises(SystemExit, match="TP 1 only"):
-        memory.main(base + ["--tp", "2", "--drafter-rank", "8"])
+    # at TP 2 a GPU holds half of A's columns (4096 / 2) and all of B
+    per_gpu = memory.drafter_parameters("8B", VENDOR_DRAFTER_RANK, tp=2)
+    layers, hidden, _ = memory.SIZES["8B"]
+    assert per_gpu == layers * VENDOR_DRAFTER_RANK * (2048 + hidden)
+    assert f"drafter {per_gpu * memory.BYTES / memory.GIB:.2f} GiB" in memory.main(
+        base + ["--tp", "2", "--drafter-rank", str(VENDOR_DRAFTER_RANK)]
+    )
 
 
 def test_recipe_commands_are_sized(commands):

@@ -5,7 +5,8 @@ SGLANG_USE_CPU_ENGINE=1, `--device cpu`, `--attention-backend torch_native`, fp3
 a dict with `base` (URL), `log` (path) and `proc`; the process group is killed afterwards.
 `env`: extra environment variables for the server. `trimode_server(tmp_path_factory, name, block,
 extra)` is the same with `--speculative-algorithm TRIMODE --trimode-block-size BLOCK` (the shared
-start of every TRIMODE test server).
+start of every TRIMODE test server). `tp_env(size)`: the environment of a `--tp-size SIZE` CPU
+server.
 """
 
 from __future__ import annotations
@@ -67,6 +68,26 @@ def server_env() -> dict[str, str]:
     env["SGLANG_USE_CPU_ENGINE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHONPATH_ENTRY, env.get("PYTHONPATH")) if p)
     return env
+
+
+#: SGLang builds a PyNccl communicator in every TP group when it finds libnccl, and the pinned
+#: torch is a CUDA build that ships it: on a CPU the ranks then stop in `parallel_state` ("Expected
+#: a cuda device, but got: cpu"). A library path that does not exist makes SGLang skip PyNccl, as
+#: on a CPU torch build without NCCL; the TP collectives then run on gloo.
+NO_NCCL = "/nonexistent/libnccl.so.2"
+
+
+def tp_env(size: int) -> dict[str, str]:
+    """Environment of a `--tp-size SIZE` CPU server: PyNccl off (`NO_NCCL`) and one core per
+    rank (`SGLANG_CPU_OMP_THREADS_BIND`, which SGLang's CPU engine asks for at TP > 1; the ranks
+    are then bound to the first SIZE cores this process may use). Skips with fewer cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < size:
+        pytest.skip(f"--tp-size {size} on a CPU needs a core per rank; {len(cores)} available")
+    return {
+        "SGLANG_NCCL_SO_PATH": NO_NCCL,
+        "SGLANG_CPU_OMP_THREADS_BIND": "|".join(str(c) for c in cores[:size]),
+    }
 
 
 def request(url: str, body: dict | None = None, timeout: float = 300.0) -> tuple[int, object]:
