@@ -99,9 +99,12 @@ class RequestState:
     #: (``token_ids_logprob``), and per token those values (``chosen_logprobs``)
     chosen_ids: tuple[int, ...] = ()
     chosen_logprobs: list[list[float]] | None = None
-    #: ``logit_bias`` / ``min_new_tokens`` on every row the request's forwards read
-    #: (``rows.adjust``); None: neither
+    #: ``logit_bias`` / ``min_new_tokens`` / penalties on every row the request's forwards read
+    #: (``rows.adjust``); None: none of them
     adjust: LogitAdjust | None = None
+    #: with penalties: the committed output's token counts, kept incrementally on the device
+    #: by ``rows.adjust.adjust_logits`` (``rows.penalty.OutputCounts``)
+    counts: object | None = None
     # per-mode scratch
     block: list[int] | None = None  # diffusion: current block tokens
     masked: list[bool] | None = None  # diffusion: which block positions are still masks

@@ -70,20 +70,26 @@ def _slow(logits, segs, states, prefix):
     return torch.cat(out)
 
 
+def check_batched(full, want, segs, states, prefix) -> None:
+    """`adjust_logits` on the full packed rows, and in the worker's quadratic layout (eager
+    rows in the forward, the rest through the head, in any order), equals the twin's `want`."""
+    got, head = adjust_logits(full, None, states, segs, prefix)
+    assert head is None and torch.equal(got, want)
+    eager = eager_row_index([None if s is None else s.desc for s in segs])
+    got, head = adjust_logits(full[eager], lambda idx: full[idx], states, segs, prefix)
+    assert torch.equal(got, want[eager])
+    rest = torch.tensor([i for i in range(full.shape[0]) if i not in set(eager.tolist())])
+    assert torch.equal(head(rest), want[rest])
+    assert torch.equal(head(rest.flip(0)), want[rest.flip(0)])
+
+
 def test_batched_adjust_equals_the_row_by_row_twin():
     segs, states, prefix = _segs_and_states()
     total = sum(s.desc.length for s in segs if s is not None)
     full = torch.randn(total, V, generator=torch.Generator().manual_seed(0))
     want = _slow(full, segs, states, prefix)
     assert not torch.equal(want, full) and torch.isinf(want).any()  # the case changes rows
-    got, head = adjust_logits(full, None, states, segs, prefix)
-    assert head is None and torch.equal(got, want)
-    # the worker's quadratic layout: eager rows in the forward, the rest through the head
-    eager = eager_row_index([None if s is None else s.desc for s in segs])
-    got, head = adjust_logits(full[eager], lambda idx: full[idx], states, segs, prefix)
-    assert torch.equal(got, want[eager])
-    rest = torch.tensor([i for i in range(total) if i not in set(eager.tolist())])
-    assert torch.equal(head(rest), want[rest])
+    check_batched(full, want, segs, states, prefix)
     # nothing to adjust: the same objects back
     plain = [SimpleNamespace(prompt=s.prompt, adjust=None) for s in states]
     assert adjust_logits(full, None, plain, segs, prefix)[0] is full

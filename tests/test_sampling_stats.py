@@ -13,7 +13,7 @@ import torch
 
 from sglang_trimode import TriModeEngine
 from sglang_trimode.reference.tiny import make_tiny_model
-from sglang_trimode.rows import SampledRows, inverse_cdf
+from sglang_trimode.rows import SampledRows, inverse_cdf, penalty
 from sglang_trimode.sampling import SamplingParams, probs_from_logits, sample
 
 VOCAB, PROMPT, NEW, N, TEMP = 6, [1, 4, 5], 4, 4000, 2.0
@@ -27,9 +27,12 @@ def engine():
     return TriModeEngine(model)
 
 
-def exact_distribution(engine, min_p: float = 0.0, bias: dict[int, float] | None = None):
+def exact_distribution(
+    engine, min_p: float = 0.0, bias: dict[int, float] | None = None, penalties=(0.0, 0.0, 1.0)
+):
     """Exact probability of every NEW-token continuation under AR sampling at TEMP (after
-    `bias` on the logits and the `min_p` filter, as SGLang's sampler)."""
+    `penalties` (frequency, presence, repetition) on the counts of the output tokens before each
+    position, then `bias` on the logits and the `min_p` filter, as SGLang's sampler)."""
     seqs = torch.tensor(list(itertools.product(range(VOCAB), repeat=NEW)))
     ids = torch.cat([torch.tensor(PROMPT).expand(len(seqs), -1), seqs], 1)
     pos = torch.arange(ids.shape[1]).expand_as(ids)
@@ -37,6 +40,13 @@ def exact_distribution(engine, min_p: float = 0.0, bias: dict[int, float] | None
         logits = engine.model(ids, pos, None)
     start = len(PROMPT) - 1
     logits = logits[:, start : start + NEW].double()
+    freq, pres, rep = penalties
+    before = torch.nn.functional.one_hot(seqs, VOCAB).cumsum(1) - torch.nn.functional.one_hot(
+        seqs, VOCAB
+    )  # [S, NEW, V]: counts of the output tokens before each position (never the prompt)
+    logits = logits - freq * before - pres * (before > 0)
+    scaled = torch.where(logits < 0, logits * rep, logits / rep)
+    logits = torch.where(before > 0, scaled, logits)
     for t, v in (bias or {}).items():
         logits[..., t] += v
     probs = torch.softmax(logits / TEMP, -1)
@@ -134,6 +144,48 @@ def test_sampled_self_spec_under_min_p_and_logit_bias_matches_ar(engine, mode, r
     rejects, ratio = chi_square_rejects(samples, exact)
     assert not rejects, f"{mode}: chi-square / critical = {ratio:.2f}"
     assert chi_square_rejects(samples, exact_distribution(engine))[0]
+
+
+PENALISED = {"frequency_penalty": 1.0, "presence_penalty": 0.5, "repetition_penalty": 2.0}
+
+
+@pytest.fixture(scope="module")
+def exact_penalised(engine):
+    return exact_distribution(engine, penalties=tuple(PENALISED.values()))
+
+
+@pytest.mark.parametrize(
+    ("mode", "row_summary"),
+    [("self_spec_linear", True), ("self_spec_quadratic", True)],
+)
+def test_sampled_self_spec_under_penalties_matches_penalised_ar(
+    engine, exact_penalised, mode, row_summary
+):
+    """Penalties on every verify row with the counts as if the drafts before it were accepted:
+    lossless acceptance keeps the penalised AR distribution, which the plain one is not."""
+    outs = run(engine, mode, "lossless", row_summary, **PENALISED)
+    samples = [tuple(o.token_ids) for o in outs]
+    rejects, ratio = chi_square_rejects(samples, exact_penalised)
+    assert not rejects, f"{mode}: chi-square / critical = {ratio:.2f}"
+    assert chi_square_rejects(samples, exact_distribution(engine))[0]
+    assert sum(a > 1 for o in outs for a in o.stats.accept_lengths) > N // 10  # drafts accepted
+
+
+def test_the_distribution_test_catches_verify_rows_that_ignore_the_drafts(
+    engine, exact_penalised, monkeypatch
+):
+    """Mutation check: each row counts the committed output and the seed, not the drafts."""
+    real = penalty.path_pairs
+
+    def seed_only(desc):
+        rows, cols, own = real(desc)
+        keep = cols == 0
+        return rows[keep], cols[keep], own[keep]
+
+    monkeypatch.setattr(penalty, "path_pairs", seed_only)
+    outs = run(engine, "self_spec_linear", "lossless", row_summary=True, **PENALISED)
+    rejects, ratio = chi_square_rejects([tuple(o.token_ids) for o in outs], exact_penalised)
+    assert rejects, f"drafts' counts ignored, not detected: chi-square / critical = {ratio:.2f}"
 
 
 def test_the_distribution_test_catches_a_wrong_residual_on_sampled_rows(

@@ -28,6 +28,7 @@ from sglang_trimode.reference.adapter_files import adapter_folder
 from sglang_trimode.reference.drafter import DrafterLoRA, load_drafter_for
 from sglang_trimode.reference.kv_cache import KVCache
 from sglang_trimode.reference.validation import (
+    per_request_penalty,
     validate_adjust,
     validate_logprobs,
     validate_request,
@@ -40,6 +41,7 @@ from sglang_trimode.rows.adjust import (
     decided_offsets,
     first_index,
 )
+from sglang_trimode.rows.penalty import row_histories_slow
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.scheduler.driver import ModeDriver, TraceRow
@@ -163,6 +165,9 @@ class TriModeEngine:
         bonus_lengths: int = 0,
         logit_bias: dict[int, float] | None = None,
         min_new_tokens: int = 0,
+        frequency_penalty: float | Sequence[float] = 0.0,
+        presence_penalty: float | Sequence[float] = 0.0,
+        repetition_penalty: float | Sequence[float] = 1.0,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
 
@@ -192,6 +197,11 @@ class TriModeEngine:
         stop tokens and the config's EOS ids masked until that many tokens are out), SGLang's
         fields, apply to every row a policy reads (``rows.adjust``: a verify row at draft ``i``
         as if drafts ``0..i-1`` were accepted, so self-speculation stays lossless).
+
+        ``frequency_penalty`` / ``presence_penalty`` / ``repetition_penalty`` (one value, or one
+        per prompt), SGLang's penalties on the counts of the output tokens before each row's
+        position (``rows.penalty``: a verify row at draft ``i`` counts drafts ``1..i`` as
+        accepted; the prompt never counts), before ``logit_bias`` and temperature.
         """
         chosen = validate_logprobs(self.config, logprobs, top_logprobs, token_ids_logprob)
         cfg = self.config
@@ -205,7 +215,17 @@ class TriModeEngine:
             bonus_candidates, bonus_lengths,
         )  # fmt: skip
         validate_adjust(cfg, logit_bias, min_new_tokens, max_new_tokens)
-        adjust = LogitAdjust.make(logit_bias, min_new_tokens, stops | set(cfg.eos_token_ids))
+        penalties = zip(
+            per_request_penalty("frequency_penalty", frequency_penalty, len(prompts)),
+            per_request_penalty("presence_penalty", presence_penalty, len(prompts)),
+            per_request_penalty("repetition_penalty", repetition_penalty, len(prompts)),
+            strict=True,
+        )
+        min_new_stops = stops | set(cfg.eos_token_ids)
+        adjusts = [
+            LogitAdjust.make(logit_bias, min_new_tokens, min_new_stops, *pen, cfg.mask_token_id)
+            for pen in penalties
+        ]
         mode_cfg = ModeConfig(
             mask_token_id=cfg.mask_token_id,
             block_size=block_size,
@@ -234,7 +254,7 @@ class TriModeEngine:
                 chosen_ids=chosen,
                 adjust=adjust,
             )
-            for p, s in zip(prompts, seeds)
+            for p, s, adjust in zip(prompts, seeds, adjusts, strict=True)
         ]
         cache = self._new_cache(len(reqs), max(len(p) for p in prompts) + max_new_tokens)
         self._prefill(reqs, cache)
@@ -247,9 +267,9 @@ class TriModeEngine:
             states = [reqs[i] for i, _ in rows]
             if row_summary:  # the worker's reads: quadratic mask groups through a head
                 views = _summaries(views, states, segs, prefix)
-            elif adjust is not None:  # the obviously-correct twin, row by row
+            elif any(r.adjust is not None for r in states):  # the obviously-correct twin
                 views = [
-                    adjust_rows_slow(v, adjust, first_index(r, n) + decided_offsets(seg.desc))
+                    _adjust_slow(v, r, n, seg, cfg.mask_token_id)
                     for v, r, n, seg in zip(views, states, prefix, segs, strict=True)
                 ]
             for j, ((i, policy), seg) in enumerate(zip(rows, segs)):
@@ -292,7 +312,7 @@ class TriModeEngine:
         for j, r in enumerate(reqs):
             n = len(r.prompt)
             cache.commit(j, torch.arange(n))
-            last = adjust_rows_slow(logits[j, n - 1 : n], r.adjust, [0])  # output position 0
+            last = adjust_rows_slow(logits[j, n - 1 : n], r.adjust, [0], [[]])  # output 0: none
             probs = probs_from_logits(last, r.params)
             r.seed = int(sample(probs, r.generator, r.params.greedy)[0])
             r.emit([r.seed], r.logprobs_of(last, [r.seed]))
@@ -331,6 +351,18 @@ class TriModeEngine:
 
 
 SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)
+
+
+def _adjust_slow(
+    view: torch.Tensor, r: RequestState, prefix: int, seg: Segment, mask_id: int
+) -> torch.Tensor:
+    """One request's rows under its ``adjust`` by the row-by-row twin, each row's history
+    (penalties) recounted from the output list."""
+    first = first_index(r, prefix)
+    history = None
+    if r.adjust is not None and r.adjust.penalised:
+        history = row_histories_slow(r.out[:first], seg.tokens, seg.desc, mask_id)
+    return adjust_rows_slow(view, r.adjust, first + decided_offsets(seg.desc), history)
 
 
 def _summaries(views: list[torch.Tensor], states: list[RequestState], segs: list[Segment], prefix):

@@ -148,3 +148,26 @@ def validate_adjust(cfg, logit_bias, min_new_tokens: object, max_new_tokens: int
             f"min_new_tokens must be an int in [0, max_new_tokens={max_new_tokens}], got "
             f"{min_new_tokens!r}"
         )
+
+
+#: SGLang's ranges of the penalties (``SamplingParams.verify``): name -> (low, high, low included)
+PENALTY_RANGES = {
+    "frequency_penalty": (-2.0, 2.0, True),
+    "presence_penalty": (-2.0, 2.0, True),
+    "repetition_penalty": (0.0, 2.0, False),
+}
+
+
+def per_request_penalty(name: str, value: object, n: int) -> list[float]:
+    """``generate``'s penalty ``name``: one number for every prompt or one per prompt, each a
+    finite number in SGLang's range -> ``n`` floats."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"{name}: {len(values)} values for {n} prompts; give one or one each")
+    low, high, closed = PENALTY_RANGES[name]
+    for v in values:
+        number = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        if not number or not (low <= v if closed else low < v) or v > high:
+            bracket = "[" if closed else "("
+            raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}], got {v!r}")
+    return [float(v) for v in values]

@@ -429,9 +429,6 @@ def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
 #: SGLang sampling fields the TRIMODE worker does not apply, with their neutral values. A request
 #: setting one is refused: it would otherwise get an answer that silently ignores it.
 IGNORED_SAMPLING: dict[str, Any] = {
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-    "repetition_penalty": 1.0,
     "json_schema": None,
     "regex": None,
     "ebnf": None,
@@ -456,8 +453,9 @@ def unsupported_sampling_error(params: Any, custom_logit_processor: Any = None) 
         return None
     return (
         f"{', '.join(asked)}: not applied with --speculative-algorithm {ALGORITHM} (its worker "
-        "samples with temperature, top_p, top_k, min_p and sampling_seed and applies logit_bias "
-        "and min_new_tokens; stop strings and stop token ids work): drop them, or send the request "
+        "samples with temperature, top_p, top_k, min_p and sampling_seed and applies logit_bias, "
+        "min_new_tokens and the frequency, presence and repetition penalties; stop strings and "
+        "stop token ids work): drop them, or send the request "
         f"to a server started without {ALGORITHM} (plain AR)"
     )
 

@@ -16,7 +16,7 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   id outside [0, vocabulary) (which would crash the scheduler in the embedding) or the
   checkpoint's mask token is a clear HTTP 400 naming the field and the position; on a TRIMODE
   server, a request for sampling fields its worker does not apply (`flags.IGNORED_SAMPLING`:
-  penalties, grammars, beams) too;
+  grammars, beams, custom logit processors) too;
 - the per-request stats `trimode_mode` / `trimode_forwards` / `trimode_accept_lengths` /
   `trimode_step_modes` in each response's `meta_info` (hook on
   `TokenizerManager.update_request_meta_info`, `srt/stats.py`);

@@ -244,7 +244,15 @@ class TriModeWorker(BaseSpecWorker):
             logprobs=[] if req.return_logprob else None,
             top_logprobs_num=logprobs.top_logprobs_num(req),
             chosen_ids=logprobs.chosen_ids(req),
-            adjust=LogitAdjust.make(sp.logit_bias, sp.min_new_tokens or 0, min_new_stops(req)),
+            adjust=LogitAdjust.make(
+                sp.logit_bias,
+                sp.min_new_tokens or 0,
+                min_new_stops(req),
+                sp.frequency_penalty,
+                sp.presence_penalty,
+                sp.repetition_penalty,
+                self.mask_token_id,
+            ),
         )
         if entry is not None:
             self._forget(req.rid)
