@@ -1,7 +1,7 @@
 """The reference engine's grammars: ``json_schema`` / ``regex`` / ``ebnf`` compiled with xgrammar
 over the checkpoint's tokenizer, as SGLang's default grammar backend compiles them
 (``XGrammarGrammarBackend``: ``TokenizerInfo.from_huggingface`` with the model's EOS ids as stop
-tokens, JSON with any whitespace, matchers with 200 tokens of rollback). xgrammar is optional:
+tokens, JSON with any whitespace). xgrammar is optional:
 asking for a grammar without it is a clear error.
 """
 
@@ -13,7 +13,6 @@ from typing import Any
 
 from sglang_trimode.rows.grammar import GrammarState
 
-MAX_ROLLBACK_TOKENS = 200  # SGLang's xgrammar backend keeps as many
 GRAMMAR_FIELDS = ("json_schema", "regex", "ebnf")
 
 
@@ -63,7 +62,7 @@ def matcher_factory(
             compiled = compiler.compile_grammar(text)
     except RuntimeError as e:
         raise ValueError(f"{name} does not compile: {e}") from None
-    return lambda: xgr.GrammarMatcher(compiled, max_rollback_tokens=MAX_ROLLBACK_TOKENS)
+    return lambda: xgr.GrammarMatcher(compiled)  # rollback is unlimited in xgrammar 0.2
 
 
 def grammar_states(new_matcher: Callable[[], object] | None, n: int, vocab_size: int) -> list:

@@ -432,10 +432,6 @@ IGNORED_SAMPLING: dict[str, Any] = {
     "frequency_penalty": 0.0,
     "presence_penalty": 0.0,
     "repetition_penalty": 1.0,
-    "json_schema": None,
-    "regex": None,
-    "ebnf": None,
-    "structural_tag": None,
     "beam_width": 1,
     "watermark": None,
 }
@@ -456,8 +452,9 @@ def unsupported_sampling_error(params: Any, custom_logit_processor: Any = None) 
         return None
     return (
         f"{', '.join(asked)}: not applied with --speculative-algorithm {ALGORITHM} (its worker "
-        "samples with temperature, top_p, top_k, min_p and sampling_seed and applies logit_bias "
-        "and min_new_tokens; stop strings and stop token ids work): drop them, or send the request "
+        "samples with temperature, top_p, top_k, min_p and sampling_seed and applies logit_bias, "
+        "min_new_tokens and json_schema / regex / ebnf / structural_tag; stop strings and stop "
+        "token ids work): drop them, or send the request "
         f"to a server started without {ALGORITHM} (plain AR)"
     )
 

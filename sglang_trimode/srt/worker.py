@@ -64,10 +64,12 @@ from sglang_trimode.reference.drafter import load_drafter_for
 from sglang_trimode.reference.validation import check_bonus_candidates, check_bonus_lengths
 from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.rows.adjust import LogitAdjust, adjust_logits
+from sglang_trimode.rows.grammar import grammar_logits
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats
 from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
+from sglang_trimode.srt.grammar import GrammarBackendError, request_grammar, settle
 from sglang_trimode.srt.spec import check_drafter, settings_from_server_args
 
 logger = logging.getLogger(__name__)
@@ -138,6 +140,7 @@ class TriModeWorker(BaseSpecWorker):
             raise ValueError(msg)
         hf = self.model_runner.model_config.hf_config
         self.mask_token_id = int(hf.mask_token_id)
+        self.vocab_size = int(hf.vocab_size)
         check_bonus_candidates(
             self.settings.bonus_candidates, int(hf.vocab_size), "--trimode-bonus-candidates"
         )
@@ -231,6 +234,11 @@ class TriModeWorker(BaseSpecWorker):
         seed = getattr(sp, "sampling_seed", None)
         seed = int(seed) if seed is not None else hash(req.rid) % 2**31
         gen = torch.Generator().manual_seed(seed)
+        try:
+            grammar = request_grammar(req, self.vocab_size)
+        except GrammarBackendError as e:
+            logprobs.abort_request(req, str(e))
+            grammar = None
         state = RequestState(
             prompt=list(req.origin_input_ids),
             params=params,
@@ -243,6 +251,7 @@ class TriModeWorker(BaseSpecWorker):
             top_logprobs_num=logprobs.top_logprobs_num(req),
             chosen_ids=logprobs.chosen_ids(req),
             adjust=LogitAdjust.make(sp.logit_bias, sp.min_new_tokens or 0, min_new_stops(req)),
+            grammar=grammar,
         )
         if entry is not None:
             self._forget(req.rid)
@@ -421,6 +430,7 @@ class TriModeWorker(BaseSpecWorker):
             logits, head = self._forward(batch, segs, prefix)  # [T', V] on the device
             states = [e.state for e in entries]
             logits, head = adjust_logits(logits, head, states, segs, prefix)
+            logits, head = grammar_logits(logits, head, states, segs, prefix, self.mask_token_id)
             rows = request_rows(logits, states, segs, head)
             if self.auto is not None:
                 tokens = sum(s.desc.length for s in segs if s is not None)
@@ -442,6 +452,7 @@ class TriModeWorker(BaseSpecWorker):
                     self.auto.remove(e.auto, batch.reqs[i].rid)  # logs its modes
             if self.auto is not None:
                 self.auto.end_step()
+        settle(e.state for e in entries)  # the scheduler advances the grammars itself
         new_tokens = [e.state.out[emitted_from[i] :] for i, e in enumerate(entries)]
         return new_tokens, prefix
 
