@@ -122,6 +122,37 @@ def test_batched_masks_equal_the_row_by_row_twin(tokenizer):
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("guesses", [0, 2], ids=["tidar", "bonus_guesses"])
+def test_quadratic_mask_groups_through_the_head_equal_the_twin(tokenizer, guesses):
+    """A quadratic step (2 drafts, block 4): causal rows masked in the forward's logits, every
+    mask group masked as the head reads it (tokens before it: the drafts it follows, then its
+    first-slot guess or the masked argmax of the causal row before it) = the twin on full rows."""
+    vocab, mask = 2048, 3
+    new_matcher = matcher_factory(tokenizer, vocab, [2], "json_schema", JSON)
+    gen = torch.Generator().manual_seed(1)
+    out = _valid_run(new_matcher, vocab, [], 4, gen)
+    d = _valid_run(new_matcher, vocab, out, 3, gen)
+    desc = masks.quadratic(2, 4, 1 + guesses, 0)
+    groups = []
+    for i in range(desc.num_causal):
+        for v in range(desc.variants_of(i)):
+            groups += [d[i] if v else mask] + [mask] * 3  # a guess: the valid next token
+    seg = Segment([out[-1], *d[:2], *groups], desc)
+    r = _state(new_matcher, vocab, out)
+    prefix = 3 + len(out) - 1
+    logits = torch.randn(desc.length, vocab, generator=gen)
+    eager = torch.arange(desc.num_causal)
+    causal, head = rows_grammar.grammar_logits(
+        logits[eager], lambda idx: logits[idx], [r], [seg], [prefix], mask
+    )
+    got = torch.cat([causal, head(torch.arange(desc.num_causal, desc.length))])
+    twin = rows_grammar.grammar_rows_slow(logits, r, seg, prefix, mask, new_matcher)
+    assert torch.equal(got, twin)
+    masked = [not torch.equal(a, b) for a, b in zip(twin, logits, strict=True)]
+    assert all(masked[desc.num_causal :])  # every group row (first slots included, pre-verify)
+    assert r.grammar.pending == len(r.out)
+
+
 # ---- the reference engine ----------------------------------------------------------------------
 
 

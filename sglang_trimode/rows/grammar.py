@@ -136,6 +136,17 @@ def _walk(
         g.rollback(accepted)
 
 
+def masks_drafting_rows(seg) -> bool:
+    """Whether a segment's rows are masked: always, except a linear self-speculation draft when
+    draft masking is off (``bench/grammar_acceptance.py`` turns it off to measure what it buys;
+    its drafts are proposals only, so output is the same either way)."""
+    return MASK_DRAFTS or seg.desc.is_causal or seg.mode != "self_spec_linear"
+
+
+#: mask the drafting rows of linear self-speculation (see :func:`masks_drafting_rows`)
+MASK_DRAFTS = True
+
+
 def _masked(row: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return row.masked_fill(~allowed.to(row.device), -math.inf)
 
@@ -150,12 +161,12 @@ def grammar_logits(
 ) -> tuple[torch.Tensor, Head | None]:
     """A forward's packed logits (each segment's eager rows when ``head`` is given) with every
     constrained request's rows masked (``state.grammar``; see the module doc) -> a new tensor, or
-    ``logits`` itself when no running request has a grammar. ``head`` (a quadratic step's mask
-    groups) is returned as it is: those drafting rows are not masked."""
+    ``logits`` itself when no running request has a grammar; ``head`` masks a quadratic step's
+    mask groups as it reads them (``rows.grammar_groups``)."""
     picked = [
         i
         for i, (s, g) in enumerate(zip(states, segs, strict=True))
-        if g is not None and getattr(s, "grammar", None) is not None
+        if g is not None and getattr(s, "grammar", None) is not None and masks_drafting_rows(g)
     ]
     if not picked:
         return logits, head
@@ -174,6 +185,12 @@ def grammar_logits(
         known = known_tokens(r, seg, prefix[i], mask_id)
         decided = decided_positions(r, seg, prefix[i])
         _walk(r.grammar, known, decided, len(r.out), r.grammar.allowed, apply)
+    if head is not None:  # a quadratic step's mask groups: masked when read
+        from sglang_trimode.rows.grammar_groups import group_head, quadratic_entries
+
+        full = torch.tensor([0, *(0 if d is None else d.length for d in descs)]).cumsum(0)
+        entries = quadratic_entries(states, segs, prefix, picked, full.tolist(), starts, out)
+        head = group_head(head, entries, mask_id) if entries else head
     return out, head
 
 
@@ -189,6 +206,8 @@ def grammar_rows_slow(
     each masked row's allowed set found by a fresh matcher (``new_matcher()``) fed the request's
     whole output and the tokens before the row, then every token of the vocabulary tried."""
     out = rows.clone()
+    if not masks_drafting_rows(seg):
+        return out
     vocab = int(rows.shape[-1])
     walked: list[int] = []  # the tokens the walk accepted so far (state.out's tail excluded)
 
@@ -226,4 +245,14 @@ def grammar_rows_slow(
     known = known_tokens(state, seg, prefix, mask_id)
     decided = decided_positions(state, seg, prefix)
     _walk(tracking, known, decided, len(state.out), allowed, apply)
+    if seg.desc.kind == masks.MaskKind.QUADRATIC:
+        from sglang_trimode.rows.grammar_groups import groups_slow
+
+        def walk_group(known: dict, decided: list[int], at: list[int]) -> None:
+            def put(j: int, ok: torch.Tensor) -> int:
+                return apply(at[j], ok)
+
+            _walk(tracking, known, decided, len(state.out), allowed, put)
+
+        groups_slow(out, seg, first_index(state, prefix), mask_id, walk_group)
     return out
