@@ -138,12 +138,13 @@ def _walk(
 
 def masks_drafting_rows(seg) -> bool:
     """Whether a segment's rows are masked: always, except a linear self-speculation draft when
-    draft masking is off (``bench/grammar_acceptance.py`` turns it off to measure what it buys;
-    its drafts are proposals only, so output is the same either way)."""
+    draft masking is off (``MASK_DRAFTS``, which also leaves quadratic mask groups unmasked;
+    ``bench/grammar_acceptance.py`` turns it off to measure what it buys: drafts are proposals
+    only, so output is the same either way)."""
     return MASK_DRAFTS or seg.desc.is_causal or seg.mode != "self_spec_linear"
 
 
-#: mask the drafting rows of linear self-speculation (see :func:`masks_drafting_rows`)
+#: mask self-speculation's drafting rows (see :func:`masks_drafting_rows`)
 MASK_DRAFTS = True
 
 
@@ -185,7 +186,7 @@ def grammar_logits(
         known = known_tokens(r, seg, prefix[i], mask_id)
         decided = decided_positions(r, seg, prefix[i])
         _walk(r.grammar, known, decided, len(r.out), r.grammar.allowed, apply)
-    if head is not None:  # a quadratic step's mask groups: masked when read
+    if head is not None and MASK_DRAFTS:  # a quadratic step's mask groups: masked when read
         from sglang_trimode.rows.grammar_groups import group_head, quadratic_entries
 
         full = torch.tensor([0, *(0 if d is None else d.length for d in descs)]).cumsum(0)
@@ -245,7 +246,7 @@ def grammar_rows_slow(
     known = known_tokens(state, seg, prefix, mask_id)
     decided = decided_positions(state, seg, prefix)
     _walk(tracking, known, decided, len(state.out), allowed, apply)
-    if seg.desc.kind == masks.MaskKind.QUADRATIC:
+    if seg.desc.kind == masks.MaskKind.QUADRATIC and MASK_DRAFTS:
         from sglang_trimode.rows.grammar_groups import groups_slow
 
         def walk_group(known: dict, decided: list[int], at: list[int]) -> None:
