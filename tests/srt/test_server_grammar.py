@@ -1,5 +1,5 @@
-"""Structured output (`json_schema`, `regex`, `ebnf`; OpenAI `response_format`) on a TRIMODE server
-(block size 4), against SGLang itself.
+"""Structured output (`json_schema`, `regex`, `ebnf`, `structural_tag`; OpenAI
+`response_format`) on a TRIMODE server (block size 4), against SGLang itself.
 
 The oracle is a plain SGLang AR server (no TRIMODE) on the same default model, started first and
 shut down before the TRIMODE server starts (two CPU schedulers would starve each other on 2
@@ -45,10 +45,20 @@ GRAMMARS = {
     "ebnf": 'root ::= "The answer is " ("yes" | "no") ", " [a-z]+ "."',
 }
 
+#: SGLang's legacy structural tag: free text until the trigger, then `begin`, the schema, `end`
+STRUCTURAL_TAG = json.dumps(
+    {
+        "structures": [{"begin": "(", "schema": {"type": "integer"}, "end": ")"}],
+        "triggers": ["("],
+    }
+)
+
 
 def _params(grammar: str | None, mode: str | None = None) -> dict:
     sp = {"temperature": 0.0, "max_new_tokens": MAX_NEW_TOKENS}
-    if grammar is not None:
+    if grammar == "structural_tag":
+        sp[grammar] = STRUCTURAL_TAG
+    elif grammar is not None:
         sp[grammar] = GRAMMARS[grammar]
     if mode is not None:
         sp["custom_params"] = {"trimode_mode": mode}
@@ -78,7 +88,7 @@ def oracle(tmp_path_factory) -> dict:
     """Per grammar (and None: free), (output ids, text) per prompt from a plain SGLang AR server;
     "openai": the `response_format` completion of the first prompt."""
     with start_server(tmp_path_factory.mktemp("sglang_plain_grammar"), []) as plain:
-        got = {g: _generate(plain, g) for g in (None, *GRAMMARS)}
+        got = {g: _generate(plain, g) for g in (None, *GRAMMARS, "structural_tag")}
         got["openai"] = _oai(plain, prompts()[0])
     return got
 
@@ -124,7 +134,7 @@ def test_the_oracle_follows_each_grammar(oracle, matchers):
             assert set(json.loads(text)) == {"name", "ok"}
 
 
-@pytest.mark.parametrize("grammar", list(GRAMMARS))
+@pytest.mark.parametrize("grammar", [*GRAMMARS, "structural_tag"])
 @pytest.mark.parametrize("mode", EXACT_MODES)
 def test_greedy_equals_the_plain_ar_server(server, oracle, mode, grammar):
     out = _generate(server, grammar, mode)
