@@ -125,6 +125,7 @@ def _follows(new_matcher, ids: list[int]) -> bool:
 
 
 def test_the_oracle_follows_each_grammar(oracle, matchers):
+    assert oracle["structural_tag"] != oracle[None]  # the trigger "(" comes: its integer follows
     for g, new_matcher in matchers.items():
         assert oracle[g] != oracle[None]
         for ids, _ in oracle[g]:
