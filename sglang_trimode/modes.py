@@ -18,6 +18,7 @@ import torch
 
 from sglang_trimode import masks
 from sglang_trimode.rows.adjust import LogitAdjust
+from sglang_trimode.rows.grammar import GrammarError, GrammarState
 from sglang_trimode.sampling import (
     AcceptRule,
     SamplingParams,
@@ -105,6 +106,10 @@ class RequestState:
     #: with penalties: the committed output's token counts, kept incrementally on the device
     #: by ``rows.adjust.adjust_logits`` (``rows.penalty.OutputCounts``)
     counts: object | None = None
+    #: ``json_schema`` / ``regex`` / ``ebnf`` / ``structural_tag``: the matcher at the state after
+    #: ``out`` (``emit`` advances it; ``rows.grammar`` masks every row the request's forwards
+    #: read); None: unconstrained
+    grammar: GrammarState | None = None
     # per-mode scratch
     block: list[int] | None = None  # diffusion: current block tokens
     masked: list[bool] | None = None  # diffusion: which block positions are still masks
@@ -134,6 +139,8 @@ class RequestState:
         for k, t in enumerate(tokens):
             if self.done:
                 return
+            if self.grammar is not None and not self.grammar.accept(t):
+                raise GrammarError(f"token {int(t)} breaks the request's grammar after {self.out}")
             self.out.append(int(t))
             if self.logprobs is not None:
                 self.logprobs.append(float(logprobs[k].logprob))
@@ -141,7 +148,7 @@ class RequestState:
                     self.top_logprobs.append(logprobs[k].top)
                 if self.chosen_logprobs is not None:
                     self.chosen_logprobs.append(logprobs[k].chosen)
-            if t in self.stop_token_ids:
+            if t in self.stop_token_ids or (self.grammar is not None and self.grammar.terminated):
                 self.done, self.finish_reason = True, "stop"
             elif len(self.out) >= self.max_new_tokens:
                 self.done, self.finish_reason = True, "length"
@@ -289,6 +296,8 @@ class DiffusionPolicy(ARPolicy):
             keep = torch.ones(idx.numel(), dtype=torch.bool)
         else:
             keep = select_unmask(confidence(logits[idx], tokens), self.cfg.threshold, steps_left)
+        if r.grammar is not None:
+            keep = self._grammar_keep(r, idx, tokens, keep)
         lps = r.logprobs_of(logits[idx[keep]], tokens[keep])
         for k, (i, t) in enumerate(zip(idx[keep].tolist(), tokens[keep].tolist())):
             r.block[i], r.masked[i] = t, False
@@ -297,6 +306,23 @@ class DiffusionPolicy(ARPolicy):
         r.block_steps += 1
         self._emit_if_ready(r)
         return _NONE
+
+    @staticmethod
+    def _grammar_keep(
+        r: RequestState, idx: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """Under a grammar a block fills left to right: the leftmost masked position always (its
+        row carries the grammar's exact mask), then the next ones while the unmasking rule picked
+        them and the grammar accepts them in order after the block's tokens before them."""
+        first = int(idx[0])
+        run = 1
+        while run < len(keep) and bool(keep[run]) and int(idx[run]) == first + run:
+            run += 1
+        filled = r.block[1:first]
+        valid = r.grammar.valid_prefix([*filled, *tokens[:run].tolist()]) - len(filled)
+        out = torch.zeros_like(keep)
+        out[: max(1, valid)] = True
+        return out
 
     def _emit_if_ready(self, r: RequestState) -> None:
         """Emit the block once it is full, or early up to a stop token with no mask before it."""

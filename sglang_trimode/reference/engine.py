@@ -8,7 +8,8 @@ commit, and the per-mode policies of :mod:`sglang_trimode.modes`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from sglang_trimode.modes import (
 )
 from sglang_trimode.reference.adapter_files import adapter_folder
 from sglang_trimode.reference.drafter import DrafterLoRA, load_drafter_for
+from sglang_trimode.reference.grammar import grammar_field, grammar_states, matcher_factory
 from sglang_trimode.reference.kv_cache import KVCache
 from sglang_trimode.reference.validation import (
     per_request_penalty,
@@ -42,6 +44,7 @@ from sglang_trimode.rows.adjust import (
     first_index,
 )
 from sglang_trimode.rows.penalty import row_histories_slow
+from sglang_trimode.rows.grammar import grammar_logits, grammar_rows_slow
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.scheduler.driver import ModeDriver, TraceRow
@@ -81,6 +84,7 @@ class TriModeEngine:
         #: among every forward's non-committable rows (``sglang_trimode/drafter_rows.py``)
         self.drafter = None if drafter is None else drafter.attach(model)
         self.drafter_rows = drafter_rows_module.check_scope(drafter_rows)
+        self.path: Path | None = None  # the checkpoint (its tokenizer compiles grammars)
 
     def cost_model(self) -> CostModel:
         """The forward-time model of mode ``auto``: the one given, else measured once here."""
@@ -133,7 +137,9 @@ class TriModeEngine:
         )
         folder = adapter_folder(path, drafter)
         lora = None if folder is None else load_drafter_for(model, folder)
-        return cls(model, drafter=lora, drafter_rows=drafter_rows)
+        engine = cls(model, drafter=lora, drafter_rows=drafter_rows)
+        engine.path = Path(path)
+        return engine
 
     @property
     def device(self) -> torch.device:
@@ -168,6 +174,11 @@ class TriModeEngine:
         frequency_penalty: float | Sequence[float] = 0.0,
         presence_penalty: float | Sequence[float] = 0.0,
         repetition_penalty: float | Sequence[float] = 1.0,
+        json_schema: str | dict | None = None,
+        regex: str | None = None,
+        ebnf: str | None = None,
+        tokenizer=None,
+        grammar: Callable[[], object] | None = None,
     ) -> list[GenerationOutput]:
         """Generate for a batch of token-id prompts; ``mode`` is one name or one per prompt.
 
@@ -202,6 +213,13 @@ class TriModeEngine:
         per prompt), SGLang's penalties on the counts of the output tokens before each row's
         position (``rows.penalty``: a verify row at draft ``i`` counts drafts ``1..i`` as
         accepted; the prompt never counts), before ``logit_bias`` and temperature.
+
+        ``json_schema`` / ``regex`` / ``ebnf`` (SGLang's fields, compiled with xgrammar over
+        ``tokenizer``, default the checkpoint's) or ``grammar`` (a function returning a fresh
+        xgrammar-like matcher) constrain every request: each row a policy reads is masked to the
+        grammar state after the tokens before it (``rows.grammar``); greedy self-speculation
+        equals greedy AR under the grammar, sampled keeps its distribution; diffusion fills
+        blocks left to right with grammar-valid tokens; the grammar's end stops a request.
         """
         chosen = validate_logprobs(self.config, logprobs, top_logprobs, token_ids_logprob)
         cfg = self.config
@@ -226,6 +244,8 @@ class TriModeEngine:
             LogitAdjust.make(logit_bias, min_new_tokens, min_new_stops, *pen, cfg.mask_token_id)
             for pen in penalties
         ]
+        grammar = self._grammar(grammar, json_schema, regex, ebnf, tokenizer)
+        matchers = grammar_states(grammar, len(prompts), cfg.vocab_size)
         mode_cfg = ModeConfig(
             mask_token_id=cfg.mask_token_id,
             block_size=block_size,
@@ -253,8 +273,9 @@ class TriModeEngine:
                 top_logprobs_num=top_logprobs,
                 chosen_ids=chosen,
                 adjust=adjust,
+                grammar=g,
             )
-            for p, s, adjust in zip(prompts, seeds, adjusts, strict=True)
+            for p, s, adjust, g in zip(prompts, seeds, adjusts, matchers, strict=True)
         ]
         cache = self._new_cache(len(reqs), max(len(p) for p in prompts) + max_new_tokens)
         self._prefill(reqs, cache)
@@ -266,10 +287,10 @@ class TriModeEngine:
             views = [logits[j, : seg.desc.length] for j, seg in enumerate(segs)]
             states = [reqs[i] for i, _ in rows]
             if row_summary:  # the worker's reads: quadratic mask groups through a head
-                views = _summaries(views, states, segs, prefix)
-            elif any(r.adjust is not None for r in states):  # the obviously-correct twin
+                views = _summaries(views, states, segs, prefix, cfg.mask_token_id)
+            else:  # the obviously-correct twins, row by row
                 views = [
-                    _adjust_slow(v, r, n, seg, cfg.mask_token_id)
+                    self._twins(v, r, n, seg, grammar)
                     for v, r, n, seg in zip(views, states, prefix, segs, strict=True)
                 ]
             for j, ((i, policy), seg) in enumerate(zip(rows, segs)):
@@ -290,6 +311,30 @@ class TriModeEngine:
         ]
 
     # ---- internals ------------------------------------------------------------------------
+
+    def _grammar(self, grammar, json_schema, regex, ebnf, tokenizer):
+        """The matcher factory of ``generate``'s grammar arguments, or None."""
+        field = grammar_field(json_schema, regex, ebnf)
+        if field is None:
+            return grammar
+        if grammar is not None:
+            raise ValueError(f"{field[0]} and grammar: give one of them")
+        if tokenizer is None:
+            if self.path is None:
+                raise ValueError(f"{field[0]}: pass tokenizer= (this engine has no checkpoint)")
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+        return matcher_factory(tokenizer, self.config.vocab_size, self.config.eos_token_ids, *field)
+
+    def _twins(self, rows: torch.Tensor, r: RequestState, prefix: int, seg: Segment, grammar):
+        """One request's full rows through the row-by-row twins of ``rows.adjust`` and
+        ``rows.grammar``."""
+        if r.adjust is not None:
+            rows = _adjust_slow(rows, r, prefix, seg, self.config.mask_token_id)
+        if r.grammar is not None:
+            rows = grammar_rows_slow(rows, r, seg, prefix, self.config.mask_token_id, grammar)
+        return rows
 
     def _new_cache(self, batch: int, capacity: int) -> KVCache:
         cfg = self.config
@@ -313,6 +358,8 @@ class TriModeEngine:
             n = len(r.prompt)
             cache.commit(j, torch.arange(n))
             last = adjust_rows_slow(logits[j, n - 1 : n], r.adjust, [0], [[]])  # output 0: none
+            if r.grammar is not None:
+                last = last.masked_fill(~r.grammar.allowed(), -math.inf)
             probs = probs_from_logits(last, r.params)
             r.seed = int(sample(probs, r.generator, r.params.greedy)[0])
             r.emit([r.seed], r.logprobs_of(last, [r.seed]))
@@ -365,12 +412,15 @@ def _adjust_slow(
     return adjust_rows_slow(view, r.adjust, first + decided_offsets(seg.desc), history)
 
 
-def _summaries(views: list[torch.Tensor], states: list[RequestState], segs: list[Segment], prefix):
+def _summaries(
+    views: list[torch.Tensor], states: list[RequestState], segs: list[Segment], prefix, mask_id
+):
     """What the SGLang worker hands the policies for these rows: ``rows.request_rows`` over each
     segment's eager rows, with a quadratic step's mask groups read through a head (here a slice
     of the full logits; in the worker the LM head over the forward's hidden states), after the
-    worker's batched ``rows.adjust.adjust_logits``."""
+    worker's batched ``rows.adjust.adjust_logits`` and ``rows.grammar.grammar_logits``."""
     full = torch.cat(views)  # [T, V]
     eager = eager_row_index([s.desc for s in segs])
     logits, head = adjust_logits(full[eager], lambda idx: full[idx], states, segs, prefix)
+    logits, head = grammar_logits(logits, head, states, segs, prefix, mask_id)
     return request_rows(logits, states, segs, head=head)

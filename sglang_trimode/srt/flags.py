@@ -429,10 +429,6 @@ def check_request_mode(mode: Any, served: tuple[str, ...] | None) -> str | None:
 #: SGLang sampling fields the TRIMODE worker does not apply, with their neutral values. A request
 #: setting one is refused: it would otherwise get an answer that silently ignores it.
 IGNORED_SAMPLING: dict[str, Any] = {
-    "json_schema": None,
-    "regex": None,
-    "ebnf": None,
-    "structural_tag": None,
     "beam_width": 1,
     "watermark": None,
 }
@@ -454,9 +450,9 @@ def unsupported_sampling_error(params: Any, custom_logit_processor: Any = None) 
     return (
         f"{', '.join(asked)}: not applied with --speculative-algorithm {ALGORITHM} (its worker "
         "samples with temperature, top_p, top_k, min_p and sampling_seed and applies logit_bias, "
-        "min_new_tokens and the frequency, presence and repetition penalties; stop strings and "
-        "stop token ids work): drop them, or send the request "
-        f"to a server started without {ALGORITHM} (plain AR)"
+        "min_new_tokens, the frequency, presence and repetition penalties and json_schema / regex / "
+        "ebnf / structural_tag; stop strings and stop token ids work): drop them, or send the "
+        f"request to a server started without {ALGORITHM} (plain AR)"
     )
 
 

@@ -64,10 +64,12 @@ from sglang_trimode.reference.drafter import load_drafter_for
 from sglang_trimode.reference.validation import check_bonus_candidates, check_bonus_lengths
 from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.rows.adjust import LogitAdjust, adjust_logits
+from sglang_trimode.rows.grammar import grammar_logits
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats, tp
 from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
+from sglang_trimode.srt.grammar import GrammarBackendError, request_grammar, settle
 from sglang_trimode.srt.spec import check_drafter, settings_from_server_args
 
 logger = logging.getLogger(__name__)
@@ -138,6 +140,7 @@ class TriModeWorker(BaseSpecWorker):
             raise ValueError(msg)
         hf = self.model_runner.model_config.hf_config
         self.mask_token_id = int(hf.mask_token_id)
+        self.vocab_size = int(hf.vocab_size)
         check_bonus_candidates(
             self.settings.bonus_candidates, int(hf.vocab_size), "--trimode-bonus-candidates"
         )
@@ -233,6 +236,11 @@ class TriModeWorker(BaseSpecWorker):
         seed = getattr(sp, "sampling_seed", None)
         seed = int(seed) if seed is not None else tp.request_seed(req.rid)  # same on each rank
         gen = torch.Generator().manual_seed(seed)
+        try:
+            grammar = request_grammar(req, self.vocab_size)
+        except GrammarBackendError as e:
+            logprobs.abort_request(req, str(e))
+            grammar = None
         state = RequestState(
             prompt=list(req.origin_input_ids),
             params=params,
@@ -253,6 +261,7 @@ class TriModeWorker(BaseSpecWorker):
                 sp.repetition_penalty,
                 self.mask_token_id,
             ),
+            grammar=grammar,
         )
         if entry is not None:
             self._forget(req.rid)
@@ -431,6 +440,7 @@ class TriModeWorker(BaseSpecWorker):
             logits, head = self._forward(batch, segs, prefix)  # [T', V] on the device
             states = [e.state for e in entries]
             logits, head = adjust_logits(logits, head, states, segs, prefix)
+            logits, head = grammar_logits(logits, head, states, segs, prefix, self.mask_token_id)
             rows = request_rows(logits, states, segs, head)
             if self.auto is not None and self.auto.calibration is not None:  # online fit
                 tokens = sum(s.desc.length for s in segs if s is not None)
@@ -453,6 +463,7 @@ class TriModeWorker(BaseSpecWorker):
                     self.auto.remove(e.auto, batch.reqs[i].rid)  # logs its modes
             if self.auto is not None:
                 self.auto.end_step()
+        settle(e.state for e in entries)  # the scheduler advances the grammars itself
         new_tokens = [e.state.out[emitted_from[i] :] for i, e in enumerate(entries)]
         return new_tokens, prefix
 

@@ -233,7 +233,10 @@ def test_sampling_messages_and_what_the_worker_reads_of_a_logprob_request():
     assert flags.unsupported_sampling_error(defaults) is None
     asked = {"regex": "a+", "frequency_penalty": 0.2, "min_p": 0.2, "logit_bias": {"5": 1.0}}
     msg = flags.unsupported_sampling_error(defaults | asked, "<proc>")
-    assert msg.startswith("regex, custom_logit_processor: not applied with")  # penalties served
+    assert msg.startswith("custom_logit_processor: not applied with")  # the rest is served
+    grammars = {"regex": "a+", "json_schema": "{}", "ebnf": 'root ::= "a"', "structural_tag": "{}"}
+    assert flags.unsupported_sampling_error(defaults | grammars) is None  # served (rows.grammar)
+    assert flags.unsupported_sampling_error({"beam_width": 2}).startswith("beam_width: not")
     assert flags.unsupported_server_error(False, None) is None
     assert "--return-hidden-states-mode" in flags.unsupported_server_error(False, "last")
 
