@@ -14,8 +14,9 @@ import math
 
 import pytest
 import torch
+from _deps import require  # noqa: E402
 
-xgr = pytest.importorskip("xgrammar", reason="xgrammar is not installed (requirements/sglang-cpu)")
+xgr = require("xgrammar", "xgrammar is not installed (requirements/sglang-cpu)")
 
 from test_sampling_stats import chi_square_rejects  # noqa: E402
 

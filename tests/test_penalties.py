@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import test_logit_adjust as shared
 import torch
+from _deps import require
 
 from sglang_trimode import masks
 from sglang_trimode.rows import penalty
@@ -130,7 +131,7 @@ def test_output_counts_advance_incrementally_and_equal_a_recount():
 def test_the_formula_equals_sglangs_penalizers():
     """SGLang's own orchestrator (frequency, presence, repetition, as its overlap scheduler
     applies them: additive sum, then scaling) on the same outputs."""
-    orch = pytest.importorskip("sglang.srt.sampling.penaltylib", reason="sglang not installed")
+    orch = require("sglang.srt.sampling.penaltylib", "sglang is not installed (setup_sglang.sh)")
     pens = [(1.5, 0.0, 1.0), (0.0, 2.0, 1.0), (0.0, 0.0, 1.5), (0.5, -0.25, 0.5)]
     reqs = [
         SimpleNamespace(

@@ -4,7 +4,8 @@ r"""SPEED-Bench sweep: modes x concurrency on one backend; reference-format file
         --concurrency 1,2,4 --out out/speed_bench
 
 Defaults differ from the reference runner's (output length 4096) so that a CPU run finishes:
-``--max-new-tokens 64``; temperature 0 and concurrency 1 as there. See docs/benchmarks.md, "SPEED-Bench".
+``--max-new-tokens 64``; temperature 0 and concurrency 1 as there. See docs/benchmarks.md,
+"SPEED-Bench".
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ from sglang_trimode.rows.adjust import (
     decided_offsets,
     first_index,
 )
-from sglang_trimode.rows.penalty import row_histories_slow
 from sglang_trimode.rows.grammar import grammar_logits, grammar_rows_slow
+from sglang_trimode.rows.penalty import row_histories_slow
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.scheduler.driver import ModeDriver, TraceRow

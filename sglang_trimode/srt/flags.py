@@ -450,9 +450,9 @@ def unsupported_sampling_error(params: Any, custom_logit_processor: Any = None) 
     return (
         f"{', '.join(asked)}: not applied with --speculative-algorithm {ALGORITHM} (its worker "
         "samples with temperature, top_p, top_k, min_p and sampling_seed and applies logit_bias, "
-        "min_new_tokens, the frequency, presence and repetition penalties and json_schema / regex / "
-        "ebnf / structural_tag; stop strings and stop token ids work): drop them, or send the "
-        f"request to a server started without {ALGORITHM} (plain AR)"
+        "min_new_tokens, the frequency, presence and repetition penalties and json_schema / "
+        "regex / ebnf / structural_tag; stop strings and stop token ids work): drop them, or send "
+        f"the request to a server started without {ALGORITHM} (plain AR)"
     )
 
 

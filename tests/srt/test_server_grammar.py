@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
-    "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
-)
+require("sglang", "sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)")
 
 from _srt_server import (  # noqa: E402
     kv_pool_problems,
@@ -30,6 +29,8 @@ from _srt_server import (  # noqa: E402
 
 from sglang_trimode import default_model_path  # noqa: E402
 from sglang_trimode.scheduler.cost import CostModel  # noqa: E402
+
+pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
 
 BLOCK, MAX_NEW_TOKENS = 4, 40
 EXACT_MODES = ("ar", "self_spec_linear", "self_spec_quadratic", "auto")

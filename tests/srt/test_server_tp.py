@@ -24,11 +24,10 @@ Marked slow: a TP 2 server start plus the requests take minutes on two cores.
 from __future__ import annotations
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
-    "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
-)
-pytest.importorskip("peft", reason="peft writes the adapter (requirements/test.txt)")
+require("sglang", "sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)")
+require("peft", "peft writes the adapter (requirements/test.txt)")
 
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -44,7 +43,7 @@ from sglang_trimode.srt.flags import REQUEST_MODES  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from vendor_adapter import write_peft_adapter  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 TP = 2
 BLOCK = 4

@@ -16,10 +16,9 @@ The real TP 2 server with every mode and the drafter: `test_server_tp.py`.
 from __future__ import annotations
 
 import pytest
+from _deps import require
 
-pytest.importorskip(
-    "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
-)
+require("sglang", "sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)")
 
 import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
