@@ -175,6 +175,25 @@ def test_greedy_self_spec_and_auto_equal_ar_under_a_grammar(engine, tokenizer, n
     assert _follows(new_matcher, diff.token_ids)
 
 
+@pytest.mark.parametrize("summary", [False, True], ids=["full_rows", "row_summary"])
+def test_grammar_and_penalties_together_keep_self_spec_equal_to_ar(engine, tokenizer, summary):
+    """Penalties (rows.adjust) then the grammar mask (rows.grammar) on the same rows: greedy
+    self-speculation and auto still equal AR, and the penalties change what the grammar allows
+    (the penalised text differs from the grammar alone)."""
+    name = "ebnf"
+    kw = {name: GRAMMARS[name], "max_new_tokens": 24, "block_size": 4, "row_summary": summary}
+    pen = {"frequency_penalty": 1.5, "repetition_penalty": 1.3}
+    ps = [_prompt(tokenizer)]
+    (plain,) = engine.generate(ps, mode="ar", **kw)
+    (ar,) = engine.generate(ps, mode="ar", **kw, **pen)
+    new_matcher = matcher_factory(tokenizer, 2048, [2], name, GRAMMARS[name])
+    assert _follows(new_matcher, ar.token_ids) and ar.token_ids != plain.token_ids
+    for mode in ("self_spec_linear", "self_spec_quadratic", "auto"):
+        policy = {"auto_policy": AutoPolicy(engine.cost)} if mode == "auto" else {}
+        (o,) = engine.generate(ps, mode=mode, **kw, **pen, **policy)
+        assert o.token_ids == ar.token_ids, mode
+
+
 def test_the_grammar_end_stops_a_request_like_a_stop_token(engine, tokenizer):
     """No stop tokens at all: the grammar's end (it accepts EOS only once complete) stops it."""
     for mode in ("ar", "self_spec_linear", "diffusion"):
