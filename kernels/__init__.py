@@ -1,10 +1,9 @@
 """Triton block-diffusion attention over a paged KV cache, shipped as ``sglang_trimode.kernels``.
 
 Three tiers per kernel: ``triton/*.py`` (``@triton.jit``), the checking launchers
-(``extend_attention``, ``decode_attention``, ``store_kv``; ``commit_slots`` and ``crop_kv`` are
-torch helpers) and the pure-torch references of the same signatures in ``reference.py``. The
-layouts (``PageTable``, ``SegmentBatch``) and the references import without Triton; the launchers
-import it lazily on first use. Nothing here imports sglang.
+(``extend_attention``, ``decode_attention``) and the pure-torch references of the same signatures
+in ``reference.py``. The layouts (``PageTable``, ``SegmentBatch``) and the references import
+without Triton; the launchers import it lazily on first use. Nothing here imports sglang.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ from .segments import SegmentBatch
 _LAZY = {
     "extend_attention": "attention",
     "decode_attention": "attention",
-    "store_kv": "store",
-    "commit_slots": "store",
-    "crop_kv": "store",
 }
 
 __all__ = ["PageTable", "SegmentBatch", *_LAZY]

@@ -39,11 +39,6 @@ def check_tensor(
     return t
 
 
-def check_same_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    if t.dtype != ref.dtype:
-        raise ValueError(f"{name}: dtype {t.dtype} differs from {ref_name} dtype {ref.dtype}")
-
-
 def check_pages(pages: object, batch: int, device: torch.device) -> PageTable:
     """Shapes, dtypes and devices of a page table for ``batch`` requests (no value checks)."""
     if not isinstance(pages, PageTable):

@@ -81,17 +81,3 @@ def decode_attention(
             scale = scale * q_scale[b : b + 1].float()
         out[b] = _attend(q[b : b + 1], k_cache[slots], v_cache[slots], mask, scale)[0].to(out.dtype)
     return out
-
-
-def store_kv(
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slots: torch.Tensor,
-) -> None:
-    """Reference of :func:`sglang_trimode.kernels.store_kv`: ``cache[slots[i]] = kv[i]`` where
-    ``slots[i] >= 0``."""
-    keep = slots >= 0
-    k_cache[slots[keep].long()] = k[keep].to(k_cache.dtype)
-    v_cache[slots[keep].long()] = v[keep].to(v_cache.dtype)

@@ -567,7 +567,3 @@ class TriModeWorker(BaseSpecWorker):
             return request_mode(req, self.settings)
         except RequestModeError:
             return "ar"
-
-    def request_stats(self, rid: str):
-        entry = self.states.get(rid)
-        return None if entry is None else (entry.mode, entry.state.stats)
