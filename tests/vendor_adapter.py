@@ -20,7 +20,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import DynamicCache
 
-from sglang_trimode.reference.adapter_files import VENDOR_DIR
+from sglang_trimode import default_model_path
+from sglang_trimode.reference.adapter_files import LEGACY_DIR, VENDOR_DIR
 from sglang_trimode.reference.checkpoint import load_model
 
 RANK, ALPHA = 8, 32  # scale 4, as the vendor's r 128 / alpha 512
@@ -46,6 +47,16 @@ def write_peft_adapter(
     shutil.rmtree(out, ignore_errors=True)
     peft_model.save_pretrained(str(out))
     return out
+
+
+def drafted_default_model(dest: Path, b_std: float, seed: int = 0) -> Path:
+    """A copy of the default model at `dest` with a seeded random PEFT adapter (any shipped
+    adapter replaced); the servers' drafter tests use it."""
+    shutil.copytree(default_model_path(), dest)
+    for d in (VENDOR_DIR, LEGACY_DIR):
+        shutil.rmtree(dest / d, ignore_errors=True)
+    write_peft_adapter(dest, seed=seed, b_std=b_std)
+    return dest
 
 
 def peft_model(checkpoint: Path) -> PeftModel:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from sglang_trimode import default_model_path
+from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.srt.cpu_platform import PYTHONPATH_ENTRY
 
 STARTUP_TIMEOUT_S = float(os.environ.get("SGLANG_TRIMODE_STARTUP_TIMEOUT", "300"))
@@ -186,6 +187,13 @@ def trimode_server(
 #: Lines SGLang's idle pool check (`scheduler_components/invariant_checker.py`) writes on a
 #: leaked KV token, leaked request slot, double free or freed-but-owned page.
 LEAK_MARKERS = ("memory leak detected", "KV double free", "use-after-free")
+
+
+def fixed_cost_file(tmp_path_factory, name: str) -> Path:
+    """A `--trimode-cost-file` whose fixed per-forward cost dominates (auto then drafts)."""
+    cost = tmp_path_factory.mktemp(name) / "cost.json"
+    CostModel(fixed_s=0.01, per_token_s=1e-4, source="test: fixed cost dominates").save(cost)
+    return cost
 
 
 def leak_lines(log_text: str) -> list[str]:

@@ -29,10 +29,9 @@ require(
 pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
 
 import torch  # noqa: E402
-from _srt_server import post_ok, prompts, request, trimode_server  # noqa: E402
+from _srt_server import fixed_cost_file, post_ok, prompts, request, trimode_server  # noqa: E402
 
 from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
-from sglang_trimode.scheduler.cost import CostModel  # noqa: E402
 
 BLOCK = 4
 MAX_NEW_TOKENS = 32
@@ -42,8 +41,7 @@ LOG_LINE = re.compile(r"TRIMODE auto rid=(\S+) switches=(\d+): (.*)")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    cost = tmp_path_factory.mktemp("auto_cost") / "cost.json"
-    CostModel(fixed_s=0.01, per_token_s=1e-4, source="test: fixed cost dominates").save(cost)
+    cost = fixed_cost_file(tmp_path_factory, "auto_cost")
     extra = ["--trimode-mode", "auto", "--trimode-cost-file", str(cost)]
     env = {"SGLANG_TRIMODE_AUTO_BUDGETS": BUDGETS}
     with trimode_server(tmp_path_factory, "sglang_trimode_auto", BLOCK, extra, env) as srv:

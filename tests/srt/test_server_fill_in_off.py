@@ -29,18 +29,16 @@ pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: 
 
 require("peft", reason="peft writes the adapter (requirements/test.txt)")
 
-import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from _srt_server import FILL_IN_MODES, post_ok, prompts, trimode_server  # noqa: E402
 
-from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
-from sglang_trimode.reference.adapter_files import LEGACY_DIR, VENDOR_DIR  # noqa: E402
+from sglang_trimode import TriModeEngine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from vendor_adapter import write_peft_adapter  # noqa: E402
+from vendor_adapter import drafted_default_model  # noqa: E402
 
 BLOCK = 4
 MAX_NEW_TOKENS = 24
@@ -52,12 +50,7 @@ DRAFTER_B_STD = 0.1  # x scale 4: a random adapter that drafts other tokens, not
 @pytest.fixture(scope="module")
 def drafted(tmp_path_factory):
     """The default model with a seeded random PEFT adapter (any shipped one replaced)."""
-    path = tmp_path_factory.mktemp("drafted") / "model"
-    shutil.copytree(default_model_path(), path)
-    for d in (VENDOR_DIR, LEGACY_DIR):
-        shutil.rmtree(path / d, ignore_errors=True)
-    write_peft_adapter(path, seed=0, b_std=DRAFTER_B_STD)
-    return path
+    return drafted_default_model(tmp_path_factory.mktemp("drafted") / "model", DRAFTER_B_STD)
 
 
 @pytest.fixture(scope="module")

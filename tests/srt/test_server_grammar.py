@@ -20,6 +20,7 @@ from _deps import require
 require("sglang", "sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)")
 
 from _srt_server import (  # noqa: E402
+    fixed_cost_file,
     kv_pool_problems,
     post_ok,
     prompts,
@@ -28,7 +29,6 @@ from _srt_server import (  # noqa: E402
 )
 
 from sglang_trimode import default_model_path  # noqa: E402
-from sglang_trimode.scheduler.cost import CostModel  # noqa: E402
 
 pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
 
@@ -96,8 +96,7 @@ def oracle(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, oracle):
-    cost = tmp_path_factory.mktemp("grammar_cost") / "cost.json"
-    CostModel(fixed_s=0.01, per_token_s=1e-4, source="test: fixed cost dominates").save(cost)
+    cost = fixed_cost_file(tmp_path_factory, "grammar_cost")
     extra = ["--trimode-cost-file", str(cost)]
     with trimode_server(tmp_path_factory, "sglang_trimode_grammar", BLOCK, extra) as srv:
         yield srv

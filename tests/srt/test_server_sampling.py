@@ -25,6 +25,7 @@ pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: 
 import torch  # noqa: E402
 from _srt_server import (  # noqa: E402
     check_bad_token_ids,
+    fixed_cost_file,
     kv_pool_problems,
     post_ok,
     prompts,
@@ -33,7 +34,6 @@ from _srt_server import (  # noqa: E402
 )
 
 from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
-from sglang_trimode.scheduler.cost import CostModel  # noqa: E402
 
 BLOCK, MAX_NEW_TOKENS, MIN_NEW = 4, 16, 10
 EXACT_MODES = ("ar", "self_spec_linear", "self_spec_quadratic", "auto")
@@ -141,8 +141,7 @@ def oracle(tmp_path_factory, cases) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, oracle):
-    cost = tmp_path_factory.mktemp("sampling_cost") / "cost.json"
-    CostModel(fixed_s=0.01, per_token_s=1e-4, source="test: fixed cost dominates").save(cost)
+    cost = fixed_cost_file(tmp_path_factory, "sampling_cost")
     extra = ["--trimode-cost-file", str(cost)]
     with trimode_server(tmp_path_factory, "sglang_trimode_sampling", BLOCK, extra) as srv:
         yield srv

@@ -29,19 +29,17 @@ from _deps import require
 require("sglang", "sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)")
 require("peft", "peft writes the adapter (requirements/test.txt)")
 
-import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from _srt_server import post_ok, prompts, tp_env, trimode_server  # noqa: E402
 
-from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
-from sglang_trimode.reference.adapter_files import LEGACY_DIR, VENDOR_DIR  # noqa: E402
+from sglang_trimode import TriModeEngine  # noqa: E402
 from sglang_trimode.srt.flags import REQUEST_MODES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from vendor_adapter import write_peft_adapter  # noqa: E402
+from vendor_adapter import drafted_default_model  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -57,12 +55,7 @@ WARM = 0.8  # temperature of the sampled requests
 @pytest.fixture(scope="module")
 def drafted(tmp_path_factory):
     """The default model with a seeded random PEFT adapter (any shipped one replaced)."""
-    path = tmp_path_factory.mktemp("drafted_tp") / "model"
-    shutil.copytree(default_model_path(), path)
-    for d in (VENDOR_DIR, LEGACY_DIR):
-        shutil.rmtree(path / d, ignore_errors=True)
-    write_peft_adapter(path, seed=0, b_std=DRAFTER_B_STD)
-    return path
+    return drafted_default_model(tmp_path_factory.mktemp("drafted_tp") / "model", DRAFTER_B_STD)
 
 
 @pytest.fixture(scope="module")
