@@ -12,6 +12,7 @@ group per step, through the LM head); :func:`groups_slow` is its twin on full ro
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 
 import torch
@@ -33,14 +34,26 @@ def group_known(seg, g: int, first: int, causal_best: Callable[[int], int], mask
 
 def group_head(head: Head, entries: list[tuple], mask_id: int) -> Head:
     """``head`` with the mask-group rows of each ``(full_start, state, seg, prefix,
-    causal_rows)`` entry masked as read (``causal_rows``: the step's masked causal logits)."""
+    causal_rows)`` entry masked as read (``causal_rows``: the step's masked causal logits).
+
+    A read looks only at the entries whose rows it can hold (segments are contiguous and do not
+    overlap, so those are the entries starting between the last start <= the smallest index and
+    the largest index): each request reading its own group costs O(log batch), not O(batch)."""
     from sglang_trimode.rows.grammar import _masked, _walk
+
+    entries = sorted(entries, key=lambda e: e[0])
+    starts = [e[0] for e in entries]
 
     def read(idx: torch.Tensor) -> torch.Tensor:
         rows = head(idx)
+        if not idx.numel():
+            return rows
         local = idx.cpu()
+        lo, hi = int(local.min()), int(local.max())
+        k = max(bisect.bisect_right(starts, lo) - 1, 0)
+        near = entries[k : bisect.bisect_right(starts, hi)]
         cloned = False
-        for start, r, seg, prefix, causal in entries:
+        for start, r, seg, prefix, causal in near:
             desc = seg.desc
             own = local - start
             hit = ((own >= desc.num_causal) & (own < desc.length)).nonzero().flatten()
