@@ -1,5 +1,6 @@
 """Greedy AR of the reference engine equals transformers' own Ministral3ForCausalLM.generate."""
 
+import pytest
 import torch
 from transformers import Ministral3Config, Ministral3ForCausalLM
 
@@ -24,6 +25,7 @@ def to_hf_causal_lm(model) -> Ministral3ForCausalLM:
     return hf
 
 
+@pytest.mark.slow
 def test_greedy_ar_equals_transformers_generate():
     model = make_tiny_model(seed=1)
     hf = to_hf_causal_lm(model)

@@ -272,6 +272,7 @@ def _sample(engine, new_matcher, mode: str, summary: bool) -> list[tuple[int, ..
     return [tuple(o.token_ids) for o in outs]
 
 
+@pytest.mark.slow  # 4000 sampled requests each
 @pytest.mark.parametrize(
     ("mode", "summary"),
     [("self_spec_linear", False), ("self_spec_linear", True), ("self_spec_quadratic", True)],
@@ -283,6 +284,7 @@ def test_sampled_self_spec_under_a_grammar_matches_constrained_ar(tiny, mode, su
     assert not rejects, f"{mode}: chi-square / critical = {ratio:.2f}"
 
 
+@pytest.mark.slow
 def test_the_distribution_test_catches_unmasked_verify_rows(tiny, monkeypatch):
     """Masks on the drafting rows only (a causal row decides nothing here): the output leaves
     the grammar (a refused token) or its distribution is rejected."""

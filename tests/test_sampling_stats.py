@@ -16,6 +16,8 @@ from sglang_trimode.reference.tiny import make_tiny_model
 from sglang_trimode.rows import SampledRows, inverse_cdf, penalty
 from sglang_trimode.sampling import SamplingParams, probs_from_logits, sample
 
+pytestmark = pytest.mark.slow  # chi-square tests over thousands of sampled requests: minutes
+
 VOCAB, PROMPT, NEW, N, TEMP = 6, [1, 4, 5], 4, 4000, 2.0
 
 

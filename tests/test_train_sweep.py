@@ -60,6 +60,7 @@ def test_best_is_the_highest_quadratic_tpf_among_exact_runs():
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bench/gpu_train_sweep.sh needs bash")
+@pytest.mark.slow
 def test_cpu_smoke_writes_table_json_and_an_exportable_best(tmp_path):
     """The shell script's whole path on a CPU, two configs (one of each model size)."""
     out, work = tmp_path / "out", tmp_path / "work"

@@ -357,6 +357,7 @@ def test_bf16_autocast_loss_is_the_fp32_loss_within_bf16_rounding():
         assert a != b or name == "distill"  # bf16 really ran (the distill term may round alike)
 
 
+@pytest.mark.slow
 def test_bf16_and_compile_train_and_lower_both_losses(tmp_path):
     from sglang_trimode.models import load_tokenizer
     from sglang_trimode.reference.checkpoint import load_model
