@@ -15,3 +15,19 @@ if attention.INTERPRETED != INTERPRET:
         "sglang_trimode.kernels was imported before tests/conftest.py could set "
         f"TRITON_INTERPRET={int(INTERPRET)}; run the kernel tests in their own process"
     )
+
+#: modules whose every test runs a Triton kernel (on a CPU: interpreted, minutes in all)
+TRITON_MODULES = {"test_kernels_extend", "test_kernels_decode", "test_kernels_bench"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """On a CPU, tests that run Triton kernels get the `interpreter` marker (out of the fast
+    subset): the modules above and any test of another module whose id names the triton impl."""
+    if not INTERPRET:
+        return
+    here = os.path.dirname(__file__)
+    for item in items:
+        if os.path.dirname(str(item.path)) != here:
+            continue
+        if item.path.stem in TRITON_MODULES or "triton" in item.name:
+            item.add_marker("interpreter")
