@@ -330,10 +330,15 @@ class TriModeEngine:
     def _twins(self, rows: torch.Tensor, r: RequestState, prefix: int, seg: Segment, grammar):
         """One request's full rows through the row-by-row twins of ``rows.adjust`` and
         ``rows.grammar``."""
-        if r.adjust is not None:
-            rows = _adjust_slow(rows, r, prefix, seg, self.config.mask_token_id)
+        mask_id = self.config.mask_token_id
+        if r.adjust is not None:  # each row's history (penalties) recounted from the output list
+            first = first_index(r, prefix)
+            history = None
+            if r.adjust.penalised:
+                history = row_histories_slow(r.out[:first], seg.tokens, seg.desc, mask_id)
+            rows = adjust_rows_slow(rows, r.adjust, first + decided_offsets(seg.desc), history)
         if r.grammar is not None:
-            rows = grammar_rows_slow(rows, r, seg, prefix, self.config.mask_token_id, grammar)
+            rows = grammar_rows_slow(rows, r, seg, prefix, mask_id, grammar)
         return rows
 
     def _new_cache(self, batch: int, capacity: int) -> KVCache:
@@ -398,18 +403,6 @@ class TriModeEngine:
 
 
 SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)
-
-
-def _adjust_slow(
-    view: torch.Tensor, r: RequestState, prefix: int, seg: Segment, mask_id: int
-) -> torch.Tensor:
-    """One request's rows under its ``adjust`` by the row-by-row twin, each row's history
-    (penalties) recounted from the output list."""
-    first = first_index(r, prefix)
-    history = None
-    if r.adjust is not None and r.adjust.penalised:
-        history = row_histories_slow(r.out[:first], seg.tokens, seg.desc, mask_id)
-    return adjust_rows_slow(view, r.adjust, first + decided_offsets(seg.desc), history)
 
 
 def _summaries(
