@@ -20,6 +20,7 @@ import json
 import math
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,10 +29,21 @@ from sglang_trimode.scheduler.cost import CostModel  # noqa: E402
 from sglang_trimode.scheduler.policy import (  # noqa: E402
     AutoPolicy,
     Choice,
-    FixedPolicy,
     RequestView,
+    fit_budget,
 )
 from sglang_trimode.scheduler.step import Budget, Scheduler  # noqa: E402
+
+
+@dataclass
+class FixedPolicy:
+    """Every request the same choice (shrunk to AR where the budget demands): the baseline."""
+
+    choice: Choice
+
+    def choose(self, reqs, budget: int | None = None, base: object = None) -> list[Choice]:
+        return fit_budget([self.choice] * len(reqs), budget)
+
 
 FIXED = {
     "ar": Choice("ar", 1),

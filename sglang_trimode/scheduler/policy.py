@@ -193,16 +193,6 @@ class LoadSchedule:
         return self.policy.choose(reqs, budget=budget, base=base)
 
 
-@dataclass
-class FixedPolicy:
-    choice: Choice
-
-    def choose(
-        self, reqs: Sequence[RequestView], budget: int | None = None, base: object = None
-    ) -> list[Choice]:
-        return fit_budget([self.choice] * len(reqs), budget)
-
-
 def fit_budget(choices: Sequence[Choice], budget: int | None) -> list[Choice]:
     """Shrink the largest choices to AR until the total fits ``budget`` (>= one token each)."""
     out = list(choices)
@@ -217,16 +207,3 @@ def fit_budget(choices: Sequence[Choice], budget: int | None) -> list[Choice]:
         total -= out[i].tokens - 1
         out[i] = AR
     return out
-
-
-def admit(reqs: Sequence[RequestView], max_tokens: int, min_tokens: int = 1) -> list[RequestView]:
-    """The requests that run this step: all of them if the budget allows at least ``min_tokens``
-    each, else the longest-waiting first. Skipped requests' wait counters grow, so none starves."""
-    cap = max(1, max_tokens // max(1, min_tokens))
-    order = sorted(reqs, key=lambda r: (-r.waited, r.rid))
-    running, waiting = order[:cap], order[cap:]
-    for r in running:
-        r.waited = 0
-    for r in waiting:
-        r.waited += 1
-    return sorted(running, key=lambda r: r.rid)

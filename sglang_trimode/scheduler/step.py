@@ -1,6 +1,6 @@
 """One scheduler step: which requests run, what each does, packed into ONE forward.
 
-Plain Python over :class:`RequestView` (no sglang, no torch tensors but the packed mask check).
+Plain Python over :class:`RequestView` (no sglang, no torch tensors).
 Per step, under a :class:`Budget`:
 
 1. Running slots: requests keep their slot until they finish; free slots go to queued requests in
@@ -15,8 +15,7 @@ Per step, under a :class:`Budget`:
    the tokens left (:class:`~sglang_trimode.scheduler.policy.AutoPolicy` maximises expected
    tokens per second under the cost model).
 
-The result lists one :class:`Entry` (a mask descriptor over a prefix) per admitted request; its
-:meth:`StepPlan.packed` layout is what the kernels' ``SegmentBatch`` reads.
+The result lists one :class:`Entry` (a mask descriptor over a prefix) per admitted request.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sglang_trimode import masks
-from sglang_trimode.scheduler.pack import PackedStep, pack
 from sglang_trimode.scheduler.policy import Choice, RequestView, fit_budget
 
 
@@ -74,9 +72,6 @@ class StepPlan:
     @property
     def tokens(self) -> int:
         return sum(e.tokens for e in self.entries)
-
-    def packed(self) -> PackedStep:
-        return pack([e.desc for e in self.entries], [e.prefix for e in self.entries])
 
 
 def _need(r: RequestView) -> int:
