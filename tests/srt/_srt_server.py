@@ -6,7 +6,8 @@ a dict with `base` (URL), `log` (path) and `proc`; the process group is killed a
 `env`: extra environment variables for the server. `trimode_server(tmp_path_factory, name, block,
 extra)` is the same with `--speculative-algorithm TRIMODE --trimode-block-size BLOCK` (the shared
 start of every TRIMODE test server). `tp_env(size)`: the environment of a `--tp-size SIZE` CPU
-server.
+server. `request` / `post_ok`: one JSON POST; `sse_events` / `open_stream` / `stream_events`:
+streamed (SSE) requests, read whole or held open mid-stream.
 """
 
 from __future__ import annotations
@@ -110,6 +111,42 @@ def post_ok(url: str, body: dict, timeout: float = 300.0):
     status, out = request(url, body, timeout)
     assert status == 200, f"{url} -> HTTP {status}: {out}"
     return out
+
+
+def stream_events(resp):
+    """The parsed `data:` events of an open SSE response, up to `[DONE]` or its end."""
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:") :].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def sse_events(url: str, body: dict) -> list[dict]:
+    """POST `body` (which asks for `stream: true`); the parsed `data:` events up to `[DONE]`."""
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        assert resp.status == 200
+        return list(stream_events(resp))
+
+
+def open_stream(url: str, body: dict):
+    """POST `body` with `stream: true`; the open response once its first event arrived (the
+    request is then running in the scheduler). The caller reads on or closes it."""
+    req = urllib.request.Request(
+        url, data=json.dumps(body | {"stream": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    resp = urllib.request.urlopen(req, timeout=300)
+    for raw in resp:  # wait for the first streamed tokens: the request is running
+        if raw.startswith(b"data:"):
+            return resp
+    raise AssertionError("stream ended before its first event")
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -28,9 +27,11 @@ from _srt_server import (  # noqa: E402
     LEAK_MARKERS,
     kv_pool_problems,
     leak_lines,
+    open_stream,
     post_ok,
     prompts,
     request,
+    sse_events,
     trimode_server,
 )
 
@@ -406,25 +407,6 @@ def test_radix_cache_holds_no_draft_kv_after_diffusion_stopped_mid_block(server,
     assert [o["output_ids"] for o in out] == [list(o.token_ids) for o in ref]
 
 
-def _sse(url: str, body: dict) -> list[dict]:
-    """POST with `stream: true`; the parsed `data:` events up to `[DONE]`."""
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    events = []
-    with urllib.request.urlopen(req, timeout=300) as resp:
-        assert resp.status == 200
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line.startswith("data:"):
-                continue
-            data = line[len("data:") :].strip()
-            if data == "[DONE]":
-                break
-            events.append(json.loads(data))
-    return events
-
-
 @pytest.mark.parametrize("mode", REQUEST_MODES)
 def test_streaming_and_openai_completions_equal_reference(server, reference, mode):
     """Per-request mode through the OpenAI API's extra body (`custom_params`) and native
@@ -443,7 +425,7 @@ def test_streaming_and_openai_completions_equal_reference(server, reference, mod
     assert native["text"] == want_text
 
     body = _body(ps[i], mode) | {"stream": True}
-    events = _sse(server["base"] + "/generate", body)
+    events = sse_events(server["base"] + "/generate", body)
     assert len(events) > 1
     texts = [e["text"] for e in events]  # cumulative text per event
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
@@ -462,7 +444,7 @@ def test_streaming_and_openai_completions_equal_reference(server, reference, mod
     (choice,) = out["choices"]
     assert choice["token_ids"] == expected[mode][i]
     assert choice["text"] == want_text
-    deltas = _sse(server["base"] + "/v1/completions", oai | {"stream": True})
+    deltas = sse_events(server["base"] + "/v1/completions", oai | {"stream": True})
     assert "".join(c["text"] for e in deltas for c in e["choices"]) == want_text
 
 
@@ -496,18 +478,6 @@ def test_openai_client_extra_body_selects_mode(server, reference):
     assert "".join(c.choices[0].text for c in stream if c.choices) == native["text"]
 
 
-def _open_stream(url: str, body: dict):
-    req = urllib.request.Request(
-        url, data=json.dumps(body | {"stream": True}).encode(),
-        headers={"Content-Type": "application/json"},
-    )  # fmt: skip
-    resp = urllib.request.urlopen(req, timeout=300)
-    for raw in resp:  # wait for the first streamed tokens: the request is running
-        if raw.startswith(b"data:"):
-            return resp
-    raise AssertionError("stream ended before its first event")
-
-
 def test_mixed_batch_with_aborts_and_bad_input_frees_every_kv_slot(server, reference):
     """Concurrent requests of every mode and ragged lengths, two long ones aborted mid-flight
     (`/abort_request`, client disconnect) and three bad ones (mask token in the prompt,
@@ -524,7 +494,7 @@ def test_mixed_batch_with_aborts_and_bad_input_frees_every_kv_slot(server, refer
         body = _body(ps[k], mode) | {"rid": f"victim-{k}"}
         # long enough to be aborted mid-flight, short enough that both fit the 4096-token pool
         body["sampling_params"]["max_new_tokens"] = 500
-        victims.append(_open_stream(base + "/generate", body))
+        victims.append(open_stream(base + "/generate", body))
 
     bad_mask = _body(ps[0][:2] + [mask] + ps[0][2:], "self_spec_linear")
     bad_len = _body(ps[1], "diffusion")
@@ -575,7 +545,7 @@ def test_kv_pool_check_reports_slots_held_by_a_running_request(server, reference
     closes the stream the same check finds every slot free."""
     ps = reference[0]
     log_start = server["log"].stat().st_size
-    stream = _open_stream(server["base"] + "/generate", _long_body(ps[2], "ar"))
+    stream = open_stream(server["base"] + "/generate", _long_body(ps[2], "ar"))
     try:
         problems = kv_pool_problems(server, log_start, timeout_s=2)
     finally:
@@ -630,13 +600,13 @@ def test_client_disconnect_mid_stream_aborts_request_and_frees_every_kv_slot(ser
     log_start = server["log"].stat().st_size
     native_n, oai_n = 2000, 1000  # both fit the 4096-token pool next to the other requests
     rids = {"disconnect-native": native_n, "disconnect-openai": oai_n}
-    native = _open_stream(
+    native = open_stream(
         base + "/generate", _long_body(ps[0], "ar", native_n) | {"rid": "disconnect-native"}
     )
     oai_body = {"model": "default", "prompt": ps[1], "max_tokens": oai_n, "temperature": 0.0,
                 "ignore_eos": True, "custom_params": {"trimode_mode": "ar"},
                 "rid": "disconnect-openai"}  # fmt: skip
-    oai = _open_stream(base + "/v1/completions", oai_body)
+    oai = open_stream(base + "/v1/completions", oai_body)
     with ThreadPoolExecutor(max_workers=8) as pool:
         good = {
             (m, i): pool.submit(request, base + "/generate", _body(ps[i], m))
@@ -714,7 +684,7 @@ def test_chat_completions_equal_reference(server, engine, mode):
     assert meta["spec_verify_ct"] == len(want.stats.accept_lengths)
 
     stream = body | {"stream": True, "stream_options": {"include_usage": True}}
-    events = _sse(url, stream)
+    events = sse_events(url, stream)
     deltas = [c["delta"] for e in events for c in e["choices"]]
     assert deltas[0].get("role") == "assistant"
     assert "".join(d.get("content") or "" for d in deltas) == want_text
