@@ -77,6 +77,12 @@ class DenseLayout:
         )
 
 
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`x[index]` for `x [N, ...]` and an int64 `index [B, M]`: `index_select` (several times
+    cheaper than advanced indexing on a CPU, where this runs for every layer)."""
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -89,9 +95,10 @@ def attend(
     """`q [T, Hq, D]`, `k`/`v [T, Hkv, D]`, `k_cache`/`v_cache [S, Hkv, D]` (q's dtype) ->
     `[T, Hq, D]`, the same as the reference `extend_attention` over `layout`'s forward."""
     b, t_max = layout.q_index.shape
-    qb = q[layout.q_index].transpose(1, 2)  # [B, Hq, Tmax, D]
-    kb = torch.cat([k_cache[layout.prefix_slots], k[layout.q_index]], 1).transpose(1, 2)
-    vb = torch.cat([v_cache[layout.prefix_slots], v[layout.q_index]], 1).transpose(1, 2)
+    qb = _rows(q, layout.q_index).transpose(1, 2)  # [B, Hq, Tmax, D]
+    kb = torch.cat([_rows(k_cache, layout.prefix_slots), _rows(k, layout.q_index)], 1)
+    vb = torch.cat([_rows(v_cache, layout.prefix_slots), _rows(v, layout.q_index)], 1)
+    kb, vb = kb.transpose(1, 2), vb.transpose(1, 2)  # [B, Hkv, Pmax + Tmax, D]
     out = scaled_dot_product_attention(
         qb, kb, vb, attn_mask=layout.mask, scale=sm_scale, enable_gqa=kb.shape[1] != qb.shape[1]
     )  # [B, Hq, Tmax, D]

@@ -2,8 +2,8 @@
 
 Every decoding mode is a small state machine over a :class:`RequestState`: ``segment`` says which
 tokens the request puts into the next (batched) forward and under which mask; ``consume`` reads
-that forward's logits, emits tokens and returns which segment positions' KV to commit. The loop
-in :mod:`sglang_trimode.reference.engine` (and later the SGLang worker) is the same for all.
+that forward's logits, emits tokens and returns how many leading segment tokens' KV to commit.
+The loop in :mod:`sglang_trimode.reference.engine` and the SGLang worker is the same for all.
 
 Token convention (the vendor's): causal logits at position ``i`` predict token ``i + 1``;
 bidirectional (diffusion) logits at a masked position predict the token *at* that position. The
@@ -200,23 +200,18 @@ class ModeConfig:
     bonus_lengths: int = 0
 
 
-def _all(n: int) -> torch.Tensor:
-    return torch.arange(n, dtype=torch.long)
+_NO_DRAFTS = torch.zeros(0, dtype=torch.long)
 
 
-_NONE = torch.zeros(0, dtype=torch.long)
-
-
-def kept_prefix(seg: Segment, keep: torch.Tensor) -> int:
-    """How many leading tokens of ``seg`` a policy's ``consume`` kept (``keep``), checked: a
-    prefix of the segment within ``seg.desc.committable`` (servers store only those tokens' KV)."""
-    k = int(keep.numel())
-    if not torch.equal(keep, torch.arange(k)) or k > seg.desc.committable:
+def kept_prefix(seg: Segment, kept: int) -> int:
+    """``kept`` (what a policy's ``consume`` returned: the leading tokens of ``seg`` whose KV the
+    step keeps), checked: at most ``seg.desc.committable`` (servers store only those tokens' KV)."""
+    if not 0 <= kept <= seg.desc.committable:
         raise RuntimeError(
-            f"a step kept segment tokens {keep.tolist()}: only a prefix of at most "
+            f"a step kept {kept} segment tokens: only a prefix of at most "
             f"{seg.desc.committable} (the committable tokens of {seg.desc}) may be kept"
         )
-    return k
+    return kept
 
 
 class ARPolicy:
@@ -245,10 +240,10 @@ class ARPolicy:
         pending drafts are dropped (they were only proposals, so output is unchanged)."""
         r.drafts, r.q, r.cands = [], None, []
 
-    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
+    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> int:
         self._next_seed(r, logits)
         r.stats.step(1, self.name)
-        return _all(seg.desc.length)
+        return seg.desc.length
 
     @staticmethod
     def _next_seed(r: RequestState, logits: torch.Tensor) -> None:
@@ -280,12 +275,12 @@ class DiffusionPolicy(ARPolicy):
             return Segment(list(r.block), desc, self.name)
         return Segment(list(r.block), masks.commit(len(r.block)), self.name)
 
-    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
+    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> int:
         if seg.desc.is_causal:  # commit pass: keep the block's causal KV, sample the next seed
             self._next_seed(r, logits)
             self._end_cycle(r, len(r.block))  # B-1 diffused tokens + this one
             r.block = r.masked = r.block_logprobs = None
-            return _all(seg.desc.length)
+            return seg.desc.length
         idx = torch.tensor([i for i, m in enumerate(r.masked) if m])
         probs = probs_from_logits(logits[idx], r.params)
         tokens = sample(probs, r.generator, r.params.greedy)
@@ -305,7 +300,7 @@ class DiffusionPolicy(ARPolicy):
                 r.block_logprobs[i] = lps[k]
         r.block_steps += 1
         self._emit_if_ready(r)
-        return _NONE
+        return 0
 
     @staticmethod
     def _grammar_keep(
@@ -369,15 +364,15 @@ class LinearSpecPolicy(ARPolicy):
             r.drafts, r.q = [], torch.zeros(0)
         return Segment([r.seed, *r.drafts], masks.linear_verify(1 + len(r.drafts)), self.name)
 
-    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
+    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> int:
         if r.q is None:  # draft forward: no KV is written
             r.q = probs_from_logits(logits[1:], r.params)
             r.drafts = sample(r.q, r.generator, r.params.greedy).tolist()
-            return _NONE
+            return 0
         p = probs_from_logits(logits, r.params)
         accepted = self._verify(r, p, logits)
         r.drafts, r.q = [], None
-        return _all(accepted + 1)
+        return accepted + 1
 
     def _verify(self, r: RequestState, p: torch.Tensor, logits) -> int:
         """Accept drafts against the target distributions ``p`` (from ``logits``, rows seed and
@@ -436,7 +431,7 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
                 groups += [first] + [mask] * (self.cfg.block_size - 1)
         return Segment([r.seed, *r.drafts, *groups], desc, self.name)
 
-    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> torch.Tensor:
+    def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> int:
         desc = seg.desc
         p = probs_from_logits(logits[: desc.num_causal], r.params)
         if r.q is None:
@@ -451,11 +446,11 @@ class QuadraticSpecPolicy(LinearSpecPolicy):
         n_next = max(0, min(self.cfg.block_size - 1, r.remaining - 1))
         group = logits[desc.group_slice(accepted, variant)][1 : 1 + n_next]
         r.q = probs_from_logits(group, r.params)
-        drafts = sample(r.q, r.generator, r.params.greedy) if n_next else _NONE
+        drafts = sample(r.q, r.generator, r.params.greedy) if n_next else _NO_DRAFTS
         count = self.cfg.bonus_candidates if n_next else 0
         r.cands = top_candidates(group, drafts, count) if count else []  # from the raw logits
         r.drafts = drafts.tolist()
-        return _all(accepted + 1)
+        return accepted + 1
 
 
 POLICIES: dict[str, type[ARPolicy]] = {

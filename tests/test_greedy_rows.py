@@ -80,7 +80,7 @@ def test_policies_read_greedy_rows_like_full_logits(mode, block, seed):
         logits = _logits(g, seg.desc.length)
         keep_full = policy.consume(full, seg, logits)
         keep_summary = policy.consume(summary, seg, GreedyRows.from_logits(logits, top_k=3))
-        assert torch.equal(keep_full, keep_summary)
+        assert keep_full == keep_summary
         assert (full.out, full.seed, full.block, full.masked, full.drafts) == (
             summary.out,
             summary.seed,

@@ -297,9 +297,8 @@ class TriModeEngine:
                 r = reqs[i]
                 r.stats.forwards += 1
                 accepted_before = len(r.stats.accept_lengths)
-                keep = policy.consume(r, seg, views[j])
-                kept_prefix(seg, keep)
-                cache.commit(j, keep)
+                kept = kept_prefix(seg, policy.consume(r, seg, views[j]))
+                cache.commit(j, kept)
                 driver.observe(i, seg, r, accepted_before)
             cache.end()
             driver.end_step()
@@ -361,7 +360,7 @@ class TriModeEngine:
         logits = self._forward(cache, rows, segs)
         for j, r in enumerate(reqs):
             n = len(r.prompt)
-            cache.commit(j, torch.arange(n))
+            cache.commit(j, n)
             last = adjust_rows_slow(logits[j, n - 1 : n], r.adjust, [0], [[]])  # output 0: none
             if r.grammar is not None:
                 last = last.masked_fill(~r.grammar.allowed(), -math.inf)

@@ -53,21 +53,19 @@ class KVCache:
 
     # -- after the forward ------------------------------------------------------------------
 
-    def commit(self, i: int, keep: torch.Tensor) -> None:
-        """Append the pending K/V of segment tokens ``keep`` (int64 indices) of forward row ``i``.
-
-        Kept tokens are written in order after the row's committed tokens."""
+    def commit(self, i: int, n: int) -> None:
+        """Append the pending K/V of the first ``n`` segment tokens of forward row ``i`` after
+        the row's committed tokens."""
         assert self.rows is not None
         row = int(self.rows[i])
-        n = keep.numel()
         start = int(self.lengths[row])
         if start + n > self.capacity:
             raise RuntimeError(f"KV cache row {row} is full ({self.capacity} slots)")
         for layer, pend in enumerate(self.pending):
             assert pend is not None, "commit() before a forward ran"
             k_new, v_new = pend
-            self.k[layer][row, :, start : start + n] = k_new[i][:, keep]
-            self.v[layer][row, :, start : start + n] = v_new[i][:, keep]
+            self.k[layer][row, :, start : start + n] = k_new[i][:, :n]
+            self.v[layer][row, :, start : start + n] = v_new[i][:, :n]
         self.lengths[row] = start + n
 
     def crop(self, row: int, length: int) -> None:

@@ -29,7 +29,7 @@ reserved slots right after its committed prefix; only the tokens a policy commit
 request (`accept_lens`), the rest is overwritten by later forwards and freed with the request
 (SGLang's spec-v2 over-allocation). A forward in which every request runs one causal token (an AR
 step) and none rides along is SGLang's own DECODE forward instead, through the wrapped backend's
-decode attention (`_forward_decode`).
+decode attention (`_forward_decode`; with impls other than `sdpa`, the CPU's).
 
 Per-request state (pending drafts, RNG, stats) lives in `self.states` keyed by request id and is
 dropped when a request leaves the batch.
@@ -138,6 +138,13 @@ class TriModeWorker(BaseSpecWorker):
         )
         if msg:
             raise ValueError(msg)
+        # AR-only forwards: SGLang's own DECODE through the wrapped backend (FlashInfer, FA3 on a
+        # GPU), except with `sdpa` (the CPU): the wrapped `torch_native` decode loops over the
+        # requests in every layer, `dense_attention` is one batched SDPA call per layer
+        impl = flags.resolve_attention_impl(
+            self.settings.attention_impl, torch.device(self.device).type
+        )
+        self.decode_wrapped = impl != "sdpa"
         hf = self.model_runner.model_config.hf_config
         self.mask_token_id = int(hf.mask_token_id)
         self.vocab_size = int(hf.vocab_size)
@@ -314,11 +321,12 @@ class TriModeWorker(BaseSpecWorker):
 
         When every request runs one causal token over its prefix (`masks.decode()`: an AR step,
         or a one-token verify/commit) and none rides along, this is exactly SGLang's own DECODE
-        forward: `_forward_decode` runs it through the wrapped backend's decode attention.
+        forward: `_forward_decode` runs it through the wrapped backend's decode attention (not
+        with `sdpa`, the CPU impl: its batched packed path beats `torch_native`'s decode loop).
         Otherwise one TARGET_VERIFY forward of the packed segments over our attention (the plan
         carries each request's `MaskDescriptor`): linear layers, MLPs and logits see only the
         real tokens, whatever mix of segment lengths shares the forward."""
-        if segs and all(s is not None and s.desc == _DECODE for s in segs):
+        if self.decode_wrapped and segs and all(s is not None and s.desc == _DECODE for s in segs):
             return self._forward_decode(batch, [s.tokens[0] for s in segs], prefix), None
         descs = [None if s is None else s.desc for s in segs]
         lens = torch.tensor([0 if d is None else d.length for d in descs], dtype=torch.int64)
@@ -453,10 +461,10 @@ class TriModeWorker(BaseSpecWorker):
                 r = e.state
                 r.stats.forwards += 1
                 accepted_before = len(r.stats.accept_lengths)
-                keep = e.policy.consume(r, seg, rows[i])
+                kept = e.policy.consume(r, seg, rows[i])
                 if e.auto is not None:
                     self.auto.observe(e.auto, seg, r, accepted_before)
-                prefix[i] += kept_prefix(seg, keep)
+                prefix[i] += kept_prefix(seg, kept)
                 if r.done or (len(r.out) > emitted_from[i] and e.policy.switchable(r)):
                     done[i] = True
                 if r.done and e.auto is not None:

@@ -51,6 +51,11 @@ def prompts() -> list[list[int]]:
 #: One mode per prompt of `TEXTS` for the mixed-batch fill-in tests: one-forward cycles (ar,
 #: quadratic) next to cycles of several forwards (diffusion blocks, linear draft + verify).
 FILL_IN_MODES = ("ar", "diffusion", "self_spec_quadratic", "self_spec_linear")
+#: logged once by a worker whose AR-only forwards take the wrapped backend's decode (impls other
+#: than `sdpa`; the CPU's wrapped backend is torch_native)
+WRAPPED_DECODE_LINE = (
+    "TRIMODE: AR-only forward via the wrapped backend's decode (TorchNativeAttnBackend)"
+)
 
 
 def free_port() -> int:

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from _srt_server import (  # noqa: E402
     FILL_IN_MODES,
     LEAK_MARKERS,
+    WRAPPED_DECODE_LINE,
     kv_pool_problems,
     leak_lines,
     open_stream,
@@ -154,13 +155,18 @@ def test_sampled_and_greedy_requests_share_forwards(server, reference, engine, m
     assert [[tid for _, tid, _ in t] for t in tops] == logp.topk(2, -1).indices.tolist()
 
 
-def test_ar_only_forwards_run_the_wrapped_backends_decode(server, reference):
-    """A forward whose every request runs an AR step is SGLang's own DECODE forward through the
-    wrapped backend (torch_native here; FlashInfer's decode on a GPU), not our packed extend:
-    the worker logs it at first use, and its tokens and stats equal the reference (exactness of
-    the route; `test_generate_batch_and_single_equal_reference[ar]` runs it on a ragged batch)."""
-    line = "TRIMODE: AR-only forward via the wrapped backend's decode (TorchNativeAttnBackend)"
-    _batch_equals_reference_and_logs_once(server, reference, "ar", line)
+def test_ar_only_forwards_run_the_batched_sdpa_attention(server, reference):
+    """With `sdpa` (the CPU default) a forward whose every request runs an AR step goes through
+    the packed path's one batched SDPA call per layer, not the wrapped `torch_native` decode (a
+    loop over the requests in every layer); its tokens and stats equal the reference's. The
+    wrapped route (other impls: FlashInfer's decode on a GPU) is checked by
+    tests/srt/test_server_trimode_triton.py."""
+    ps, expected, _, stats = reference
+    out = post_ok(server["base"] + "/generate", _body(ps, "ar"))
+    assert [o["output_ids"] for o in out] == expected["ar"]
+    assert [_stats(o) for o in out] == stats["ar"]
+    log = server["log"].read_text(errors="replace")
+    assert WRAPPED_DECODE_LINE not in log, log[-4000:]
 
 
 def _batch_equals_reference_and_logs_once(server, reference, mode: str, line: str) -> None:

@@ -5,7 +5,8 @@ under the interpreter (`TRITON_INTERPRET=1` in the server's environment). Greedy
 ragged batch of 4 must equal the reference engine's token for token in every mode, and the
 server log must show the Triton impl in use (the backend logs each impl at its first use) and
 never the torch one (quadratic steps with `--trimode-bonus-candidates 2`: the kernel's mask groups
-per acceptance length). The interpreter is slow: few new tokens. A second check: the same flag
+per acceptance length); AR-only forwards take the wrapped backend's own decode, as on a GPU.
+The interpreter is slow: few new tokens. A second check: the same flag
 without `TRITON_INTERPRET` on a CPU refuses to start with a message naming the flag and the fix.
 Skipped without sglang.
 """
@@ -28,7 +29,14 @@ pytestmark = [
 ]  # a real SGLang server (or engine) on the CPU: minutes
 
 import torch  # noqa: E402
-from _srt_server import kill_group, post_ok, prompts, server_env, start_server  # noqa: E402
+from _srt_server import (  # noqa: E402
+    WRAPPED_DECODE_LINE,
+    kill_group,
+    post_ok,
+    prompts,
+    server_env,
+    start_server,
+)
 
 from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
 from sglang_trimode.srt.flags import REQUEST_MODES  # noqa: E402
@@ -75,6 +83,8 @@ def test_every_mode_with_the_triton_kernel_equals_reference(server, reference):
     assert "attention_impl=triton" in log
     assert log.count(TRITON_LINE) == 1, log[-4000:]  # the kernel path ran, once announced
     assert "TRIMODE attention: impl=torch" not in log
+    # with any impl but `sdpa`, AR-only forwards are SGLang's own DECODE (wrapped backend)
+    assert log.count(WRAPPED_DECODE_LINE) == 1, log[-4000:]
 
 
 def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(tmp_path):
