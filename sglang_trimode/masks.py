@@ -138,6 +138,9 @@ class MaskDescriptor:
 # ---- step kinds -------------------------------------------------------------------------------
 
 
+_DECODE = MaskDescriptor(MaskKind.BLOCK, 1, 1)  # frozen: one instance serves every AR step
+
+
 def prefill(n: int) -> MaskDescriptor:
     """Causal prefill of ``n`` prompt tokens."""
     return MaskDescriptor(MaskKind.BLOCK, n, 1)
@@ -145,7 +148,7 @@ def prefill(n: int) -> MaskDescriptor:
 
 def decode() -> MaskDescriptor:
     """AR decode: one query over the cache."""
-    return MaskDescriptor(MaskKind.BLOCK, 1, 1)
+    return _DECODE
 
 
 def diffusion_draft(block_size: int, n: int | None = None) -> MaskDescriptor:

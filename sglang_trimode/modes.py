@@ -19,6 +19,7 @@ import torch
 from sglang_trimode import masks
 from sglang_trimode.rows.adjust import LogitAdjust
 from sglang_trimode.rows.grammar import GrammarError, GrammarState
+from sglang_trimode.rows.greedy import GreedyRows
 from sglang_trimode.sampling import (
     AcceptRule,
     SamplingParams,
@@ -170,6 +171,8 @@ class RequestState:
 
     def sample_next(self, logits: torch.Tensor) -> int:
         """Sample one token from one row of logits ``[V]``."""
+        if self.params.greedy and isinstance(logits, GreedyRows):  # the row's argmax (hot path)
+            return int(logits.top)
         probs = probs_from_logits(logits[None], self.params)
         return int(sample(probs, self.generator, self.params.greedy)[0])
 

@@ -52,12 +52,15 @@ def _greedy_only(rows: GreedyRows, params: SamplingParams) -> None:
         )
 
 
+_ONE = torch.ones(())  # the one-hot's probability, expanded (no allocation per row)
+
+
 def probs_from_logits(logits: Rows, params: SamplingParams) -> Rows:
     """float32 ``[..., V]`` distribution after temperature, top-k and top-p (one-hot if greedy;
     for :class:`GreedyRows`, the one-hot of ``top`` as ``GreedyRows``)."""
     if isinstance(logits, GreedyRows):
         _greedy_only(logits, params)
-        return GreedyRows(logits.top, torch.ones(logits.top.shape), logits.vocab)
+        return GreedyRows(logits.top, _ONE.expand(logits.top.shape), logits.vocab)  # a view
     if isinstance(logits, SampledRows):
         return logits.as_probs(params)
     logits = logits.float()
