@@ -18,6 +18,7 @@ compiled on a GPU (bench/gpu_check.sh) and under the interpreter on a CPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,10 +26,10 @@ from functools import cached_property
 
 import torch
 
-from sglang_trimode import dense_attention
+from sglang_trimode import dense_attention, masks
 from sglang_trimode.dense_attention import DenseLayout
 from sglang_trimode.kernels import PageTable, SegmentBatch
-from sglang_trimode.masks import MaskDescriptor
+from sglang_trimode.masks import MaskDescriptor, MaskKind
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,29 @@ def ragged_offsets(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=dev), lengths)
     start = torch.cumsum(lengths, 0) - lengths
     return owner, torch.arange(owner.numel(), device=dev) - start[owner]
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets(desc: MaskDescriptor) -> torch.Tensor:
+    """`masks.offsets` of a quadratic step's descriptor (a few recur every step: cached)."""
+    return masks.offsets(desc)
+
+
+def segment_positions(
+    cols: torch.Tensor, descs: Sequence[MaskDescriptor | None], prefix: Sequence[int]
+) -> torch.Tensor:
+    """Every packed token's position (`masks.positions` of its request's segment), for the whole
+    batch at once: `cols [T]` holds each token's `prefix[owner] + offset in its segment` (the
+    segments of the requests whose `descs[i]` is not None, one after another), which is the
+    position itself except in quadratic steps' mask groups (positions repeat per group)."""
+    if all(d is None or d.kind == MaskKind.BLOCK for d in descs):
+        return cols
+    pos, start = cols.clone(), 0
+    for i, d in enumerate(descs):
+        if d is not None and d.kind != MaskKind.BLOCK:
+            pos[start : start + d.length] = prefix[i] + _offsets(d).to(pos.device)
+        start += 0 if d is None else d.length
+    return pos
 
 
 def packed_prefix(pages: PageTable) -> tuple[torch.Tensor, PageTable]:

@@ -59,7 +59,7 @@ from sglang_trimode.modes import (
     get_policy,
     kept_prefix,
 )
-from sglang_trimode.packed import ragged_offsets
+from sglang_trimode.packed import ragged_offsets, segment_positions
 from sglang_trimode.reference.drafter import load_drafter_for
 from sglang_trimode.reference.validation import check_bonus_candidates, check_bonus_lengths
 from sglang_trimode.rows import eager_row_index, request_rows
@@ -332,7 +332,6 @@ class TriModeWorker(BaseSpecWorker):
         lens = torch.tensor([0 if d is None else d.length for d in descs], dtype=torch.int64)
         running = [i for i, s in enumerate(segs) if s is not None]
         tokens = torch.tensor([t for i in running for t in segs[i].tokens], dtype=torch.int64)
-        pos = torch.cat([masks.positions(segs[i].desc, prefix[i]) for i in running])
         # slots: request i's token t goes to req_to_token[row_i, prefix_i + t] when a step may
         # keep its KV (t < desc.committable); every other token's K/V goes to SGLang's padding
         # slot 0 (never read), so a request needs slots for its committable tokens only
@@ -340,6 +339,7 @@ class TriModeWorker(BaseSpecWorker):
         keepable = torch.tensor([0 if d is None else d.committable for d in descs])
         stored = offset < keepable[owner]  # [T]
         cols = torch.tensor(prefix, dtype=torch.int64)[owner] + offset
+        pos = segment_positions(cols, descs, prefix)  # [T]
         req_to_token = batch.req_to_token_pool.req_to_token
         rows = batch.req_pool_indices.to(req_to_token.device)
         dev_owner, dev_cols = owner[stored].to(rows.device), cols[stored].to(rows.device)
@@ -509,9 +509,7 @@ class TriModeWorker(BaseSpecWorker):
             e = self.states[req.rid]
             stats.record(req, e.mode, len(toks), e.state.stats)
         accept_lens_l = [len(t) for t in new_tokens]
-        flat = torch.zeros(bs, stride, dtype=torch.int64)
-        for i, t in enumerate(new_tokens):
-            flat[i, : len(t)] = torch.tensor(t, dtype=torch.int64)
+        flat = torch.tensor([t + [0] * (stride - len(t)) for t in new_tokens], dtype=torch.int64)
         accept_lens = torch.tensor(accept_lens_l, dtype=torch.int32)
         new_seq_lens = batch.seq_lens + accept_lens.to(batch.seq_lens.device, batch.seq_lens.dtype)
         batch.forward_mode = ForwardMode.DECODE

@@ -126,3 +126,21 @@ def test_pack_rejects_inconsistent_plans():
         packed.attend(q, kv, kv, torch.ones(8, 2, 16), torch.ones(8, 2, 16), p, 0.25, "torch")
     with pytest.raises(ValueError, match="attention impl must be one of triton, torch, sdpa"):
         packed.attention_fn("flash")
+
+
+@pytest.mark.parametrize(
+    "descs",
+    [
+        MIXED,
+        [masks.decode(), None, masks.decode()],  # AR steps only: the positions are the columns
+        [masks.quadratic(2, 3, variants=2, guessed=1), masks.quadratic(0, 4), None],
+    ],
+)
+def test_segment_positions_equal_each_requests_positions(descs):
+    """The worker's batched positions == `masks.positions` of each running request, in order."""
+    prefix = [5 + 3 * i for i in range(len(descs))]
+    lens = torch.tensor([0 if d is None else d.length for d in descs])
+    owner, offset = packed.ragged_offsets(lens)
+    cols = torch.tensor(prefix)[owner] + offset
+    want = torch.cat([masks.positions(d, p) for d, p in zip(descs, prefix) if d is not None])
+    assert torch.equal(packed.segment_positions(cols, descs, prefix), want)
