@@ -251,7 +251,7 @@ class ARPolicy:
     @staticmethod
     def _next_seed(r: RequestState, logits: torch.Tensor) -> None:
         r.seed = r.sample_next(logits[-1])
-        r.emit([r.seed], r.logprobs_of(logits[-1:], [r.seed]))
+        r.emit([r.seed], None if r.logprobs is None else r.logprobs_of(logits[-1:], [r.seed]))
 
 
 class DiffusionPolicy(ARPolicy):
