@@ -161,22 +161,17 @@ def test_ar_only_forwards_run_the_batched_sdpa_attention(server, reference):
     loop over the requests in every layer); its tokens and stats equal the reference's. The
     wrapped route (other impls: FlashInfer's decode on a GPU) is checked by
     tests/srt/test_server_trimode_triton.py."""
-    ps, expected, _, stats = reference
-    out = post_ok(server["base"] + "/generate", _body(ps, "ar"))
-    assert [o["output_ids"] for o in out] == expected["ar"]
-    assert [_stats(o) for o in out] == stats["ar"]
-    log = server["log"].read_text(errors="replace")
+    log = _batch_equals_reference(server, reference, "ar")
     assert WRAPPED_DECODE_LINE not in log, log[-4000:]
 
 
-def _batch_equals_reference_and_logs_once(server, reference, mode: str, line: str) -> None:
-    """The ragged batch in `mode` equals the reference (tokens, stats); the log has `line` once."""
+def _batch_equals_reference(server, reference, mode: str) -> str:
+    """The ragged batch in `mode` equals the reference (tokens, stats); the server log after it."""
     ps, expected, _, stats = reference
     out = post_ok(server["base"] + "/generate", _body(ps, mode))
     assert [o["output_ids"] for o in out] == expected[mode]
     assert [_stats(o) for o in out] == stats[mode]
-    log = server["log"].read_text(errors="replace")
-    assert log.count(line) == 1, log[-4000:]
+    return server["log"].read_text(errors="replace")
 
 
 def test_fill_in_runs_one_forward_cycles_while_others_are_mid_cycle(server, reference):
@@ -227,7 +222,8 @@ def test_quadratic_mask_groups_go_through_the_head_when_read(server, reference):
     `rows.DeferredGroups`): the worker logs it at first use, and tokens and stats (accept
     lengths, which depend on the drafts read from the group) equal the reference."""
     line = "TRIMODE: quadratic steps: logits of the causal rows in the forward"
-    _batch_equals_reference_and_logs_once(server, reference, "self_spec_quadratic", line)
+    log = _batch_equals_reference(server, reference, "self_spec_quadratic")
+    assert log.count(line) == 1, log[-4000:]
 
 
 def test_unknown_mode_is_a_clear_400_and_server_keeps_serving(server, reference):
@@ -582,17 +578,6 @@ def test_kv_pool_check_reports_sglang_leak_lines(server, tmp_path):
     assert leak_lines(log.read_text()) == leaks
     # the whole check on the live server's counters (all free) but the leaky log
     assert kv_pool_problems({"base": server["base"], "log": log}, timeout_s=5) == leaks
-
-
-def _events(resp, n: int) -> list[dict]:
-    """The next `n` parsed `data:` events of an open SSE response."""
-    out = []
-    for raw in resp:
-        if raw.startswith(b"data:") and raw[5:].strip() != b"[DONE]":
-            out.append(json.loads(raw[5:]))
-            if len(out) == n:
-                break
-    return out
 
 
 def test_client_disconnect_mid_stream_aborts_request_and_frees_every_kv_slot(server, reference):
