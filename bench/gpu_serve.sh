@@ -52,7 +52,15 @@ print("sglang_trimode from", sglang_trimode.__file__)
 PYEOF
 } 2>&1 | tee "$OUT_DIR/env.txt"
 [[ ${PIPESTATUS[0]} -eq 0 ]] || fail "imports failed: see $OUT_DIR/env.txt"
-timeout 470 "$PY" bench/gpu/serve.py --out "$OUT_DIR" --budget-s "${BUDGET_S:-400}" \
-    --phases "${PHASES:-correctness,8B,3B,torch_impl}" 2>&1 \
+# The device tool returns at most 8 files from $OUT: the run writes to $WORK, then the table,
+# JSON and console copy come back as files and every log and step profile in one tarball.
+WORK=${WORK:-/tmp/gpu_serve_work}
+mkdir -p "$WORK"
+timeout "${SERVE_TIMEOUT_S:-470}" "$PY" bench/gpu/serve.py --out "$WORK" \
+    --budget-s "${BUDGET_S:-400}" --phases "${PHASES:-correctness,8B,3B,torch_impl}" 2>&1 \
     | tee "$OUT_DIR/serve.txt"
-exit "${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+cp "$WORK"/gpu_serve.json "$WORK"/gpu_serve.md "$OUT_DIR"/ 2>/dev/null
+tar -czf "$OUT_DIR/logs.tgz" -C "$WORK" . 2>/dev/null
+echo "[gpu_serve] exit $rc; $OUT_DIR: $(ls "$OUT_DIR" | tr '\n' ' ')"
+exit "$rc"

@@ -64,7 +64,8 @@ def markdown(result: dict, als: tuple[float, ...]) -> str:
     for r in result["speed"]:
         ar = plain.get((r["size"], r["c"]))
         proj = [projected_tok_s(r, al) for al in als]
-        cells = [r["size"], r["server"], r["mode"], r["impl"], r["c"], r["new_tokens"]]
+        server = r["server"] + (" (CUDA graphs)" if r.get("cuda_graphs") else "")
+        cells = [r["size"], server, r["mode"], r["impl"], r["c"], r["new_tokens"]]
         cells += [_fmt(r["tok_s"]), _fmt(r["tok_s"] / ar if ar else None, ".2f")]
         cells += [_fmt(r.get("loop_ms"), ".2f"), _fmt(r.get("fwd_ms"), ".2f")]
         cells += [_fmt(r.get("forwards"), ".0f"), _fmt(r.get("host_ms"), ".2f")]

@@ -62,8 +62,13 @@ def device_args(a, graphs: bool) -> list[str]:
     if a.cpu_smoke:
         return [*sp.CPU_ARGS, "--max-total-tokens", "8192"]
     args = ["--device", "cuda", "--attention-backend", "triton", "--sampling-backend", "pytorch"]
-    args += ["--mem-fraction-static", "0.8"]
-    return args + ([] if graphs else ["--disable-cuda-graph"])
+    args += ["--mem-fraction-static", "0.8"]  # graphs up to the largest concurrency measured
+    return args + (["--cuda-graph-max-bs-decode", "64"] if graphs else ["--disable-cuda-graph"])
+
+
+def start_timeout(deadline: float) -> float:
+    """Seconds a server may take to become healthy: the budget left plus a minute, 120..600."""
+    return min(600.0, max(120.0, deadline - time.monotonic() + 60.0))
 
 
 def generate(base: str, mode: str | None, ids: list[list[int]], max_new: int) -> dict:
@@ -84,7 +89,7 @@ def generate(base: str, mode: str | None, ids: list[list[int]], max_new: int) ->
     return {"wall_s": wall, "tokens": toks, "ids": [o["output_ids"] for o in outs]}
 
 
-def correctness(a, out: Path) -> list[dict]:
+def correctness(a, out: Path, deadline: float) -> list[dict]:
     """Every mode: TRIMODE server tokens vs the reference engine on the same device (fp32)."""
     import torch
 
@@ -102,7 +107,7 @@ def correctness(a, out: Path) -> list[dict]:
         args += ["--max-total-tokens", "65536"]
     rows = []
     log = out / "server_correctness.log"
-    with sp.server(args, server_env(a), log, timeout=600) as base:
+    with sp.server(args, server_env(a), log, timeout=start_timeout(deadline)) as base:
         for mode in a.modes:
             ref = engine.generate(prompts, mode=mode, block_size=block, max_new_tokens=max_new,
                                   stop_token_ids=[])  # fmt: skip
@@ -157,35 +162,58 @@ class PeakMemory:
         return round(self.peak / 2**30, 2) if self.on else None
 
 
-def speed(a, size: str, out: Path, deadline: float, extra: tuple[str, ...] = ()) -> list[dict]:
-    """Plain AR server, then TRIMODE per mode, at each concurrency; rows for the table."""
+def speed(
+    a, size: str, out: Path, deadline: float, rows: list[dict], extra: tuple[str, ...] = ()
+) -> None:
+    """Plain AR server, then TRIMODE per mode, at each concurrency; appends to `rows` as it goes
+    (a server that fails to start keeps the rows before it). A plain AR server that fails with
+    CUDA graphs is retried once without them (its rows say so)."""
     import random
 
     path, block = model_dir(size, out, a)
     vocab = json.loads((path / "config.json").read_text())["vocab_size"]
     rnd = random.Random(0)
-    rows = []
     servers = [("plain_ar", [None])] if not extra else []
     servers.append(("trimode", list(a.modes) if not extra else ["self_spec_linear"]))
     for kind, modes in servers:
         tag = f"{size}_{kind}" + ("_impl_" + extra[-1] if extra else "")
-        prof = out / f"steps_{tag}.jsonl"
-        env = server_env(a) | {"SGLANG_TRIMODE_STEP_PROFILE": str(prof)}
+        env = server_env(a) | {"SGLANG_TRIMODE_STEP_PROFILE": str(out / f"steps_{tag}.jsonl")}
         args = ["--model-path", str(path), "--load-format", "dummy", "--skip-tokenizer-init"]
         args += ["--dtype", "float32" if a.cpu_smoke else "bfloat16", "--random-seed", "0"]
-        args += device_args(a, graphs=kind == "plain_ar")
         if kind == "trimode":
             args += ["--speculative-algorithm", "TRIMODE", "--trimode-block-size", str(block)]
             args += list(extra)
-        log = out / f"server_{tag}.log"
-        with PeakMemory(not a.cpu_smoke) as mem, sp.server(args, env, log, timeout=600) as base:
+        graphs = [True, False] if kind == "plain_ar" and not a.cpu_smoke else [False]
+        for i, g in enumerate(graphs):
+            run_args = args + device_args(a, graphs=g)
+            try:
+                serve_modes(a, size, kind, modes, run_args, env, out / f"server_{tag}.log",
+                            deadline, rnd, vocab, rows, " ".join(extra) or "auto", g)  # fmt: skip
+                break
+            except RuntimeError as err:
+                if i + 1 == len(graphs) or "during start-up" not in str(err):
+                    raise
+                print(f"[gpu_serve] {tag} failed with CUDA graphs, again without: {err}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                (out / f"server_{tag}.log").rename(out / f"server_{tag}_graphs_failed.log")
+        if time.monotonic() > deadline:
+            return
+
+
+def serve_modes(
+    a, size, kind, modes, args, env, log, deadline, rnd, vocab, rows, impl, graphs
+) -> None:
+    """One server: warm up, then each mode at each concurrency until the deadline."""
+    prof = Path(env["SGLANG_TRIMODE_STEP_PROFILE"])
+    with PeakMemory(not a.cpu_smoke) as mem:
+        with sp.server(args, env, log, timeout=start_timeout(deadline)) as base:
             offset = 0
             for mode in modes:
                 generate(base, mode, [[5] * 16], 4)  # warm-up (compiles)
                 for c in a.concurrency:
                     if time.monotonic() > deadline:
                         print(f"[gpu_serve] budget reached: {size} {kind} stops", flush=True)
-                        return rows
+                        return
                     _, offset = sp.read_new(prof, offset)
                     ids = [
                         [rnd.randrange(200, vocab) for _ in range(a.prompt_len)] for _ in range(c)
@@ -196,13 +224,12 @@ def speed(a, size: str, out: Path, deadline: float, extra: tuple[str, ...] = ())
                     label = f"{size} (smoke: default shapes)" if a.cpu_smoke else size
                     row = {"size": label, "server": kind, "mode": mode or "plain_ar", "c": c}
                     row |= {"tok_s": run["tokens"] / run["wall_s"], "new_tokens": a.max_new_for(c)}
-                    row |= {"impl": " ".join(extra) or "auto"} | sp.step_stats(records)
+                    row |= {"impl": impl, "cuda_graphs": graphs} | sp.step_stats(records)
                     row["peak_gib"] = mem.gib()
                     rows.append(row)
                     print(
                         f"[gpu_serve] {size} {row['mode']} c={c}: {report.brief(row)}", flush=True
                     )
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,20 +242,20 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     a.concurrency = (1, 2) if a.cpu_smoke else (1, 4, 16, 64)
     a.prompt_len = 48 if a.cpu_smoke else 512
-    a.max_new_for = (lambda c: 16) if a.cpu_smoke else (lambda c: 256 if c <= 16 else 128)
+    a.max_new_for = (lambda c: 16) if a.cpu_smoke else (lambda c: 128 if c <= 16 else 64)
     a.out = a.out.resolve()  # servers run in it: every path they get must be absolute
     a.out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     deadline = start + a.budget_s
     result = {"cpu_smoke": a.cpu_smoke, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     result |= {"correctness": [], "speed": [], "skipped": []}
-    phases = [("correctness", lambda: result["correctness"].extend(correctness(a, a.out)))]
+    phases = [
+        ("correctness", lambda: result["correctness"].extend(correctness(a, a.out, deadline)))
+    ]
     for size in ("8B",) if a.cpu_smoke else ("8B", "3B"):  # 3B: the same code again
-        phases.append((size, lambda s=size: result["speed"].extend(speed(a, s, a.out, deadline))))
+        phases.append((size, lambda s=size: speed(a, s, a.out, deadline, result["speed"])))
     impl = ("--trimode-attention-impl", "torch")
-    phases.append(
-        ("torch_impl", lambda: result["speed"].extend(speed(a, "8B", a.out, deadline, impl)))
-    )
+    phases.append(("torch_impl", lambda: speed(a, "8B", a.out, deadline, result["speed"], impl)))
     status = 0
     for name, fn in phases:
         if name not in a.phases:
