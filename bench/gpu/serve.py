@@ -51,6 +51,7 @@ def default_model() -> Path:
 
 def server_env(a) -> dict[str, str]:
     env = dict(os.environ, SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND="python")
+    env["SGLANG_SKIP_SGL_KERNEL_VERSION_CHECK"] = "1"  # the stand-in has no sglang-kernel dist
     stand_in = str(ROOT / "sglang_trimode" / "srt" / "cpu_platform")  # no sgl_kernel there
     env["PYTHONPATH"] = os.pathsep.join(p for p in (stand_in, env.get("PYTHONPATH")) if p)
     if a.cpu_smoke:
