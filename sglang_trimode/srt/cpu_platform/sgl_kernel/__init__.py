@@ -173,3 +173,7 @@ for _sub, _names in CUDA_IMPORT_ONLY_SUBMODULES.items():
     sys.modules[_mod.__name__] = _mod
     globals()[_sub] = _mod
 del _name
+
+from . import absent  # noqa: E402  (SGLang CUDA modules needing packages we lack: absent.py)
+
+absent.install()
