@@ -32,6 +32,9 @@ MODULES = (
     "sglang_trimode.srt.plugin",
     "sglang_trimode.srt.worker",
     "sglang_trimode.srt.model",
+    # imported while the Llama MLP is built (srt/layers/dual_gemm.py), not at module level; it
+    # needs cutlass, which the GPU bundle lacks: the stand-in's absent.py answers for it
+    "sglang.kernels.ops.gemm.cutedsl_dual_gemm",
 )
 
 
@@ -65,3 +68,29 @@ def test_the_check_fails_when_a_cuda_name_is_missing(tmp_path):
         (pkg / f.name).write_text(text)
     got = _run(str(tmp_path))
     assert "cannot import name 'int8_scaled_mm'" in got["sglang.srt.models.ministral3"]
+
+
+def test_dual_gemm_without_cutlass_never_applies():
+    """The stand-in's module for SGLang's cutlass dual GEMM (absent.py) keeps the MLP plain."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("cutlass") is not None:
+        import pytest
+
+        pytest.skip("cutlass is installed: SGLang's own dual GEMM module applies")
+    sys.path.insert(0, PYTHONPATH_ENTRY)
+    try:
+        from sgl_kernel import absent
+    finally:
+        sys.path.remove(PYTHONPATH_ENTRY)
+    saved = sys.modules.pop(absent.DUAL_GEMM, None)
+    try:
+        assert absent.install()
+        mod = sys.modules[absent.DUAL_GEMM]
+        assert not mod.can_use_dual_gemm(16, 4096, 14336, mod.DualGemmQuantMode.UNQUANT)
+        assert not absent.install()  # registered once
+    finally:
+        sys.modules.pop(absent.DUAL_GEMM, None)
+        if saved is not None:
+            sys.modules[absent.DUAL_GEMM] = saved
