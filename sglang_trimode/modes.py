@@ -21,6 +21,7 @@ from sglang_trimode.rows.adjust import LogitAdjust
 from sglang_trimode.rows.grammar import GrammarError, GrammarState
 from sglang_trimode.rows.greedy import GreedyRows
 from sglang_trimode.sampling import (
+    ARGMAX_WHEN_GREEDY,
     AcceptRule,
     SamplingParams,
     TokenLogprob,
@@ -204,6 +205,7 @@ class ModeConfig:
 
 
 _NO_DRAFTS = torch.zeros(0, dtype=torch.long)
+_NO_Q = torch.zeros(0)  # a greedy draft's q: set (the draft phase is over), never read
 
 
 def kept_prefix(seg: Segment, kept: int) -> int:
@@ -364,10 +366,12 @@ class LinearSpecPolicy(ARPolicy):
             if n > 1:
                 tokens = [r.seed] + [self.cfg.mask_token_id] * (n - 1)
                 return Segment(tokens, masks.diffusion_draft(n), self.name)
-            r.drafts, r.q = [], torch.zeros(0)
+            r.drafts, r.q = [], _NO_Q
         return Segment([r.seed, *r.drafts], masks.linear_verify(1 + len(r.drafts)), self.name)
 
     def consume(self, r: RequestState, seg: Segment, logits: torch.Tensor) -> int:
+        if self._argmax_only(r, logits):
+            return self._consume_argmax(r, logits.top.tolist())
         if r.q is None:  # draft forward: no KV is written
             r.q = probs_from_logits(logits[1:], r.params)
             r.drafts = sample(r.q, r.generator, r.params.greedy).tolist()
@@ -376,6 +380,30 @@ class LinearSpecPolicy(ARPolicy):
         accepted = self._verify(r, p, logits)
         r.drafts, r.q = [], None
         return accepted + 1
+
+    def _argmax_only(self, r: RequestState, rows) -> bool:
+        """Greedy, no logprobs, a rule that is :func:`sampling.accept_greedy` when greedy: the
+        step reads only its rows' argmax ids, so it runs on Python ints (greedy serving's hot
+        path; the same tokens as the tensor path below, tests/test_modes_argmax.py)."""
+        return (
+            r.params.greedy
+            and r.logprobs is None
+            and isinstance(rows, GreedyRows)
+            and self.cfg.accept_rule in ARGMAX_WHEN_GREEDY
+        )
+
+    def _consume_argmax(self, r: RequestState, top: list[int]) -> int:
+        """consume() from the rows' argmax ``top``: drafts are ``top[1:]``; the verify accepts
+        the drafts that equal the argmax before them, then emits the argmax after the last."""
+        if r.q is None:  # draft forward; greedy acceptance never reads q
+            r.drafts, r.q = top[1:], _NO_Q
+            return 0
+        a = next((j for j, d in enumerate(r.drafts) if d != top[j]), len(r.drafts))
+        r.emit(r.drafts[:a] + [top[a]])
+        r.stats.step(a + 1, self.name)
+        r.seed = top[a]
+        r.drafts, r.q = [], None
+        return a + 1
 
     def _verify(self, r: RequestState, p: torch.Tensor, logits) -> int:
         """Accept drafts against the target distributions ``p`` (from ``logits``, rows seed and

@@ -305,6 +305,8 @@ ACCEPT_RULES: dict[str, AcceptRule] = {
     "lossless": accept_lossless,
     "exact_match": accept_exact_match,
 }
+#: the rules that reduce to :func:`accept_greedy` for a greedy request (read the argmax only)
+ARGMAX_WHEN_GREEDY: tuple[AcceptRule, ...] = (accept_lossless, accept_exact_match)
 
 
 def get_accept_rule(rule: str | AcceptRule) -> AcceptRule:

@@ -134,3 +134,54 @@ def test_rows_without_probabilities_refuse_to_give_them():
         confidence(rows, rows.top)
     one_hot = probs_from_logits(rows, SamplingParams())  # greedy reads need no probability
     assert torch.equal(one_hot.top, rows.top) and torch.equal(one_hot.prob, torch.ones(4))
+
+
+@pytest.mark.parametrize("rule", ["lossless", "exact_match"])
+@pytest.mark.parametrize("block", [1, 2, 4, 8])
+@pytest.mark.parametrize("seed", range(4))
+def test_linear_argmax_path_equals_the_tensor_path(rule, block, seed):
+    """A greedy linear request without logprobs runs its step on Python ints
+    (`LinearSpecPolicy._consume_argmax`); its tokens, seeds, drafts, kept counts and accept
+    lengths equal the tensor path's (full logits) over whole runs with partial acceptances."""
+    cfg = modes.ModeConfig(
+        mask_token_id=MASK, block_size=block, threshold=0.9, accept_rule=get_accept_rule(rule)
+    )
+    policy = modes.get_policy("self_spec_linear", cfg)
+    full, ints = _state(seed), _state(seed)
+    full.logprobs = ints.logprobs = ints.top_logprobs = full.top_logprobs = None
+    full.stop_token_ids = ints.stop_token_ids = frozenset()  # long runs: many verify steps
+    g = torch.Generator().manual_seed(200 + seed)
+    lengths = set()
+    for _ in range(80):
+        if full.done:
+            break
+        seg = policy.segment(full)
+        assert policy.segment(ints) == seg
+        logits = _logits(g, seg.desc.length)
+        if full.q is not None:  # verify rows: the argmax before draft j is draft j 3 times in 4
+            hit = torch.rand(len(full.drafts), generator=g) < 0.75
+            for j in hit.nonzero().flatten().tolist():
+                logits[j, full.drafts[j]] = 100.0
+        rows = GreedyRows.from_logits(logits, with_prob=False)
+        assert policy._argmax_only(ints, rows) and not policy._argmax_only(full, logits)
+        assert policy.consume(full, seg, logits) == policy.consume(ints, seg, rows)
+        assert (full.out, full.seed, full.drafts) == (ints.out, ints.seed, ints.drafts)
+        assert (full.q is None) == (ints.q is None)
+        assert full.stats == ints.stats
+        lengths.update(full.stats.accept_lengths)
+    assert full.done and len(full.out) == full.max_new_tokens
+    if block > 2:
+        assert len(lengths) > 1, "partial and full acceptances both occur"
+
+
+def test_a_custom_accept_rule_keeps_the_tensor_path():
+    """Only the built-in rules are known to read the argmax alone when greedy."""
+    cfg = modes.ModeConfig(
+        mask_token_id=MASK, block_size=4, threshold=0.9,
+        accept_rule=lambda d, q, p, gen, greedy: accept_lossless(d, q, p, gen, greedy),
+    )  # fmt: skip
+    policy = modes.get_policy("self_spec_linear", cfg)
+    r = _state(0)
+    r.logprobs = r.top_logprobs = None
+    rows = GreedyRows.from_logits(torch.randn(4, V), with_prob=False)
+    assert not policy._argmax_only(r, rows)
