@@ -384,7 +384,7 @@ class LinearSpecPolicy(ARPolicy):
     def _argmax_only(self, r: RequestState, rows) -> bool:
         """Greedy, no logprobs, a rule that is :func:`sampling.accept_greedy` when greedy: the
         step reads only its rows' argmax ids, so it runs on Python ints (greedy serving's hot
-        path; the same tokens as the tensor path below, tests/test_modes_argmax.py)."""
+        path; the same tokens as the tensor path below, tests/test_greedy_rows.py)."""
         return (
             r.params.greedy
             and r.logprobs is None
