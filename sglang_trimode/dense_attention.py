@@ -58,9 +58,12 @@ class DenseLayout:
         rows = (torch.arange(b)[:, None] * t_max + j[None, :])[valid]
         mask = torch.zeros(b, t_max, p_max + t_max, dtype=torch.bool)
         mask[:, :, :p_max] = torch.arange(p_max)[None, None, :] < prefix[:, None, None]
+        same: dict[masks.MaskDescriptor, list[int]] = {}  # one write per distinct segment
         for i, d in enumerate(descs):
+            same.setdefault(d, []).append(i)
+        for d, idx in same.items():
             n = d.length
-            mask[i, :n, p_max : p_max + n] = _segment_mask(d)
+            mask[idx, :n, p_max : p_max + n] = _segment_mask(d)
         mask[~valid] = False
         mask[..., 0] |= ~valid  # padding rows: one visible key, dropped afterwards
         t = torch.arange(p_max, device=pages.table.device)
