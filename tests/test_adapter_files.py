@@ -1,6 +1,6 @@
 """Which drafter folder an engine takes (`--trimode-drafter on|off|PATH`, the older
 `drafter_lora/` still read) and the refusals of malformed adapters: each names the file and the
-field (reference/adapter_files.py; the server's launch check is in tests/srt/test_flags.py)."""
+field (adapter/files.py; the server's launch check is in tests/srt/test_flags.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ require("peft", reason="peft writes the adapters (requirements/test.txt)")
 
 from vendor_adapter import write_peft_adapter  # noqa: E402
 
-from sglang_trimode.reference.adapter_files import (  # noqa: E402
+from sglang_trimode.adapter.files import (  # noqa: E402
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     LEGACY_DIR,

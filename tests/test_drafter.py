@@ -1,4 +1,4 @@
-"""The draft-only LoRA adapter (reference/drafter.py) and its training (training/drafter.py).
+"""The draft-only LoRA adapter (adapter/lora.py) and its training (training/drafter.py).
 
 It changes exactly the rows it is told to (the drafting rows), never the rows that verify or
 commit, so greedy self-speculation with any adapter still equals greedy AR; it round-trips
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sglang_trimode import masks
-from sglang_trimode.reference.drafter import (
+from sglang_trimode.adapter.lora import (
     DRAFTER_DIR,
     DrafterConfig,
     DrafterLoRA,

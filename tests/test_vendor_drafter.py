@@ -22,9 +22,10 @@ require("peft", reason="peft writes the adapters (requirements/test.txt)")
 from peft import PeftModel  # noqa: E402
 from vendor_adapter import peft_linear_spec, peft_model, write_peft_adapter  # noqa: E402
 
-from sglang_trimode import drafter_rows, masks, modes  # noqa: E402
-from sglang_trimode.reference.adapter_files import VENDOR_DIR  # noqa: E402
-from sglang_trimode.reference.drafter import DrafterConfig, DrafterLoRA  # noqa: E402
+from sglang_trimode import masks, modes  # noqa: E402
+from sglang_trimode.adapter import rows as drafter_rows  # noqa: E402
+from sglang_trimode.adapter.files import VENDOR_DIR  # noqa: E402
+from sglang_trimode.adapter.lora import DrafterConfig, DrafterLoRA  # noqa: E402
 from sglang_trimode.reference.engine import TriModeEngine  # noqa: E402
 from sglang_trimode.reference.tiny import make_tiny_checkpoint  # noqa: E402
 

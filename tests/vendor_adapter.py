@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import DynamicCache
 
 from sglang_trimode import default_model_path
-from sglang_trimode.reference.adapter_files import LEGACY_DIR, VENDOR_DIR
+from sglang_trimode.adapter.files import LEGACY_DIR, VENDOR_DIR
 from sglang_trimode.reference.checkpoint import load_model
 
 RANK, ALPHA = 8, 32  # scale 4, as the vendor's r 128 / alpha 512

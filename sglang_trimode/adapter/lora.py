@@ -3,7 +3,7 @@
 The vendor ships an optional drafter adapter (``linear_spec_lora/``: LoRA on ``o_proj`` only,
 applied in the draft pass only). Here it is applied *per token*: ``o_proj(x) + s * B A x`` on the
 rows a step drafts with (a linear draft block, a quadratic step's mask groups; diffusion blocks
-only on request, ``drafter_rows.py``) and plain
+only on request, ``adapter/rows.py``) and plain
 ``o_proj(x)`` on every committable (causal) row, so the verifying AR path, and with it greedy
 self-speculation's output, is the base model's exactly. Rows that draft never feed a causal row
 (causal rows do not attend to them), so one forward may mix both.
@@ -21,8 +21,8 @@ leaves it to the decoder layer), the hook sees the sum already, and the ``r``-wi
 products ``A_k x_k`` are all-reduced before ``B`` instead.
 
 On disk: PEFT's layout in ``linear_spec_lora/`` (the vendor's folder, :data:`DRAFTER_DIR`; the
-older ``drafter_lora/`` is still read): ``reference/adapter_files.py`` finds and checks it, with
-no peft import. Which rows of a forward get the adapter: ``sglang_trimode/drafter_rows.py``.
+older ``drafter_lora/`` is still read): ``adapter/files.py`` finds and checks it, with
+no peft import. Which rows of a forward get the adapter: ``sglang_trimode/adapter/rows.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from sglang_trimode.reference.adapter_files import (
+from sglang_trimode.adapter.files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     KEY,

@@ -1,4 +1,4 @@
-"""Which token rows of a forward get the drafter adapter (``reference/drafter.py``), for both
+"""Which token rows of a forward get the drafter adapter (``adapter/lora.py``), for both
 engines (``--trimode-drafter-rows``, ``TriModeEngine(..., drafter_rows=...)``).
 
 Only rows whose KV no step keeps may get it (a segment's rows from ``desc.committable`` on): a

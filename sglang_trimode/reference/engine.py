@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
-from sglang_trimode import drafter_rows as drafter_rows_module
 from sglang_trimode import masks
+from sglang_trimode.adapter import rows as drafter_rows_module
+from sglang_trimode.adapter.files import adapter_folder
+from sglang_trimode.adapter.lora import DrafterLoRA, load_drafter_for
 from sglang_trimode.modes import (
     POLICIES,
     ModeConfig,
@@ -25,16 +27,8 @@ from sglang_trimode.modes import (
     Segment,
     kept_prefix,
 )
-from sglang_trimode.reference.adapter_files import adapter_folder
-from sglang_trimode.reference.drafter import DrafterLoRA, load_drafter_for
 from sglang_trimode.reference.grammar import grammar_field, grammar_states, matcher_factory
 from sglang_trimode.reference.kv_cache import KVCache
-from sglang_trimode.reference.validation import (
-    per_request_penalty,
-    validate_adjust,
-    validate_logprobs,
-    validate_request,
-)
 from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.rows.adjust import (
     LogitAdjust,
@@ -50,6 +44,12 @@ from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.scheduler.driver import ModeDriver, TraceRow
 from sglang_trimode.scheduler.policy import AutoPolicy
 from sglang_trimode.scheduler.step import Budget, Policy
+from sglang_trimode.validation import (
+    per_request_penalty,
+    validate_adjust,
+    validate_logprobs,
+    validate_request,
+)
 
 
 @dataclass
@@ -80,8 +80,8 @@ class TriModeEngine:
         self.config = model.config
         self.cost = cost
         self.last_trace: list[TraceRow] = []
-        #: draft-only adapter (``reference/drafter.py``) on the rows ``drafter_rows`` picks
-        #: among every forward's non-committable rows (``sglang_trimode/drafter_rows.py``)
+        #: draft-only adapter (``adapter/lora.py``) on the rows ``drafter_rows`` picks
+        #: among every forward's non-committable rows (``sglang_trimode/adapter/rows.py``)
         self.drafter = None if drafter is None else drafter.attach(model)
         self.drafter_rows = drafter_rows_module.check_scope(drafter_rows)
         self.path: Path | None = None  # the checkpoint (its tokenizer compiles grammars)

@@ -38,7 +38,7 @@ Flags (all optional):
   for the step's end. `off`: one cycle per request per step. Outputs are the same either way.
 - `--trimode-drafter {on,off,PATH}` and `--trimode-drafter-rows {self_spec,vendor,all}`: the
   draft-only LoRA adapter (`linear_spec_lora/`) and the drafting rows it is applied to
-  (`sglang_trimode.drafter_rows`); see docs/trimode-flags.md.
+  (`sglang_trimode.adapter.rows`); see docs/trimode-flags.md.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ ATTENTION_IMPLS = ("auto", "triton", "sdpa", "torch")
 DEFAULT_ATTENTION_IMPL = "auto"
 #: Choices of `--trimode-fill-in`.
 ON_OFF = ("on", "off")
-#: Choices of `--trimode-drafter-rows` (`sglang_trimode.drafter_rows.SCOPES`; no torch here).
+#: Choices of `--trimode-drafter-rows` (`sglang_trimode.adapter.rows.SCOPES`; no torch here).
 DRAFTER_SCOPES = ("self_spec", "vendor", "all")
 
 
@@ -95,7 +95,7 @@ def threshold(text: str) -> float:
 
 
 def bonus_candidates(text: str) -> int:
-    from sglang_trimode.reference.validation import MAX_BONUS_CANDIDATES
+    from sglang_trimode.validation import MAX_BONUS_CANDIDATES
 
     value = _parse_int(text)
     if not 0 <= value <= MAX_BONUS_CANDIDATES:

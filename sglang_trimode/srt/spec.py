@@ -136,7 +136,7 @@ def check_drafter(server_args, fetch: bool = False) -> Path | None:
     launching process (`_validate`: local checkpoints, checked against their config.json) and by
     the worker before it loads the adapter (`fetch`: a hub id's drafter folders are fetched into
     SGLang's download dir, `adapter_files.local_checkpoint`)."""
-    from sglang_trimode.reference.adapter_files import (
+    from sglang_trimode.adapter.files import (
         adapter_folder,
         check_adapter,
         local_checkpoint,

@@ -19,7 +19,7 @@ The drafter (`shard_drafter`): `o_proj` is row-parallel, so each rank keeps the 
 `A` that match its slice of `o_proj`'s input; its partial `B A_k x_k` rides in `o_proj`'s partial
 output and the layer's all-reduce sums it (SGLang's Ministral-3 builds `o_proj` with
 `reduce_results=False`: no collective of the drafter's own). Only for an `o_proj` that reduces
-itself are the `r`-wide `A_k x_k` all-reduced (`reference/drafter.py`, `DrafterLoRA.shard`).
+itself are the `r`-wide `A_k x_k` all-reduced (`adapter/lora.py`, `DrafterLoRA.shard`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from sglang.srt.distributed import get_tp_group
 
-from sglang_trimode.reference.drafter import DrafterLoRA
+from sglang_trimode.adapter.lora import DrafterLoRA
 
 logger = logging.getLogger(__name__)
 

@@ -50,7 +50,8 @@ from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.ngram_info import NgramVerifyInput
 
 from sglang_trimode import masks
-from sglang_trimode.drafter_rows import packed_gate
+from sglang_trimode.adapter.lora import load_drafter_for
+from sglang_trimode.adapter.rows import packed_gate
 from sglang_trimode.modes import (
     ARPolicy,
     ModeConfig,
@@ -60,8 +61,6 @@ from sglang_trimode.modes import (
     kept_prefix,
 )
 from sglang_trimode.packed import ragged_offsets, segment_positions
-from sglang_trimode.reference.drafter import load_drafter_for
-from sglang_trimode.reference.validation import check_bonus_candidates, check_bonus_lengths
 from sglang_trimode.rows import eager_row_index, request_rows
 from sglang_trimode.rows.adjust import LogitAdjust, adjust_logits
 from sglang_trimode.rows.grammar import grammar_logits
@@ -71,6 +70,7 @@ from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
 from sglang_trimode.srt.grammar import GrammarBackendError, request_grammar, settle
 from sglang_trimode.srt.spec import check_drafter, settings_from_server_args
+from sglang_trimode.validation import check_bonus_candidates, check_bonus_lengths
 
 logger = logging.getLogger(__name__)
 

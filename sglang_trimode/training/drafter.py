@@ -3,7 +3,7 @@
     python -m sglang_trimode.training.drafter --model DIR [--minutes 18] [--rank 64]
 
 Writes ``DIR/linear_spec_lora/`` (the vendor's folder name and PEFT layout; see
-``reference/drafter.py``), which both engines apply to rows a step drafts with (never to the
+``adapter/lora.py``), which both engines apply to rows a step drafts with (never to the
 causal rows that verify or commit), so greedy self-speculation still equals greedy AR.
 
 Objective (default): self-distillation toward the frozen AR path (DistillSpec, Zhou et al.
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from sglang_trimode.adapter.lora import DrafterConfig, DrafterLoRA
 from sglang_trimode.reference.checkpoint import load_model
-from sglang_trimode.reference.drafter import DrafterConfig, DrafterLoRA
 from sglang_trimode.training import corpus
 from sglang_trimode.training.objective import (
     ar_to_diffusion_kl,

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sglang_trimode.models import EMBEDDED
-from sglang_trimode.reference.adapter_files import (
+from sglang_trimode.adapter.files import (
     ADAPTER_CONFIG,
     LEGACY_DIR,
     VENDOR_DIR,
@@ -30,6 +29,7 @@ from sglang_trimode.reference.adapter_files import (
     config_peft_fields,
     read_config,
 )
+from sglang_trimode.models import EMBEDDED
 from sglang_trimode.reference.checkpoint import load_model, save_checkpoint
 
 COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "training_log.json")

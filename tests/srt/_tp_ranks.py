@@ -79,7 +79,7 @@ def whole_inputs() -> dict[str, torch.Tensor]:
 
 
 def drafter(inp: dict[str, torch.Tensor]):
-    from sglang_trimode.reference.drafter import DrafterConfig, DrafterLoRA
+    from sglang_trimode.adapter.lora import DrafterConfig, DrafterLoRA
 
     lora = DrafterLoRA(DrafterConfig(RANK, 2.0 * RANK), LAYERS, IN, OUT)
     with torch.no_grad():

@@ -353,8 +353,8 @@ def test_launch_stops_on_a_malformed_drafter_adapter(tmp_path):
     named; `--trimode-drafter off` or a good adapter start, at TP 2 too (each rank shards it)."""
     import shutil
 
-    from sglang_trimode.reference.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VENDOR_DIR
-    from sglang_trimode.reference.drafter import DrafterConfig, DrafterLoRA
+    from sglang_trimode.adapter.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VENDOR_DIR
+    from sglang_trimode.adapter.lora import DrafterConfig, DrafterLoRA
     from sglang_trimode.reference.engine import TriModeEngine
 
     def checkpoint(name: str, **conf) -> str:
