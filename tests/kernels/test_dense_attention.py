@@ -73,3 +73,17 @@ def test_layout_rows_are_the_packed_order():
     # packed row r sits at padded slot rows[r], which points back at r
     assert torch.equal(layout.q_index.flatten()[layout.rows], torch.arange(7))
     assert layout.mask[0, 0, 0, :5].all() and not layout.mask[0, 0, 0, 5:9].any()
+
+
+def test_requests_sharing_a_segment_shape_among_others():
+    """The layout writes each distinct segment's mask once for all its requests (a batch of
+    linear drafts, verifies of two lengths, quadratic steps): equal to the reference."""
+    rng = random.Random(7)
+    draft, verify, quad = masks.diffusion_draft(4), masks.linear_verify(3), masks.quadratic(2, 4)
+    descs = [draft, verify, draft, quad, verify, masks.linear_verify(4), draft, quad]
+    case = extend_case(
+        11, descs, [rng.randint(0, 50) for _ in descs], dtype=torch.float32, heads=(4, 2),
+        head_dim=64, page_size=1, layout="req_to_token",
+    )  # fmt: skip
+    out = dense_attention.extend_attention(*case.args())
+    assert_close(out, ref.extend_attention(*case.args()))
