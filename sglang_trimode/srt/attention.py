@@ -43,6 +43,7 @@ import logging
 
 import torch
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+from sglang.srt.speculative.spec_info import SpecInput
 
 from sglang_trimode import packed as packing
 from sglang_trimode.masks import MaskDescriptor
@@ -51,33 +52,31 @@ from sglang_trimode.srt import flags
 logger = logging.getLogger(__name__)
 
 
-class TriModeForwardInput:
-    """Per-forward plan, riding on `ForwardBatch.spec_info` (duck-typed SpecInput).
+class TriModeForwardInput(SpecInput):
+    """Per-forward plan of the TRIMODE worker, riding on `ForwardBatch.spec_info`.
 
     `positions` [T] (the packed tokens); `descs` list of `MaskDescriptor` or None (rides along:
     no tokens) per request; `prefix_lens` list[int] (committed KV per request); `width` the widest
     segment (SGLang's `num_tokens_per_req`, read only by its LoRA / Mamba / NPU paths, which a
     TRIMODE server does not run).
+
+    Its own type: SGLang's `SpecInputType` is a closed enum with no member for a plugin, so
+    `spec_input_type` is None and the phase guards below answer for it (a verify-phase input);
+    `TriModeAttnBackend` takes every forward carrying one, so no backend's per-algorithm branch
+    sees it. SpecInput's other fields keep their class defaults (no custom mask, no ragged-verify
+    layout, no DSA or sliding-window rails).
     """
 
-    def __init__(self, positions, descs: list[MaskDescriptor | None], prefix_lens, width):
-        from sglang.srt.speculative.spec_info import SpecInputType
+    cuda_graph_compatible = False  # the worker's forwards run eager
 
-        self.spec_input_type = SpecInputType.NGRAM_VERIFY
+    def __init__(self, positions, descs: list[MaskDescriptor | None], prefix_lens, width):
+        super().__init__(spec_input_type=None)
         self.positions = positions
         self.descs = list(descs)
         self.prefix_lens = list(prefix_lens)
         self.num_tokens_per_req = width
         self.num_tokens_for_logprob_per_req = width
         self.draft_token_num = width
-        self.custom_mask = None
-        self.cuda_graph_compatible = False
-        self.ragged_verify_layout = None
-        self.dsa_topk_indices = None
-        self.future_dsa_topk_indices_available = False
-        self.dsa_seed_topk_capture = None
-        self.window_kv_indptr = None
-        self.window_kv_indices = None
         self.attn_metadata: packing.Packed | None = None  # once per forward (backend)
         self.attn_impl: str | None = None  # `triton` or `torch`, resolved once per forward
         #: rows whose logits the forward returns (None: all); then `head(rows)` computes any
@@ -90,9 +89,6 @@ class TriModeForwardInput:
 
     def is_verify_input(self) -> bool:
         return True
-
-    def pad_batch(self, pad_tensor_to_size, batch_size) -> None:
-        return None
 
 
 class TriModeAttnBackend:

@@ -279,3 +279,19 @@ def test_impl_resolution_and_errors():
     backend = TriModeAttnBackend(FakeInner(None, None), "bogus")
     with pytest.raises(ValueError, match="expected one of auto, triton, sdpa, torch"):
         backend.resolved_impl(torch.device("cpu"))
+
+
+def test_plan_is_its_own_spec_input():
+    """A real `SpecInput` subclass (not NGRAM's type): SGLang's phase guards say verify, its
+    class defaults (no custom mask, no ragged-verify layout, no DSA rails) are inherited."""
+    from sglang.srt.speculative.spec_info import SpecInput, SpecInputType
+
+    plan = TriModeForwardInput(torch.zeros(3, dtype=torch.int64), [masks.commit(3)], [5], 3)
+    assert isinstance(plan, SpecInput) and type(plan).__mro__[1] is SpecInput
+    assert plan.spec_input_type is None
+    assert plan.spec_input_type not in set(SpecInputType)
+    assert plan.is_verify_input() and not plan.is_draft_input()
+    assert plan.custom_mask is None and plan.ragged_verify_layout is None
+    assert plan.dsa_topk_indices is None and plan.window_kv_indptr is None
+    assert not plan.cuda_graph_compatible
+    assert plan.num_tokens_per_req == plan.num_tokens_for_logprob_per_req == 3
