@@ -30,10 +30,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated
 
-from sglang_trimode.kernels import (  # noqa: E402  # noqa: E402
+from sglang_trimode.kernels import (  # noqa: E402
     PageTable,
     SegmentBatch,
-    decode_attention,
     extend_attention,
 )
 
@@ -92,15 +91,9 @@ def dense_kv(data):
 
 
 def run_ours(data):
-    """The extend kernel; for ``decode`` the decode kernel, which reads the query's own K/V from
-    the cache (stored after the prefix first, untimed)."""
-    if data["desc"] != masks.decode():
-        args = [data[x] for x in ("q", "k", "v", "k_cache", "v_cache", "pages", "segs")]
-        return lambda: extend_attention(*args)
-    pages = data["pages"].with_lengths(data["pages"].lengths + 1)
-    slots = torch.stack([pages.slots(i)[-1] for i in range(data["batch"])])
-    data["k_cache"][slots], data["v_cache"][slots] = data["k"], data["v"]
-    return lambda: decode_attention(data["q"], data["k_cache"], data["v_cache"], pages)
+    """The extend kernel (a ``decode`` step is its one-token causal segment)."""
+    args = [data[x] for x in ("q", "k", "v", "k_cache", "v_cache", "pages", "segs")]
+    return lambda: extend_attention(*args)
 
 
 def run_sdpa(data, with_mask=True):

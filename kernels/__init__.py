@@ -1,7 +1,7 @@
 """Triton block-diffusion attention over a paged KV cache, shipped as ``sglang_trimode.kernels``.
 
 Three tiers per kernel: ``triton/*.py`` (``@triton.jit``), the checking launchers
-(``extend_attention``, ``decode_attention``) and the pure-torch references of the same signatures
+(``extend_attention``) and the pure-torch references of the same signatures
 in ``reference.py``. The layouts (``PageTable``, ``SegmentBatch``) and the references import
 without Triton; the launchers import it lazily on first use. Nothing here imports sglang.
 """
@@ -15,7 +15,6 @@ from .segments import SegmentBatch
 
 _LAZY = {
     "extend_attention": "attention",
-    "decode_attention": "attention",
 }
 
 __all__ = ["PageTable", "SegmentBatch", *_LAZY]

@@ -1,17 +1,19 @@
-"""Launchers of the paged attention kernel: extend (segment + cached prefix) and decode.
+"""Launcher of the paged attention kernel: each segment token over its request's cached prefix
+and, under the request's structural mask, its own segment (an AR decode step is the segment
+`masks.decode()`: one causal token).
 
 Shapes (``T`` packed segment tokens, ``B`` requests, ``Hq``/``Hkv`` query/KV heads, ``D`` head dim,
 ``S`` pool slots):
 
-* ``q [T, Hq, D]``, ``k``/``v [T, Hkv, D]`` (extend) or ``q [B, Hq, D]`` (decode): the last dim
-  contiguous, other strides free; fp16, bf16 or fp32, all one dtype.
+* ``q [T, Hq, D]``, ``k``/``v [T, Hkv, D]``: the last dim contiguous, other strides free; fp16,
+  bf16 or fp32, all one dtype.
 * ``k_cache``/``v_cache [S, Hkv, D]`` (SGLang's ``MHATokenToKVPool`` buffers of one layer).
 * ``pages``: :class:`PageTable`; ``pages.lengths`` are the cached tokens each request attends to.
-* ``segments``: :class:`SegmentBatch` (extend only): packing and per-request mask integers.
-* ``q_scale``: optional float ``[T]`` (``[B]`` for decode), multiplies each query token's logits
+* ``segments``: :class:`SegmentBatch`: packing and per-request mask integers.
+* ``q_scale``: optional float ``[T]``, multiplies each query token's logits
   (Llama-4 attention scaling); ``sm_scale`` defaults to ``1 / sqrt(D)``.
 
-Both return ``out`` (allocated like ``q`` when not given). The math is the online softmax of
+It returns ``out`` (allocated like ``q`` when not given). The math is the online softmax of
 ``triton/attention.py``; split-K partials are merged by ``triton/combine.py``.
 """
 
@@ -65,27 +67,8 @@ def extend_attention(
     )  # fmt: skip
 
 
-def decode_attention(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    pages: PageTable,
-    *,
-    sm_scale: float | None = None,
-    q_scale: torch.Tensor | None = None,
-    num_splits: int | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One query per request over its ``pages.lengths[b] >= 1`` cached tokens (its own K/V
-    stored first, as in SGLang), split along the context (flash-decoding). ``out [B, Hq, D]``."""
-    B = check_tensor("q", q, shape=(None, None, None), dtypes=FLOAT_DTYPES).shape[0]
-    return _launch(
-        q, None, None, k_cache, v_cache, pages, None, B, 1, sm_scale, q_scale, num_splits, out
-    )
-
-
 def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_scale, splits, out):
-    """Shared checks and launch; ``segments is None`` is decode (one query per request)."""
+    """Checks shared by every input and the launch."""
     dev, (T, Hq, D) = q.device, q.shape
     check_device(dev, INTERPRETED)
     Hkv = check_tensor("k_cache", k_cache, shape=(None, None, D), dtypes=(q.dtype,), device=dev)
@@ -95,7 +78,7 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
     )
     if Hkv == 0 or Hq % Hkv:
         raise ValueError(f"q heads ({Hq}) must be a multiple of KV heads ({Hkv})")
-    if k is not None and k.shape[1] != Hkv:
+    if k.shape[1] != Hkv:
         raise ValueError(f"k: {k.shape[1]} KV heads, k_cache has {Hkv}")
     pages = check_pages(pages, B, dev)
     if q_scale is not None:
@@ -120,20 +103,19 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
         lse = torch.empty(T, Hq, splits, dtype=torch.float32, device=dev)
     else:
         o_part, lse = out.unsqueeze(2), out.new_empty(1, 1, dtype=torch.float32)
-    seg = segments if segments is not None else _no_segment(pages.lengths)
-    ks = (k.stride(0), k.stride(1), v.stride(0), v.stride(1)) if k is not None else (0,) * 4
+    ks = (k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     paged_attention_fwd[(B, Hkv, tiles * splits)](
-        q, k if k is not None else q, v if v is not None else q, k_cache, v_cache, o_part, lse,
+        q, k, v, k_cache, v_cache, o_part, lse,
         q_scale if q_scale is not None else q,
-        seg.qo_indptr, seg.kind, seg.block, seg.num_causal, seg.variants,
-        seg.guessed,
+        segments.qo_indptr, segments.kind, segments.block, segments.num_causal,
+        segments.variants, segments.guessed,
         pages.table, pages.row_start, pages.lengths,
         sm_scale * math.log2(math.e), splits, min_chunk,
         q.stride(0), q.stride(1), *ks,
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0), lse.stride(1),
-        GROUP=group, HEAD_DIM=D, PAGE=pages.page_size, HAS_SEGMENT=segments is not None,
-        HAS_Q_SCALE=q_scale is not None, SPLIT=splits > 1, **cfg,
+        GROUP=group, HEAD_DIM=D, PAGE=pages.page_size, HAS_Q_SCALE=q_scale is not None,
+        SPLIT=splits > 1, **cfg,
     )  # fmt: skip
     if splits > 1:
         combine_splits[(T, Hq)](
@@ -143,11 +125,6 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
             HEAD_DIM=D, BLOCK_D=cfg["BLOCK_D"], BLOCK_S=triton.next_power_of_2(splits),
         )  # fmt: skip
     return out
-
-
-def _no_segment(like: torch.Tensor) -> SegmentBatch:
-    """Placeholder pointers for decode (the kernel never reads them)."""
-    return SegmentBatch(like, like, like, like, 1, like)
 
 
 def _config(dtype: torch.dtype, D: int, group: int, max_len: int, device: torch.device) -> dict:

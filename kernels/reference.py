@@ -1,4 +1,4 @@
-"""Pure-torch references with the launchers' signatures (the kernels' oracles).
+"""Pure-torch reference with the launcher's signature (the kernel's oracle).
 
 Each request is computed on its own, in fp32, with the dense mask of the foundation's mask module
 (:func:`sglang_trimode.masks.dense_mask`): ``softmax(scale * q K^T + log(mask)) V`` over
@@ -55,29 +55,4 @@ def extend_attention(
         if q_scale is not None:
             scale = scale * q_scale[s:e].float()
         out[s:e] = _attend(q[s:e], keys, values, mask, scale).to(out.dtype)
-    return out
-
-
-def decode_attention(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    pages: PageTable,
-    *,
-    sm_scale: float | None = None,
-    q_scale: torch.Tensor | None = None,
-    num_splits: int | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Reference of :func:`sglang_trimode.kernels.decode_attention`: the query is the last of its
-    request's ``lengths[b]`` cached tokens (a decode step over a prefix of ``lengths[b] - 1``)."""
-    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
-    out = torch.empty_like(q) if out is None else out
-    for b in range(q.shape[0]):
-        slots = pages.slots(b)
-        mask = masks.dense_mask(masks.decode(), slots.numel() - 1).to(q.device)
-        scale = torch.full((1,), sm_scale, device=q.device)
-        if q_scale is not None:
-            scale = scale * q_scale[b : b + 1].float()
-        out[b] = _attend(q[b : b + 1], k_cache[slots], v_cache[slots], mask, scale)[0].to(out.dtype)
     return out

@@ -1,4 +1,4 @@
-"""Paged attention with a structural segment mask: the extend and decode kernel.
+"""Paged attention with a structural segment mask (an AR decode step is a one-token segment).
 
 One program handles one request ``b``, one KV head, one tile of segment tokens (all ``GROUP``
 query heads of that KV head packed into the ``BLOCK_M`` rows, so each K/V tile is loaded once per
@@ -8,7 +8,7 @@ group) and one split of the cached prefix. It streams key tiles through the onli
     m' = max(m, rowmax(s)),   l' = l * 2^(m - m') + sum 2^(s - m'),   acc' = acc * 2^(m - m') + P V
 
 with ``s = q.k * sm_scale * q_scale[token] * log2(e)``. Key tiles: (a) prefix tokens of the split,
-read through the page table; (b) with ``HAS_SEGMENT``, the segment's own packed K/V, masked by
+read through the page table; (b) the segment's own packed K/V, masked by
 :func:`segment_visible` (only on split 0). With one split the program writes ``acc / l``; with
 several it writes ``acc / l`` and ``lse = m + log2 l`` per split for ``combine_splits``.
 """
@@ -98,7 +98,7 @@ def paged_attention_fwd(
     stride_ot, stride_oh, stride_os, stride_lt, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
-    HAS_SEGMENT: tl.constexpr, HAS_Q_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_Q_SCALE: tl.constexpr, SPLIT: tl.constexpr,
     IEEE: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -106,12 +106,8 @@ def paged_attention_fwd(
     tile = tl.program_id(2) // num_splits
     split = tl.program_id(2) % num_splits
     TOKENS: tl.constexpr = BLOCK_M // GROUP
-    if HAS_SEGMENT:
-        q_start = tl.load(qo_indptr + b)
-        n = tl.load(qo_indptr + b + 1) - q_start
-    else:
-        q_start = b
-        n = 1
+    q_start = tl.load(qo_indptr + b)
+    n = tl.load(qo_indptr + b + 1) - q_start
     tok0 = tile * TOKENS
     if tok0 < n:
         r = tl.arange(0, BLOCK_M)
@@ -156,35 +152,34 @@ def paged_attention_fwd(
             acc, m_i, l_i = _softmax_tile(acc, m_i, l_i, q, k_t, v, row_scale, t_ok[None, :], IEEE)
 
         # (b) the segment itself under its structural mask (split 0 only)
-        if HAS_SEGMENT:
-            if split == 0:
-                kind = tl.load(seg_kind + b)
-                blk = tl.load(seg_block + b)
-                k1 = tl.where(kind == 1, tl.load(seg_ncausal + b), 0)
-                nv = tl.where(kind == 1, tl.load(seg_variants + b), 1)
-                ng = tl.where(kind == 1, tl.load(seg_guessed + b), 0)
-                q_lo = tok0
-                q_hi = tl.minimum(tok0 + TOKENS, n) - 1
-                # key ranges [0, a_hi) and [b_lo, b_hi) cover every key a row of the tile sees
-                last_g = tl.maximum(q_hi - k1, 0) // blk
-                first_g = tl.maximum(q_lo - k1, 0) // blk
-                quad_a = tl.where(
-                    q_hi < k1, q_hi + 1, tl.where(q_lo < k1, k1, _acceptance(last_g, nv, ng) + 1)
-                )
-                a_hi = tl.where(kind == 1, quad_a, tl.minimum(n, (q_hi // blk + 1) * blk))
-                has_b = (kind == 1) & (q_hi >= k1)
-                b_lo = tl.where(has_b, k1 + first_g * blk, 0)
-                b_hi = tl.where(has_b, k1 + (last_g + 1) * blk, 0)
-                acc, m_i, l_i = _segment_keys(
-                    acc, m_i, l_i, q, row_scale, qi, K, V, q_start, kvh, 0, a_hi,
-                    kind, blk, k1, nv, ng, stride_kt, stride_kh, stride_vt, stride_vh,
-                    HEAD_DIM, BLOCK_D, BLOCK_N, IEEE,
-                )  # fmt: skip
-                acc, m_i, l_i = _segment_keys(
-                    acc, m_i, l_i, q, row_scale, qi, K, V, q_start, kvh, b_lo, b_hi,
-                    kind, blk, k1, nv, ng, stride_kt, stride_kh, stride_vt, stride_vh,
-                    HEAD_DIM, BLOCK_D, BLOCK_N, IEEE,
-                )  # fmt: skip
+        if split == 0:
+            kind = tl.load(seg_kind + b)
+            blk = tl.load(seg_block + b)
+            k1 = tl.where(kind == 1, tl.load(seg_ncausal + b), 0)
+            nv = tl.where(kind == 1, tl.load(seg_variants + b), 1)
+            ng = tl.where(kind == 1, tl.load(seg_guessed + b), 0)
+            q_lo = tok0
+            q_hi = tl.minimum(tok0 + TOKENS, n) - 1
+            # key ranges [0, a_hi) and [b_lo, b_hi) cover every key a row of the tile sees
+            last_g = tl.maximum(q_hi - k1, 0) // blk
+            first_g = tl.maximum(q_lo - k1, 0) // blk
+            quad_a = tl.where(
+                q_hi < k1, q_hi + 1, tl.where(q_lo < k1, k1, _acceptance(last_g, nv, ng) + 1)
+            )
+            a_hi = tl.where(kind == 1, quad_a, tl.minimum(n, (q_hi // blk + 1) * blk))
+            has_b = (kind == 1) & (q_hi >= k1)
+            b_lo = tl.where(has_b, k1 + first_g * blk, 0)
+            b_hi = tl.where(has_b, k1 + (last_g + 1) * blk, 0)
+            acc, m_i, l_i = _segment_keys(
+                acc, m_i, l_i, q, row_scale, qi, K, V, q_start, kvh, 0, a_hi,
+                kind, blk, k1, nv, ng, stride_kt, stride_kh, stride_vt, stride_vh,
+                HEAD_DIM, BLOCK_D, BLOCK_N, IEEE,
+            )  # fmt: skip
+            acc, m_i, l_i = _segment_keys(
+                acc, m_i, l_i, q, row_scale, qi, K, V, q_start, kvh, b_lo, b_hi,
+                kind, blk, k1, nv, ng, stride_kt, stride_kh, stride_vt, stride_vh,
+                HEAD_DIM, BLOCK_D, BLOCK_N, IEEE,
+            )  # fmt: skip
 
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]

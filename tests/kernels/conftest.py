@@ -17,7 +17,7 @@ if attention.INTERPRETED != INTERPRET:
     )
 
 #: modules whose every test runs a Triton kernel (on a CPU: interpreted, minutes in all)
-TRITON_MODULES = {"test_kernels_extend", "test_kernels_decode", "test_kernels_bench"}
+TRITON_MODULES = {"test_kernels_extend", "test_kernels_bench"}
 
 
 def pytest_collection_modifyitems(config, items):

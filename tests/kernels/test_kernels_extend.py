@@ -151,3 +151,15 @@ def test_q_scale_equals_scaled_queries():
     scaled = extend_attention(*case.args(), q_scale=qs)
     case.q = case.q * qs[:, None, None]
     assert_close(scaled, extend_attention(*case.args()))
+
+
+def test_split_counts_agree_on_decode_steps():
+    """AR decode steps (one causal token over long ragged prefixes, empty splits included):
+    every split-K count and the default heuristic give the one-split output."""
+    descs = [masks.decode(), masks.decode(), masks.decode(), masks.linear_verify(2)]
+    case = extend_case(5, descs, [200, 3, 1, 130], heads=(4, 2), page_size=4, layout="indptr")
+    one = extend_attention(*case.args(), num_splits=1)
+    assert_close(one, ref.extend_attention(*case.args()))
+    for splits in (2, 5, 9):
+        torch.testing.assert_close(extend_attention(*case.args(), num_splits=splits), one)
+    torch.testing.assert_close(extend_attention(*case.args()), one)  # default heuristic

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 from kernel_cases import DEVICE, extend_case
-from sglang_trimode.kernels import PageTable, decode_attention, extend_attention
+from sglang_trimode.kernels import PageTable, extend_attention
 from sglang_trimode.kernels import reference as ref
 
 from sglang_trimode import kernels, masks
@@ -64,15 +64,8 @@ def test_extend_rejects_bad_input(case, change, message):
         _extend(case, **{name: bad})
 
 
-def test_decode_rejects_bad_input(case):
+def test_page_table_from_req_to_token_rejects_a_flat_table(case):
     q = case.q[:2]
-    with pytest.raises(ValueError, match=r"q heads \(4\) must be a multiple of KV heads \(3\)"):
-        kc = torch.zeros(10, 3, 64, device=DEVICE)
-        decode_attention(q, kc, kc, case.pages)
-    with pytest.raises(ValueError, match=r"pages: expected a PageTable"):
-        decode_attention(q, case.k_cache, case.v_cache, case.pages.table)
-    with pytest.raises(ValueError, match=r"v_cache: dim 0 must be"):
-        decode_attention(q, case.k_cache, case.v_cache[:3], case.pages)
     with pytest.raises(ValueError, match=r"req_to_token: expected 2-D"):
         PageTable.from_req_to_token(torch.zeros(4, dtype=torch.int32), torch.zeros(1), q[:, 0, 0])
 
@@ -84,13 +77,13 @@ def test_page_table_value_check(case):
 
 
 def test_references_share_the_launchers_signatures():
-    for name in ("extend_attention", "decode_attention"):
+    for name in ("extend_attention",):
         assert inspect.signature(getattr(kernels, name)) == inspect.signature(getattr(ref, name))
 
 
 def test_kernels_do_not_import_sglang():
     code = (
-        "import sys, sglang_trimode.kernels as k; k.extend_attention; k.decode_attention; "
+        "import sys, sglang_trimode.kernels as k; k.extend_attention; "
         "import sglang_trimode.kernels.reference; "
         "assert not [m for m in sys.modules if m.split('.')[0] == 'sglang'], 'sglang imported'"
     )
