@@ -11,6 +11,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,25 +20,24 @@ from sglang_trimode import masks
 from sglang_trimode.adapter import rows as drafter_rows_module
 from sglang_trimode.adapter.files import adapter_folder
 from sglang_trimode.adapter.lora import DrafterLoRA, load_drafter_for
+from sglang_trimode.core import read_rows, run_forward
 from sglang_trimode.modes import (
     POLICIES,
     ModeConfig,
     RequestState,
     RequestStats,
     Segment,
-    kept_prefix,
 )
 from sglang_trimode.reference.grammar import grammar_field, grammar_states, matcher_factory
 from sglang_trimode.reference.kv_cache import KVCache
-from sglang_trimode.rows import eager_row_index, request_rows
+from sglang_trimode.rows import eager_row_index
 from sglang_trimode.rows.adjust import (
     LogitAdjust,
-    adjust_logits,
     adjust_rows_slow,
     decided_offsets,
     first_index,
 )
-from sglang_trimode.rows.grammar import grammar_logits, grammar_rows_slow
+from sglang_trimode.rows.grammar import grammar_rows_slow
 from sglang_trimode.rows.penalty import row_histories_slow
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
@@ -281,25 +281,16 @@ class TriModeEngine:
         self._prefill(reqs, cache)
         while active := [i for i, r in enumerate(reqs) if not r.done]:
             rows = driver.plan(reqs, active)  # fixed modes: every active request, its own policy
-            segs = [policy.segment(reqs[i]) for i, policy in rows]
-            prefix = [int(cache.lengths[i]) for i, _ in rows]
-            logits = self._forward(cache, [i for i, _ in rows], segs)
-            views = [logits[j, : seg.desc.length] for j, seg in enumerate(segs)]
-            states = [reqs[i] for i, _ in rows]
-            if row_summary:  # the worker's reads: quadratic mask groups through a head
-                views = _summaries(views, states, segs, prefix, cfg.mask_token_id)
-            else:  # the obviously-correct twins, row by row
-                views = [
-                    self._twins(v, r, n, seg, grammar)
-                    for v, r, n, seg in zip(views, states, prefix, segs, strict=True)
-                ]
-            for j, ((i, policy), seg) in enumerate(zip(rows, segs)):
-                r = reqs[i]
-                r.stats.forwards += 1
-                accepted_before = len(r.stats.accept_lengths)
-                kept = kept_prefix(seg, policy.consume(r, seg, views[j]))
-                cache.commit(j, kept)
-                driver.observe(i, seg, r, accepted_before)
+            picked = [i for i, _ in rows]  # the forward's request j is reqs[picked[j]]
+            policies = [policy for _, policy in rows]
+            states = [reqs[i] for i in picked]
+            segs = [policy.segment(r) for policy, r in zip(policies, states)]
+            prefix = [int(cache.lengths[i]) for i in picked]
+            forward = partial(self._rows, cache, picked, states, grammar, row_summary)
+            observe = partial(_observe, driver, picked)
+            kept = run_forward(states, policies, segs, prefix, forward, observe)
+            for j, k in enumerate(kept):
+                cache.commit(j, k)
             cache.end()
             driver.end_step()
         return [
@@ -325,6 +316,18 @@ class TriModeEngine:
 
             tokenizer = AutoTokenizer.from_pretrained(self.path)
         return matcher_factory(tokenizer, self.config.vocab_size, self.config.eos_token_ids, *field)
+
+    def _rows(self, cache, picked, states, grammar, row_summary, segs, prefix) -> list:
+        """The forward of ``segs`` (request ``j`` of it: cache row ``picked[j]``, state
+        ``states[j]``) -> each request's rows as the policies read them."""
+        logits = self._forward(cache, picked, segs)  # [b, Q, V]
+        views = [logits[j, : seg.desc.length] for j, seg in enumerate(segs)]
+        if row_summary:  # the worker's reads: quadratic mask groups through a head
+            return _summaries(views, states, segs, prefix, self.config.mask_token_id)
+        return [  # the obviously-correct twins, row by row
+            self._twins(v, r, n, seg, grammar)
+            for v, r, n, seg in zip(views, states, prefix, segs, strict=True)
+        ]
 
     def _twins(self, rows: torch.Tensor, r: RequestState, prefix: int, seg: Segment, grammar):
         """One request's full rows through the row-by-row twins of ``rows.adjust`` and
@@ -404,15 +407,16 @@ class TriModeEngine:
 SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)
 
 
+def _observe(driver: ModeDriver, picked: list[int], j: int, seg, r, accepted_before: int):
+    driver.observe(picked[j], seg, r, accepted_before)  # the forward's request j is picked[j]
+
+
 def _summaries(
     views: list[torch.Tensor], states: list[RequestState], segs: list[Segment], prefix, mask_id
 ):
-    """What the SGLang worker hands the policies for these rows: ``rows.request_rows`` over each
+    """What the SGLang worker hands the policies for these rows: ``core.read_rows`` over each
     segment's eager rows, with a quadratic step's mask groups read through a head (here a slice
-    of the full logits; in the worker the LM head over the forward's hidden states), after the
-    worker's batched ``rows.adjust.adjust_logits`` and ``rows.grammar.grammar_logits``."""
+    of the full logits; in the worker the LM head over the forward's hidden states)."""
     full = torch.cat(views)  # [T, V]
     eager = eager_row_index([s.desc for s in segs])
-    logits, head = adjust_logits(full[eager], lambda idx: full[idx], states, segs, prefix)
-    logits, head = grammar_logits(logits, head, states, segs, prefix, mask_id)
-    return request_rows(logits, states, segs, head=head)
+    return read_rows(full[eager], lambda idx: full[idx], states, segs, prefix, mask_id)

@@ -2,7 +2,9 @@
 
 Prefill (EXTEND) is the target model's own forward and sampler. Every decode step runs, for each
 request of the batch, one *cycle* of its mode with the reference engine's own policies
-(`sglang_trimode.modes`), so greedy outputs equal the reference engine's token for token:
+(`sglang_trimode.modes`) through the block loop's one forward that both engines drive
+(`core.run_forward`, with `core.read_rows` on the device logits), so greedy outputs equal the
+reference engine's token for token:
 
 - `ar`: one causal forward of `[seed]`;
 - `self_spec_linear`: a bidirectional draft forward over `[seed, MASK x (B-1)]` against the paged
@@ -41,6 +43,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from sglang.srt.managers.schedule_batch import ScheduleBatch
@@ -52,18 +55,11 @@ from sglang.srt.speculative.ngram_info import NgramVerifyInput
 from sglang_trimode import masks
 from sglang_trimode.adapter.lora import load_drafter_for
 from sglang_trimode.adapter.rows import packed_gate
-from sglang_trimode.modes import (
-    ARPolicy,
-    ModeConfig,
-    RequestState,
-    Segment,
-    get_policy,
-    kept_prefix,
-)
+from sglang_trimode.core import read_rows, run_forward
+from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
 from sglang_trimode.packed import ragged_offsets, segment_positions
-from sglang_trimode.rows import eager_row_index, request_rows
-from sglang_trimode.rows.adjust import LogitAdjust, adjust_logits
-from sglang_trimode.rows.grammar import grammar_logits
+from sglang_trimode.rows import eager_row_index
+from sglang_trimode.rows.adjust import LogitAdjust
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
 from sglang_trimode.srt import flags, logprobs, stats, tp
 from sglang_trimode.srt.attention import TriModeForwardInput, install
@@ -431,9 +427,33 @@ class TriModeWorker(BaseSpecWorker):
                 setattr(batch, k, v)
         return result.logits_output.next_token_logits  # [bs, V]: one token per request
 
+    def _rows(self, batch: ScheduleBatch, states: list[RequestState], segs: list, prefix: list):
+        """`core.Forward` of the worker: the forward of `segs` (`_forward`) -> each request's
+        rows (`core.read_rows`); with an online cost model, the forward's time feeds it."""
+        t0 = time.perf_counter()
+        logits, head = self._forward(batch, segs, prefix)  # [T', V] on the device
+        rows = read_rows(logits, head, states, segs, prefix, self.mask_token_id)
+        if self.auto is not None and self.auto.calibration is not None:  # online fit
+            tokens = sum(s.desc.length for s in segs if s is not None)
+            context = sum(p for p, s in zip(prefix, segs, strict=True) if s is not None)
+            seconds = tp.agreed_seconds(time.perf_counter() - t0)  # every TP rank fits alike
+            self.auto.timed(tokens, context, seconds)
+        return rows
+
+    def _observe_auto(
+        self, entries: list[_Req], i: int, seg: Segment, r: RequestState, accepted_before: int
+    ) -> None:
+        """`core.Observe` of the worker: an `auto` request's acceptance to its scheduler."""
+        e = entries[i]
+        if e.auto is not None:
+            self.auto.observe(e.auto, seg, r, accepted_before)
+
     def _decode(self, batch: ScheduleBatch) -> tuple[list[list[int]], list[int]]:
         install(self.model_runner, self.settings.attention_impl)
         entries = [self._state(req) for req in batch.reqs]
+        states = [e.state for e in entries]
+        forward = partial(self._rows, batch, states)
+        observe = partial(self._observe_auto, entries)
         start = batch.seq_lens.tolist()
         prefix = list(start)
         emitted_from = [len(e.state.out) for e in entries]
@@ -444,27 +464,13 @@ class TriModeWorker(BaseSpecWorker):
             for i, e in enumerate(entries):
                 fill = done[i] and self._fills_in(e, len(e.state.out) - emitted_from[i])
                 segs.append(e.policy.segment(e.state) if runs[i] or fill else None)
-            t0 = time.perf_counter()
-            logits, head = self._forward(batch, segs, prefix)  # [T', V] on the device
-            states = [e.state for e in entries]
-            logits, head = adjust_logits(logits, head, states, segs, prefix)
-            logits, head = grammar_logits(logits, head, states, segs, prefix, self.mask_token_id)
-            rows = request_rows(logits, states, segs, head)
-            if self.auto is not None and self.auto.calibration is not None:  # online fit
-                tokens = sum(s.desc.length for s in segs if s is not None)
-                context = sum(p for p, s in zip(prefix, segs, strict=True) if s is not None)
-                seconds = tp.agreed_seconds(time.perf_counter() - t0)  # every TP rank fits alike
-                self.auto.timed(tokens, context, seconds)
+            policies = [e.policy for e in entries]  # auto requests' may change every forward
+            kept = run_forward(states, policies, segs, prefix, forward, observe)
             for i, (e, seg) in enumerate(zip(entries, segs, strict=True)):
                 if seg is None:
                     continue
                 r = e.state
-                r.stats.forwards += 1
-                accepted_before = len(r.stats.accept_lengths)
-                kept = e.policy.consume(r, seg, rows[i])
-                if e.auto is not None:
-                    self.auto.observe(e.auto, seg, r, accepted_before)
-                prefix[i] += kept_prefix(seg, kept)
+                prefix[i] += kept[i]
                 if r.done or (len(r.out) > emitted_from[i] and e.policy.switchable(r)):
                     done[i] = True
                 if r.done and e.auto is not None:
