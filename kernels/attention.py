@@ -58,28 +58,10 @@ def extend_attention(
     an int: every prefix in that many equal chunks)."""
     dev = q.device
     T, Hq, D = check_tensor("q", q, shape=(None, None, None), dtypes=FLOAT_DTYPES).shape
-    Hkv = check_tensor("k", k, shape=(T, None, D), dtypes=(q.dtype,), device=dev).shape[1]
-    check_tensor("v", v, shape=(T, Hkv, D), dtypes=(q.dtype,), device=dev)
-    segments = check_segments(segments, T, dev)
-    return _launch(
-        q, k, v, k_cache, v_cache, pages, segments, segments.batch_size, segments.max_len,
-        sm_scale, q_scale, num_splits, out,
-    )  # fmt: skip
-
-
-def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_scale, splits, out):
-    """Checks shared by every input and the launch."""
-    dev, (T, Hq, D) = q.device, q.shape
     check_device(dev, INTERPRETED)
-    Hkv = check_tensor("k_cache", k_cache, shape=(None, None, D), dtypes=(q.dtype,), device=dev)
-    Hkv = Hkv.shape[1]
-    check_tensor(
-        "v_cache", v_cache, shape=(k_cache.shape[0], Hkv, D), dtypes=(q.dtype,), device=dev
-    )
-    if Hkv == 0 or Hq % Hkv:
-        raise ValueError(f"q heads ({Hq}) must be a multiple of KV heads ({Hkv})")
-    if k.shape[1] != Hkv:
-        raise ValueError(f"k: {k.shape[1]} KV heads, k_cache has {Hkv}")
+    segments = check_segments(segments, T, dev)
+    B, max_len = segments.batch_size, segments.max_len
+    Hkv = _check_kv(q, k, v, k_cache, v_cache)
     pages = check_pages(pages, B, dev)
     if q_scale is not None:
         check_tensor("q_scale", q_scale, shape=(T,), dtypes=FLOAT_DTYPES, device=dev)
@@ -91,6 +73,7 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
     group = Hq // Hkv
     cfg = _config(q.dtype, D, group, max_len, k_cache.device)
     tiles = triton.cdiv(max_len, cfg["BLOCK_M"] // group)
+    splits = num_splits
     min_chunk = MIN_SPLIT_TOKENS if splits is None else cfg["BLOCK_N"]
     if splits is None:
         splits = _default_splits(B * Hkv * tiles, T * Hq * D * 4, dev)
@@ -125,6 +108,22 @@ def _launch(q, k, v, k_cache, v_cache, pages, segments, B, max_len, sm_scale, q_
             HEAD_DIM=D, BLOCK_D=cfg["BLOCK_D"], BLOCK_S=triton.next_power_of_2(splits),
         )  # fmt: skip
     return out
+
+
+def _check_kv(q, k, v, k_cache, v_cache) -> int:
+    """The segment's and the cache's K/V against ``q [T, Hq, D]`` -> ``Hkv``."""
+    dev, (T, Hq, D) = q.device, q.shape
+    Hkv = check_tensor("k", k, shape=(T, None, D), dtypes=(q.dtype,), device=dev).shape[1]
+    check_tensor("v", v, shape=(T, Hkv, D), dtypes=(q.dtype,), device=dev)
+    cache = check_tensor("k_cache", k_cache, shape=(None, None, D), dtypes=(q.dtype,), device=dev)
+    if cache.shape[1] != Hkv:
+        raise ValueError(f"k: {Hkv} KV heads, k_cache has {cache.shape[1]}")
+    check_tensor(
+        "v_cache", v_cache, shape=(k_cache.shape[0], Hkv, D), dtypes=(q.dtype,), device=dev
+    )
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"q heads ({Hq}) must be a multiple of KV heads ({Hkv})")
+    return Hkv
 
 
 def _config(dtype: torch.dtype, D: int, group: int, max_len: int, device: torch.device) -> dict:

@@ -62,14 +62,16 @@ def _state(prompt_seed: int) -> modes.RequestState:
     )
 
 
+def _policy(mode: str, block: int, rule) -> modes.ARPolicy:
+    cfg = modes.ModeConfig(mask_token_id=MASK, block_size=block, threshold=0.9, accept_rule=rule)
+    return modes.get_policy(mode, cfg)
+
+
 @pytest.mark.parametrize("mode", ["ar", "diffusion", "self_spec_linear", "self_spec_quadratic"])
 @pytest.mark.parametrize("block", [1, 4, 8])
 @pytest.mark.parametrize("seed", range(3))
 def test_policies_read_greedy_rows_like_full_logits(mode, block, seed):
-    cfg = modes.ModeConfig(
-        mask_token_id=MASK, block_size=block, threshold=0.9, accept_rule=get_accept_rule("lossless")
-    )
-    policy = modes.get_policy(mode, cfg)
+    policy = _policy(mode, block, get_accept_rule("lossless"))
     full, summary = _state(seed), _state(seed)
     g = torch.Generator().manual_seed(100 + seed)
     for _ in range(60):
@@ -143,10 +145,7 @@ def test_linear_argmax_path_equals_the_tensor_path(rule, block, seed):
     """A greedy linear request without logprobs runs its step on Python ints
     (`LinearSpecPolicy._consume_argmax`); its tokens, seeds, drafts, kept counts and accept
     lengths equal the tensor path's (full logits) over whole runs with partial acceptances."""
-    cfg = modes.ModeConfig(
-        mask_token_id=MASK, block_size=block, threshold=0.9, accept_rule=get_accept_rule(rule)
-    )
-    policy = modes.get_policy("self_spec_linear", cfg)
+    policy = _policy("self_spec_linear", block, get_accept_rule(rule))
     full, ints = _state(seed), _state(seed)
     full.logprobs = ints.logprobs = ints.top_logprobs = full.top_logprobs = None
     full.stop_token_ids = ints.stop_token_ids = frozenset()  # long runs: many verify steps
@@ -176,11 +175,8 @@ def test_linear_argmax_path_equals_the_tensor_path(rule, block, seed):
 
 def test_a_custom_accept_rule_keeps_the_tensor_path():
     """Only the built-in rules are known to read the argmax alone when greedy."""
-    cfg = modes.ModeConfig(
-        mask_token_id=MASK, block_size=4, threshold=0.9,
-        accept_rule=lambda d, q, p, gen, greedy: accept_lossless(d, q, p, gen, greedy),
-    )  # fmt: skip
-    policy = modes.get_policy("self_spec_linear", cfg)
+    rule = lambda d, q, p, gen, greedy: accept_lossless(d, q, p, gen, greedy)  # noqa: E731
+    policy = _policy("self_spec_linear", 4, rule)
     r = _state(0)
     r.logprobs = r.top_logprobs = None
     rows = GreedyRows.from_logits(torch.randn(4, V), with_prob=False)

@@ -26,9 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,11 +172,9 @@ def speed(
     """Plain AR server, then TRIMODE per mode, at each concurrency; appends to `rows` as it goes
     (a server that fails to start keeps the rows before it). A plain AR server that fails with
     CUDA graphs is retried once without them (its rows say so)."""
-    import random
-
     path, block = model_dir(size, out, a)
     vocab = json.loads((path / "config.json").read_text())["vocab_size"]
-    rnd = random.Random(0)
+    run = SpeedRun(a, size, deadline, random.Random(0), vocab, rows)
     servers = [("plain_ar", [None])] if not extra else []
     servers.append(("trimode", list(a.modes) if not extra else ["self_spec_linear"]))
     for kind, modes in servers:
@@ -189,8 +189,8 @@ def speed(
         for i, g in enumerate(graphs):
             run_args = args + device_args(a, graphs=g)
             try:
-                serve_modes(a, size, kind, modes, run_args, env, out / f"server_{tag}.log",
-                            deadline, rnd, vocab, rows, " ".join(extra) or "auto", g)  # fmt: skip
+                log = out / f"server_{tag}.log"
+                serve_modes(run, kind, modes, run_args, env, log, " ".join(extra) or "auto", g)
                 break
             except RuntimeError as err:
                 if i + 1 == len(graphs) or "during start-up" not in str(err):
@@ -202,10 +202,27 @@ def speed(
             return
 
 
+@dataclass
+class SpeedRun:
+    """What every server of one speed phase shares: the options, the model size, the deadline,
+    the prompts' random source and vocabulary, and the rows measured so far."""
+
+    a: argparse.Namespace
+    size: str
+    deadline: float
+    rnd: random.Random
+    vocab: int
+    rows: list[dict]
+
+
 def serve_modes(
-    a, size, kind, modes, args, env, log, deadline, rnd, vocab, rows, impl, graphs
-) -> None:
+    run: SpeedRun, kind: str, modes: list, args: list[str], env: dict, log: Path, impl: str,
+    graphs: bool,
+) -> None:  # fmt: skip
     """One server: warm up, then each mode at each concurrency until the deadline."""
+    a, size, deadline, rnd, vocab, rows = (
+        run.a, run.size, run.deadline, run.rnd, run.vocab, run.rows
+    )  # fmt: skip
     prof = Path(env["SGLANG_TRIMODE_STEP_PROFILE"])
     with PeakMemory(not a.cpu_smoke) as mem:
         with sp.server(args, env, log, timeout=start_timeout(deadline)) as base:
@@ -220,12 +237,12 @@ def serve_modes(
                     ids = [
                         [rnd.randrange(200, vocab) for _ in range(a.prompt_len)] for _ in range(c)
                     ]
-                    run = generate(base, mode, ids, a.max_new_for(c))
+                    got = generate(base, mode, ids, a.max_new_for(c))
                     time.sleep(0.2)
                     records, offset = sp.read_new(prof, offset)
                     label = f"{size} (smoke: default shapes)" if a.cpu_smoke else size
                     row = {"size": label, "server": kind, "mode": mode or "plain_ar", "c": c}
-                    row |= {"tok_s": run["tokens"] / run["wall_s"], "new_tokens": a.max_new_for(c)}
+                    row |= {"tok_s": got["tokens"] / got["wall_s"], "new_tokens": a.max_new_for(c)}
                     row |= {"impl": impl, "cuda_graphs": graphs} | sp.step_stats(records)
                     row["peak_gib"] = mem.gib()
                     rows.append(row)
