@@ -31,7 +31,8 @@ reserved slots right after its committed prefix; only the tokens a policy commit
 request (`accept_lens`), the rest is overwritten by later forwards and freed with the request
 (SGLang's spec-v2 over-allocation). A forward in which every request runs one causal token (an AR
 step) and none rides along is SGLang's own DECODE forward instead, through the wrapped backend's
-decode attention (`_forward_decode`; with impls other than `sdpa`, the CPU's).
+decode attention (`_forward_decode`; with `sdpa`, the CPU's impl, for one request only:
+`decode_route`).
 
 Per-request state (pending drafts, RNG, stats) lives in `self.states` keyed by request id and is
 dropped when a request leaves the batch.
@@ -105,6 +106,19 @@ def min_new_stops(req) -> set[int]:
     return {int(t) for t in ids if t is not None}
 
 
+def decode_route(segs: list, wrapped: bool) -> bool:
+    """Whether a forward of `segs` runs as SGLang's own DECODE through the wrapped backend: every
+    request runs one causal token over its prefix (`masks.decode()`) and none rides along; with
+    `wrapped` (impls other than `sdpa`: FlashInfer / FA3 decode on a GPU) always, with `sdpa`
+    (the CPU) only for one request: the wrapped `torch_native` decode loops over the requests in
+    every layer, where the packed path makes one batched SDPA call, but with one request there is
+    no loop to save and SGLang's decode forward skips the packed layout's set-up
+    (docs/benchmarks.md)."""
+    if not segs or any(s is None or s.desc != _DECODE for s in segs):
+        return False
+    return wrapped or len(segs) == 1
+
+
 def _same_output(ours: list[int], theirs) -> bool:
     """O(1): `theirs` (SGLang's `req.output_ids`) holds the tokens of `ours`."""
     return len(ours) == len(theirs) and (not ours or ours[-1] == theirs[-1])
@@ -135,8 +149,7 @@ class TriModeWorker(BaseSpecWorker):
         if msg:
             raise ValueError(msg)
         # AR-only forwards: SGLang's own DECODE through the wrapped backend (FlashInfer, FA3 on a
-        # GPU), except with `sdpa` (the CPU): the wrapped `torch_native` decode loops over the
-        # requests in every layer, `dense_attention` is one batched SDPA call per layer
+        # GPU); with `sdpa` (the CPU) only for one request (`decode_route`)
         impl = flags.resolve_attention_impl(
             self.settings.attention_impl, torch.device(self.device).type
         )
@@ -317,12 +330,12 @@ class TriModeWorker(BaseSpecWorker):
 
         When every request runs one causal token over its prefix (`masks.decode()`: an AR step,
         or a one-token verify/commit) and none rides along, this is exactly SGLang's own DECODE
-        forward: `_forward_decode` runs it through the wrapped backend's decode attention (not
-        with `sdpa`, the CPU impl: its batched packed path beats `torch_native`'s decode loop).
+        forward: `_forward_decode` runs it through the wrapped backend's decode attention
+        (`decode_route`).
         Otherwise one TARGET_VERIFY forward of the packed segments over our attention (the plan
         carries each request's `MaskDescriptor`): linear layers, MLPs and logits see only the
         real tokens, whatever mix of segment lengths shares the forward."""
-        if self.decode_wrapped and segs and all(s is not None and s.desc == _DECODE for s in segs):
+        if decode_route(segs, self.decode_wrapped):
             return self._forward_decode(batch, [s.tokens[0] for s in segs], prefix), None
         descs = [None if s is None else s.desc for s in segs]
         lens = torch.tensor([0 if d is None else d.length for d in descs], dtype=torch.int64)

@@ -295,3 +295,20 @@ def test_plan_is_its_own_spec_input():
     assert plan.dsa_topk_indices is None and plan.window_kv_indptr is None
     assert not plan.cuda_graph_compatible
     assert plan.num_tokens_per_req == plan.num_tokens_for_logprob_per_req == 3
+
+
+def test_decode_route_takes_ar_only_forwards_to_the_wrapped_decode():
+    """AR-only forwards (every request one causal token, none riding along) run as SGLang's own
+    DECODE: always with a wrapped GPU impl, with `sdpa` (the CPU) only for one request; any other
+    segment or a request riding along keeps the packed path."""
+    from sglang_trimode.modes import Segment
+    from sglang_trimode.srt.worker import decode_route
+
+    ar = Segment([5], masks.decode())
+    verify = Segment([5, 6], masks.linear_verify(2))
+    assert decode_route([ar], wrapped=False) and decode_route([ar], wrapped=True)
+    assert decode_route([ar, ar, ar], wrapped=True)
+    assert not decode_route([ar, ar, ar], wrapped=False)  # sdpa: one batched call beats a loop
+    assert not decode_route([ar, verify], wrapped=True)
+    assert not decode_route([ar, None], wrapped=True)  # a request riding along
+    assert not decode_route([], wrapped=True)

@@ -25,7 +25,6 @@ import torch  # noqa: E402
 from _srt_server import (  # noqa: E402
     FILL_IN_MODES,
     LEAK_MARKERS,
-    WRAPPED_DECODE_LINE,
     kv_pool_problems,
     leak_lines,
     open_stream,
@@ -155,14 +154,17 @@ def test_sampled_and_greedy_requests_share_forwards(server, reference, engine, m
     assert [[tid for _, tid, _ in t] for t in tops] == logp.topk(2, -1).indices.tolist()
 
 
-def test_ar_only_forwards_run_the_batched_sdpa_attention(server, reference):
+def test_ar_only_forwards_equal_the_reference_on_both_routes(server, reference):
     """With `sdpa` (the CPU default) a forward whose every request runs an AR step goes through
-    the packed path's one batched SDPA call per layer, not the wrapped `torch_native` decode (a
-    loop over the requests in every layer); its tokens and stats equal the reference's. The
-    wrapped route (other impls: FlashInfer's decode on a GPU) is checked by
-    tests/srt/test_server_trimode_triton.py."""
-    log = _batch_equals_reference(server, reference, "ar")
-    assert WRAPPED_DECODE_LINE not in log, log[-4000:]
+    the packed path's one batched SDPA call per layer while the ragged batch holds several
+    requests, and through the wrapped `torch_native` decode once one is left (`decode_route`,
+    tested in tests/srt/test_attention_backend.py): tokens and stats equal the reference's."""
+    _batch_equals_reference(server, reference, "ar")
+    # one request alone: the wrapped decode route on this server
+    ps, expected, _, stats = reference
+    out = post_ok(server["base"] + "/generate", _body(ps[0], "ar"))
+    assert out["output_ids"] == expected["ar"][0]
+    assert _stats(out) == stats["ar"][0]
 
 
 def _batch_equals_reference(server, reference, mode: str) -> str:
