@@ -4,13 +4,14 @@ step, inside the one block loop. Greedy output must equal greedy AR whatever it 
 import random
 
 import pytest
+from _load_schedule import LoadSchedule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sglang_trimode import TriModeEngine, default_model_path
 from sglang_trimode.reference.tiny import make_tiny_model
 from sglang_trimode.scheduler.cost import CostModel
-from sglang_trimode.scheduler.policy import AR, AutoPolicy, Choice, LoadSchedule
+from sglang_trimode.scheduler.policy import AR, AutoPolicy, Choice
 from tests.test_engine_greedy import ragged_prompts
 
 Q6, Q2 = Choice("self_spec_quadratic", 6), Choice("self_spec_quadratic", 2)

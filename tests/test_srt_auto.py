@@ -1,11 +1,14 @@
 """The TRIMODE worker's `auto` side without sglang: online cost fit, candidates, cost source."""
 
+from dataclasses import replace
+
 import pytest
 
-from sglang_trimode.modes import ModeConfig
+from sglang_trimode.modes import ModeConfig, RequestState
+from sglang_trimode.sampling import SamplingParams
 from sglang_trimode.scheduler.calibrate import OnlineCalibration
 from sglang_trimode.scheduler.cost import CostModel
-from sglang_trimode.scheduler.policy import AR, Choice, LoadSchedule, RequestView
+from sglang_trimode.scheduler.policy import AR, Choice, RequestView
 from sglang_trimode.srt import flags
 from sglang_trimode.srt.auto import AutoModes, _MeasuredAuto
 
@@ -45,6 +48,34 @@ def test_auto_modes_candidates_and_cost_source(tmp_path):
     assert auto.candidates == [AR, Choice("self_spec_linear", 4)]
     assert auto.cost().source == "file"
     assert _MeasuredAuto(auto).choose(views) == [Choice("self_spec_linear", 4)] * 3
-    capped = LoadSchedule(_MeasuredAuto(auto), [3, 0])
-    assert capped.choose(views) == [AR] * 3  # 3 tokens for 3 requests: AR only
-    assert capped.choose(views) == [Choice("self_spec_linear", 4)] * 3
+
+
+def _planned(budget: int | None, n: int) -> list[str]:
+    """The policies `AutoModes` plans for `n` fresh auto requests whose drafts were accepted
+    (linear served, a fixed cost model that makes drafting pay) under `--trimode-auto-token-budget
+    budget`: one name per request, "-" for a request held back (it rides along)."""
+    cost = CostModel(0.01, 1e-4, source="file")
+    settings = replace(
+        flags.resolve({"trimode_serve_modes": ("ar", "self_spec_linear", "auto")}, 4),
+        auto_token_budget=budget,
+    )
+    auto = AutoModes(settings, CFG, width=4)
+    auto.fixed_cost = cost
+    states = {}
+    for _ in range(n):
+        i = auto.add()
+        auto.driver.views[i].accepted = 30
+        states[i] = RequestState(
+            prompt=[1] * 10, params=SamplingParams(), max_new_tokens=16,
+            stop_token_ids=frozenset(), generator=None, out=[5], seed=5,
+        )  # fmt: skip
+    rows = auto.plan(states, list(states))
+    return [rows[i].name if i in rows else "-" for i in states]
+
+
+def test_auto_token_budget_caps_the_tokens_of_a_forward():
+    linear = "self_spec_linear"  # a draft forward of 4 tokens
+    assert _planned(None, 3) == [linear] * 3
+    assert _planned(3, 3) == ["ar"] * 3  # 3 tokens for 3 requests: AR only
+    assert _planned(6, 3) == [linear, "ar", "ar"]  # 4 + 1 + 1
+    assert _planned(2, 3) == ["ar", "ar", "-"]  # the third waits for the next forward

@@ -21,7 +21,7 @@ from sglang_trimode import masks
 from sglang_trimode.scheduler.cost import CostModel
 
 if TYPE_CHECKING:
-    from sglang_trimode.scheduler.step import Policy
+    pass
 
 LOSSLESS_MODES = ("ar", "self_spec_linear", "self_spec_quadratic")
 
@@ -169,28 +169,6 @@ class AutoPolicy:
             if not improved:
                 break
         return choices
-
-
-@dataclass
-class LoadSchedule:
-    """``policy`` under a token budget that follows a load schedule (``budgets[step % n]``; 0:
-    no cap), as when other requests come and go: a load override for tests and simulations."""
-
-    policy: Policy
-    budgets: Sequence[int]
-    step: int = 0
-
-    def choose(
-        self,
-        reqs: Sequence[RequestView],
-        budget: int | None = None,
-        base: tuple[float, int, int] = (0.0, 0, 0),
-    ) -> list[Choice]:
-        cap = self.budgets[self.step % len(self.budgets)]
-        self.step += 1
-        if cap:
-            budget = cap if budget is None else min(cap, budget)
-        return self.policy.choose(reqs, budget=budget, base=base)
 
 
 def fit_budget(choices: Sequence[Choice], budget: int | None) -> list[Choice]:

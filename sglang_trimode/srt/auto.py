@@ -11,9 +11,10 @@ are the served lossless modes whose block fits a step's tokens per request (`ver
 Cost model: `--trimode-cost-file` (a `bench/calibrate.py` calibration file), else the worker's
 own timed forwards (`scheduler.calibrate.OnlineCalibration`; AR until they span three shapes).
 
-`SGLANG_TRIMODE_AUTO_BUDGETS=B1,B2,...` (tests only): a load override, the policy's token budget
-follows this schedule per forward (`scheduler.policy.LoadSchedule`; 0: no cap), as if other
-requests shared the forwards.
+`--trimode-auto-token-budget N`: the auto requests together take at most N query tokens per
+forward (the scheduler's `Budget.max_tokens_per_forward`, as the reference engine's
+`max_tokens_per_forward`); under it the policy drafts less as more requests share a forward, and
+a request that does not fit rides along for that forward.
 
 When an `auto` request finishes or leaves, one INFO line logs its modes, run-length encoded:
 `TRIMODE auto rid=R switches=S: ar x3 > self_spec_quadratic/3 x2 > ...`.
@@ -22,7 +23,6 @@ When an `auto` request finishes or leaves, one INFO line logs its modes, run-len
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 
 from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment
@@ -34,7 +34,6 @@ from sglang_trimode.scheduler.policy import (
     LOSSLESS_MODES,
     AutoPolicy,
     Choice,
-    LoadSchedule,
     RequestView,
     default_candidates,
     fit_budget,
@@ -43,8 +42,6 @@ from sglang_trimode.scheduler.step import Budget
 from sglang_trimode.srt.flags import TriModeSettings
 
 logger = logging.getLogger(__name__)
-
-BUDGETS_ENV = "SGLANG_TRIMODE_AUTO_BUDGETS"
 
 
 class _MeasuredAuto:
@@ -73,17 +70,15 @@ class AutoModes:
         served = [m for m in settings.serve_modes if m in LOSSLESS_MODES]
         # a choice of block b emits (and keeps the KV of) at most b tokens per step
         self.candidates = [c for c in default_candidates(None, served) if c.block <= width]
-        policy = _MeasuredAuto(self)
-        budgets = os.environ.get(BUDGETS_ENV)
-        if budgets:
-            policy = LoadSchedule(policy, [int(b) for b in budgets.split(",")])
-        big = Budget(1 << 30, 1 << 30, 1 << 30)  # SGLang's scheduler admits; blocks fit width
-        self.driver = ModeDriver([], mode_cfg, policy, big, keep_trace=False)
+        # SGLang's scheduler admits requests and prefills them; blocks fit the width
+        budget = Budget(1 << 30, settings.auto_token_budget or 1 << 30, 1 << 30)
+        self.driver = ModeDriver([], mode_cfg, _MeasuredAuto(self), budget, keep_trace=False)
         self._runs: dict[int, list[list]] = {}  # index -> [[label, forwards], ...]
         logger.info(
-            "TRIMODE auto: candidates %s; cost model %s",
+            "TRIMODE auto: candidates %s; cost model %s; token budget per forward %s",
             ",".join(_label(c) for c in self.candidates),
             settings.cost_file or "measured online from the worker's forwards",
+            settings.auto_token_budget or "none",
         )
 
     def cost(self) -> CostModel | None:

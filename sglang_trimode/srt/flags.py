@@ -20,6 +20,8 @@ Flags (all optional):
 - `--trimode-cost-file PATH`: the forward-time model `auto` plans with, a calibration file
   written by `bench/calibrate.py` (`scheduler.cost.CostModel`); without it the worker fits one
   from its own timed forwards (AR until they span three shapes).
+- `--trimode-auto-token-budget N` (N >= 1): mode `auto` plans at most N query tokens per forward
+  for the auto requests together (default: no cap); requests that do not fit ride along.
 - `--trimode-attention-impl {auto,triton,sdpa,torch}`: the attention of the worker's structural-mask
   forwards (`srt/attention.py`): `triton` is `sglang_trimode.kernels.extend_attention` (compiled
   on a CUDA device; on a CPU only under the Triton interpreter, `TRITON_INTERPRET=1` in the
@@ -210,6 +212,17 @@ FLAGS: tuple[Flag, ...] = (
         metavar="PATH",
     ),
     Flag(
+        "--trimode-auto-token-budget",
+        "trimode_auto_token_budget",
+        None,
+        "Mode 'auto': the most query tokens the auto requests together put into one forward "
+        "(>= 1; default: no cap). Under it the policy drafts less as the load grows (AR takes 1 "
+        "token, a linear block B tokens, a quadratic block B (B + 1)); requests that do not "
+        "fit ride along for that forward.",
+        type=positive_int,
+        metavar="N",
+    ),
+    Flag(
         "--trimode-attention-impl",
         "trimode_attention_impl",
         None,
@@ -306,6 +319,12 @@ def check_combination(values: dict[str, Any], speculative_algorithm: str | None)
     serve = values.get("trimode_serve_modes")
     if serve is not None and mode is not None and mode not in serve:
         return f"--trimode-mode {mode} is not among --trimode-serve-modes {','.join(serve)}"
+    auto = mode == "auto" or serve is None or "auto" in serve
+    if values.get("trimode_auto_token_budget") is not None and not auto:
+        return (
+            "--trimode-auto-token-budget applies to mode auto, which this server does not serve "
+            "(add auto to --trimode-serve-modes, or drop the budget)"
+        )
     return None
 
 
@@ -326,6 +345,7 @@ class TriModeSettings:
     threshold: float
     serve_modes: tuple[str, ...]
     cost_file: str | None = None
+    auto_token_budget: int | None = None  # None: no cap
     attention_impl: str = DEFAULT_ATTENTION_IMPL
     fill_in: bool = True
     drafter: str = "on"  # on, off or an adapter folder
@@ -348,6 +368,7 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
         ),
         serve_modes=tuple(serve),
         cost_file=values.get("trimode_cost_file"),
+        auto_token_budget=values.get("trimode_auto_token_budget"),
         attention_impl=values.get("trimode_attention_impl") or DEFAULT_ATTENTION_IMPL,
         fill_in=values.get("trimode_fill_in") != "off",
         drafter=values.get("trimode_drafter") or "on",

@@ -47,6 +47,7 @@ def test_flags_module_is_consistent():
         "--trimode-threshold",
         "--trimode-serve-modes",
         "--trimode-cost-file",
+        "--trimode-auto-token-budget",
         "--trimode-attention-impl",
         "--trimode-fill-in",
         "--trimode-drafter",
@@ -83,6 +84,22 @@ def test_flags_module_is_consistent():
     assert "not among" in flags.check_combination(
         {"trimode_mode": "auto", "trimode_serve_modes": ("ar",)}, "TRIMODE"
     )
+
+
+def test_auto_token_budget_flag():
+    parsed = flags.parse_trimode_args(["--trimode-auto-token-budget", "12"])
+    assert parsed["trimode_auto_token_budget"] == 12
+    assert flags.resolve(parsed, 4).auto_token_budget == 12
+    assert flags.resolve({}, 4).auto_token_budget is None  # no cap
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(SystemExit):
+            flags.parse_trimode_args(["--trimode-auto-token-budget", bad])
+    assert flags.check_combination(parsed, "TRIMODE") is None  # auto served by default
+    assert "need --speculative-algorithm" in (flags.check_combination(parsed, None) or "")
+    no_auto = parsed | {"trimode_serve_modes": ("ar", "self_spec_linear")}
+    assert "does not serve" in flags.check_combination(no_auto, "TRIMODE")
+    only_auto = parsed | {"trimode_mode": "auto", "trimode_serve_modes": ("auto",)}
+    assert flags.check_combination(only_auto, "TRIMODE") is None
 
 
 def test_cost_file_flag_reads_a_calibration_file(tmp_path):
@@ -184,6 +201,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
         "trimode_threshold": 0.5,
         "trimode_serve_modes": None,
         "trimode_cost_file": None,
+        "trimode_auto_token_budget": None,
         "trimode_attention_impl": None,
         "trimode_fill_in": "off",
         "trimode_drafter": None,
