@@ -3,8 +3,8 @@
 Imports no sglang: `FLAGS`, `MODES` and `parse_trimode_args` work without SGLang installed.
 `sglang_trimode.srt.plugin.register()` adds these flags to SGLang's own argument parser
 (`python -m sglang.launch_server --help` lists them under "tri-mode (sglang-trimode)") and stores
-the parsed values on the `ServerArgs` record as the bookkeeping attribute `_trimode_args` (a
-plain dict, so it survives the pickling into SGLang's scheduler processes).
+the parsed values on the `ServerArgs` record as `trimode_args` (a frozen `TriModeArgs`, which
+survives the pickling into SGLang's scheduler processes).
 
 Flags (all optional):
 
@@ -59,8 +59,8 @@ DEFAULT_MODE = "self_spec_linear"
 DEFAULT_THRESHOLD = 0.9
 #: Name of the speculative algorithm (`--speculative-algorithm TRIMODE`).
 ALGORITHM = "TRIMODE"
-#: Attribute of SGLang's `ServerArgs` record holding the parsed flags (a dict).
-SERVER_ARGS_ATTR = "_trimode_args"
+#: Attribute of SGLang's `ServerArgs` record holding the parsed flags (a `TriModeArgs`).
+SERVER_ARGS_ATTR = "trimode_args"
 #: Per-request override key in `custom_params` (native API) / the OpenAI extra body.
 REQUEST_MODE_KEY = "trimode_mode"
 #: Choices of `--trimode-attention-impl` (`auto`: triton on a CUDA device, sdpa otherwise).
@@ -293,6 +293,40 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(GROUP_TITLE)
     for flag in FLAGS:
         flag.add_to(group)
+
+
+@dataclass(frozen=True)
+class TriModeArgs:
+    """The `--trimode-*` flags as given (None: not given), typed: the one record the plugin puts
+    on SGLang's `ServerArgs` (`server_args.trimode_args`; a frozen dataclass of plain values, so
+    it is pickled with the record into every process SGLang starts). `resolve` turns it into the
+    server's `TriModeSettings` (defaults filled in)."""
+
+    mode: str | None = None
+    block_size: int | None = None
+    threshold: float | None = None
+    serve_modes: tuple[str, ...] | None = None
+    cost_file: str | None = None
+    auto_token_budget: int | None = None
+    attention_impl: str | None = None
+    fill_in: str | None = None
+    drafter: str | None = None
+    drafter_rows: str | None = None
+    bonus_candidates: int | None = None
+    bonus_lengths: int | None = None
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> TriModeArgs:
+        """From `{dest: value}` (`values_from_namespace`, `values_from_kwargs`)."""
+        return cls(**{dest.removeprefix(PREFIX): value for dest, value in values.items()})
+
+    def values(self) -> dict[str, Any]:
+        """`{dest: value}` for every flag (None: not given)."""
+        return {dest: getattr(self, dest.removeprefix(PREFIX)) for dest in DESTS}
+
+
+#: Every flag's dest is `PREFIX` + its `TriModeArgs` field.
+PREFIX = "trimode_"
 
 
 def values_from_namespace(ns: argparse.Namespace) -> dict[str, Any]:

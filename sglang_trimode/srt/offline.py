@@ -5,8 +5,8 @@ refuses unknown keywords, so `Engine(trimode_mode=...)` cannot work. `server_arg
 builds that record itself: the keywords named like the flags' dests (`trimode_mode`,
 `trimode_block_size`, `trimode_threshold`, `trimode_serve_modes`, `trimode_cost_file`, ...) are
 checked exactly as the command line checks them (`flags.values_from_kwargs`, ValueError naming
-the keyword) and kept on the record as `_trimode_args`, where the launcher's flag hook keeps them;
-every other keyword goes to `ServerArgs` unchanged:
+the keyword) and kept on the record as `trimode_args` (a `flags.TriModeArgs`), where the
+launcher's flag hook keeps them; every other keyword goes to `ServerArgs` unchanged:
 
     import sglang
     from sglang_trimode.srt.offline import server_args
@@ -43,6 +43,6 @@ def server_args(**kwargs: Any):
         raise ValueError(msg.replace("--speculative-algorithm ", "speculative_algorithm="))
     kwargs.setdefault("log_level", "error")
     record = ServerArgs(**kwargs)
-    setattr(record, flags.SERVER_ARGS_ATTR, values)
+    setattr(record, flags.SERVER_ARGS_ATTR, flags.TriModeArgs.from_values(values))
     plugin.set_served_modes(flags.served_modes(values, algorithm))
     return record

@@ -9,7 +9,8 @@ scheduler, detokenizer), so all state is (re-)created here. It registers:
   `sglang_trimode.srt.worker.TriModeWorker`;
 - the `--trimode-*` flags (`sglang_trimode.srt.flags`): hooks on `ServerArgs.add_cli_args` add
   them to SGLang's parser, and on `ServerArgs.from_cli_args` keep their values on the record as
-  `_trimode_args` (checked: modes other than `ar` need `--speculative-algorithm TRIMODE`);
+  `trimode_args`, a typed `flags.TriModeArgs` (checked: modes other than `ar` need
+  `--speculative-algorithm TRIMODE`);
 - a check of each request's `custom_params["trimode_mode"]` (hook on `SamplingParams.verify`, in
   the tokenizer manager): an unknown mode, or one the server does not serve, is a clear HTTP 400;
 - a check of each prompt (hook on `TokenizerManager._validate_one_request`): one holding a token
@@ -37,7 +38,9 @@ _UPDATE_META_INFO = (
     "sglang.srt.managers.tokenizer_manager.TokenizerManager.update_request_meta_info"
 )
 _hooks_registered = False
-#: Modes requests may ask for on the server this process launched (None: not known here).
+#: Modes requests may ask for on the server this process launched (None: not known here). A
+#: module value because the hook that reads it (`SamplingParams.verify`, in the tokenizer
+#: manager) has no `ServerArgs` at hand; set where the `TriModeArgs` record is made.
 _served_modes: tuple[str, ...] | None = None
 
 
@@ -52,7 +55,7 @@ def _around_from_cli_args(original, cls, args, *rest, **kwargs):
     if msg:
         argparse.ArgumentParser(prog="sglang serve").error(msg)
     server_args = original(cls, args, *rest, **kwargs)
-    setattr(server_args, flags.SERVER_ARGS_ATTR, values)
+    setattr(server_args, flags.SERVER_ARGS_ATTR, flags.TriModeArgs.from_values(values))
     global _served_modes
     _served_modes = flags.served_modes(values, getattr(args, "speculative_algorithm", None))
     return server_args

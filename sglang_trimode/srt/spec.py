@@ -33,16 +33,12 @@ def model_block_size(model_path: str | None) -> int:
 
 
 def trimode_values(server_args: Any) -> dict[str, Any]:
-    """The parsed `--trimode-*` values riding on a ServerArgs record (or a view of one)."""
+    """The parsed `--trimode-*` values (`{dest: value}`, None: not given) of the `TriModeArgs`
+    riding on a ServerArgs record (or a view of one); {} when it has none."""
     for obj in (server_args, getattr(server_args, "_cfg", None)):
-        if obj is None:
-            continue
-        try:
-            values = getattr(obj, flags.SERVER_ARGS_ATTR)
-        except AttributeError:
-            continue
-        if isinstance(values, dict):
-            return values
+        record = getattr(obj, flags.SERVER_ARGS_ATTR, None) if obj is not None else None
+        if isinstance(record, flags.TriModeArgs):
+            return record.values()
     return {}
 
 

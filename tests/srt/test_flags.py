@@ -86,6 +86,23 @@ def test_flags_module_is_consistent():
     )
 
 
+def test_trimode_args_record_is_typed_and_round_trips():
+    """The record on `ServerArgs`: one field per flag, `{dest: value}` both ways, picklable."""
+    import dataclasses
+    import pickle
+
+    names = [f.name for f in dataclasses.fields(flags.TriModeArgs)]
+    assert [flags.PREFIX + n for n in names] == list(flags.DESTS)
+    argv = ["--trimode-mode", "auto", "--trimode-serve-modes", "ar,auto"]
+    values = flags.parse_trimode_args(argv)
+    record = flags.TriModeArgs.from_values(values)
+    assert (record.mode, record.serve_modes, record.block_size) == ("auto", ("ar", "auto"), None)
+    assert record.values() == values
+    assert pickle.loads(pickle.dumps(record)) == record
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.mode = "ar"
+
+
 def test_auto_token_budget_flag():
     parsed = flags.parse_trimode_args(["--trimode-auto-token-budget", "12"])
     assert parsed["trimode_auto_token_budget"] == 12
@@ -143,7 +160,7 @@ out = {}
 sa = prepare_server_args(base + ["--speculative-algorithm", "TRIMODE", "--trimode-mode",
                                  "diffusion", "--trimode-block-size", "8",
                                  "--trimode-threshold", "0.5", "--trimode-fill-in", "off"])
-out["values"] = pickle.loads(pickle.dumps(sa))._trimode_args
+out["values"] = pickle.loads(pickle.dumps(sa)).trimode_args.values()
 sa.resolve_once()
 cfg = resolving_view(sa)
 out["num_draft_tokens"] = cfg.speculative_num_draft_tokens
@@ -153,7 +170,7 @@ worker = algo.create_worker(sa)
 out["worker"] = worker.__module__ + "." + worker.__qualname__
 cls, arch = ModelRegistry.resolve_model_cls(["NemotronLabsDiffusionModel"])
 out["model"] = cls.__module__ + "." + cls.__qualname__
-out["plain_ar"] = prepare_server_args(base)._trimode_args
+out["plain_ar"] = prepare_server_args(base).trimode_args.values()
 
 errors = {}
 for name, extra in {
@@ -283,7 +300,7 @@ out = {}
 sa = server_args(model_path=model, device="cpu", speculative_algorithm="TRIMODE",
                  trimode_mode="diffusion", trimode_block_size=4, trimode_threshold=0.5,
                  trimode_serve_modes=["ar", "diffusion", "self_spec_quadratic"])
-out["values"] = pickle.loads(pickle.dumps(sa))._trimode_args
+out["values"] = pickle.loads(pickle.dumps(sa)).trimode_args.values()
 out["served"] = list(plugin._served_modes)
 out["log_level"] = sa.log_level
 sa.resolve_once()
