@@ -83,7 +83,7 @@ def test_run_forward_verify_reports_acceptance_before_the_step():
     assert r.stats.forwards == 2
 
 
-class _Greedy(modes.ARPolicy):
+class _KeepsTooMuch(modes.ARPolicy):
     """A broken policy: claims to keep more tokens than its segment may commit."""
 
     def consume(self, r, seg, logits):
@@ -92,7 +92,7 @@ class _Greedy(modes.ARPolicy):
 
 
 def test_run_forward_refuses_a_step_that_keeps_too_much():
-    policy = _Greedy(_cfg())
+    policy = _KeepsTooMuch(_cfg())
     r = _state(5)
     with pytest.raises(RuntimeError, match="only a prefix of at most 1"):
         core.run_forward([r], [policy], [policy.segment(r)], [3], lambda s, p: [_peaked([2])])

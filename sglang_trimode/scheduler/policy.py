@@ -15,13 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sglang_trimode import masks
 from sglang_trimode.scheduler.cost import CostModel
-
-if TYPE_CHECKING:
-    pass
 
 LOSSLESS_MODES = ("ar", "self_spec_linear", "self_spec_quadratic")
 
