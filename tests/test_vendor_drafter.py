@@ -163,7 +163,7 @@ def _segments() -> list[modes.Segment | None]:
 def test_packed_gate_equals_the_padded_gate(scope):
     """The worker's packed gate (per-request bounds) = the engine's padded gate, row by row;
     never a committable row; vendor: the linear draft only."""
-    from sglang_trimode.packed import ragged_offsets
+    from sglang_trimode.layout import ragged_offsets
 
     segs = _segments()
     real = [s for s in segs if s is not None]

@@ -6,13 +6,12 @@ decode-phase forwards: diffusion drafts, commits, linear verifies, quadratic ste
 with them) are computed here; everything else (prefill, plain AR serving, the worker's AR-only
 forwards, which it runs as SGLang DECODE forwards) goes to the wrapped backend unchanged.
 
-The worker lays such a forward out packed: the segments of the requests that run, one after
-another (a request with no segment rides along with no tokens), so the model's linear layers, MLPs
-and logits see only real tokens. The plan carries one `sglang_trimode.masks.MaskDescriptor` per
-request (None: rides along) and the committed prefix `prefix_lens[i]` of each. Per forward the
-backend packs the plan once (`SegmentBatch` of the descriptors, `PageTable` over SGLang's
-`req_to_token` with the committed prefixes; `sglang_trimode.packed`, SGLang-free, tested compiled
-on a GPU by `bench/gpu_check.sh`) and resolves the attention impl once; per layer it
+The worker lays such a forward out packed, once (`sglang_trimode.layout.ForwardLayout`, carried
+by the plan): the segments of the requests that run, one after another (a request with no segment
+rides along with no tokens), so the model's linear layers, MLPs and logits see only real tokens
+(and any padding to a bucket, `--trimode-pad-forwards`). The layout holds each running request's
+`MaskDescriptor` as a `SegmentBatch` and its committed prefix as a `PageTable` over SGLang's
+`req_to_token`. The backend resolves the attention impl once per forward; per layer it
 
 1. writes every token's K/V to `out_cache_loc` (the request's reserved slots after its prefix);
 2. runs ONE attention call for the whole batch: each segment token attends to its request's
@@ -46,7 +45,7 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from sglang.srt.speculative.spec_info import SpecInput
 
 from sglang_trimode import packed as packing
-from sglang_trimode.masks import MaskDescriptor
+from sglang_trimode.layout import ForwardLayout
 from sglang_trimode.srt import flags
 
 logger = logging.getLogger(__name__)
@@ -55,10 +54,11 @@ logger = logging.getLogger(__name__)
 class TriModeForwardInput(SpecInput):
     """Per-forward plan of the TRIMODE worker, riding on `ForwardBatch.spec_info`.
 
-    `positions` [T] (the packed tokens); `descs` list of `MaskDescriptor` or None (rides along:
-    no tokens) per request; `prefix_lens` list[int] (committed KV per request); `width` the widest
-    segment (SGLang's `num_tokens_per_req`, read only by its LoRA / Mamba / NPU paths, which a
-    TRIMODE server does not run).
+    `layout`: the forward's one `sglang_trimode.layout.ForwardLayout` (tokens, positions, KV
+    slots, per-request descriptors and prefixes, the attention's `SegmentBatch` / `PageTable`);
+    `positions` is its `positions` (SGLang reads a verify forward's positions here); `width` the
+    widest segment (SGLang's `num_tokens_per_req`, read only by its LoRA / Mamba / NPU paths,
+    which a TRIMODE server does not run).
 
     Its own type: SGLang's `SpecInputType` is a closed enum with no member for a plugin, so
     `spec_input_type` is None and the phase guards below answer for it (a verify-phase input);
@@ -69,16 +69,15 @@ class TriModeForwardInput(SpecInput):
 
     cuda_graph_compatible = False  # the worker's forwards run eager
 
-    def __init__(self, positions, descs: list[MaskDescriptor | None], prefix_lens, width):
+    def __init__(self, layout: ForwardLayout) -> None:
         super().__init__(spec_input_type=None)
-        self.positions = positions
-        self.descs = list(descs)
-        self.prefix_lens = list(prefix_lens)
+        self.layout = layout
+        self.positions = layout.positions
+        width = layout.width
         self.num_tokens_per_req = width
         self.num_tokens_for_logprob_per_req = width
         self.draft_token_num = width
-        self.attn_metadata: packing.Packed | None = None  # once per forward (backend)
-        self.attn_impl: str | None = None  # `triton` or `torch`, resolved once per forward
+        self.attn_impl: str | None = None  # `triton`, `torch` or `sdpa`, once per forward
         #: rows whose logits the forward returns (None: all); then `head(rows)` computes any
         #: other rows' logits from the forward's hidden states (set by `srt/model.py`)
         self.logit_rows: torch.Tensor | None = None
@@ -113,7 +112,7 @@ class TriModeAttnBackend:
     def init_forward_metadata(self, forward_batch):
         plan = forward_batch.spec_info
         if isinstance(plan, TriModeForwardInput):
-            self._prepare(plan, forward_batch, forward_batch.out_cache_loc.device)
+            self._prepare(plan, forward_batch.out_cache_loc.device)
             return None
         return self.inner.init_forward_metadata(forward_batch)
 
@@ -134,19 +133,11 @@ class TriModeAttnBackend:
                 raise ValueError(msg)
         return impl
 
-    def _prepare(self, plan: TriModeForwardInput, forward_batch, device: torch.device) -> None:
-        """Pack the plan and resolve the impl, once per forward (every layer shares them)."""
-        if plan.attn_metadata is not None:
-            return
-        plan.attn_impl = self.resolved_impl(device)
-        _announce(plan.attn_impl, device, self.inner)
-        plan.attn_metadata = packing.pack(
-            plan.descs,
-            plan.prefix_lens,
-            self.inner.req_to_token_pool.req_to_token,
-            forward_batch.req_pool_indices,
-            device,
-        )
+    def _prepare(self, plan: TriModeForwardInput, device: torch.device) -> None:
+        """Resolve the impl once per forward (every layer shares it and the plan's layout)."""
+        if plan.attn_impl is None:
+            plan.attn_impl = self.resolved_impl(device)
+            _announce(plan.attn_impl, device, self.inner)
 
     def _forward_trimode(self, q, k, v, layer, forward_batch, plan: TriModeForwardInput):
         pool = self.inner.token_to_kv_pool
@@ -160,9 +151,9 @@ class TriModeAttnBackend:
             )
         if getattr(layer, "logit_cap", 0.0) or getattr(layer, "sliding_window_size", -1) > 0:
             raise ValueError("TRIMODE attention supports no logit cap and no sliding window")
-        self._prepare(plan, forward_batch, q.device)
+        self._prepare(plan, q.device)
         q = q.reshape(-1, hq, dq)
-        plan.attn_metadata.check_tokens(q.shape[0])
+        plan.layout.check_tokens(q.shape[0])
         pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v)
         out = packing.attend(
             q,
@@ -170,7 +161,7 @@ class TriModeAttnBackend:
             v.reshape(-1, hkv, dv),
             pool.get_key_buffer(layer.layer_id),
             pool.get_value_buffer(layer.layer_id),
-            plan.attn_metadata,
+            plan.layout,
             layer.scaling,
             plan.attn_impl,
         )

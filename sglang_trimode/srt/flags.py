@@ -38,6 +38,10 @@ Flags (all optional):
   cycles take one forward (`ar`, `self_spec_quadratic`) and have finished theirs run further
   cycles in those forwards, as long as their tokens fit the step's KV slots, instead of waiting
   for the step's end. `off`: one cycle per request per step. Outputs are the same either way.
+- `--trimode-pad-forwards {on,off}`: default `off`: `on` pads every structural-mask forward to a
+  bucket of (segments, tokens), powers of two (`sglang_trimode.layout.Buckets`): the fixed shapes
+  a CUDA graph replays. Padding segments attend only to themselves and write to SGLang's padding
+  KV slot, so outputs are the same; without graphs it only costs (the padded tokens' compute).
 - `--trimode-drafter {on,off,PATH}` and `--trimode-drafter-rows {self_spec,vendor,all}`: the
   draft-only LoRA adapter (`linear_spec_lora/`) and the drafting rows it is applied to
   (`sglang_trimode.adapter.rows`); see docs/trimode-flags.md.
@@ -242,6 +246,15 @@ FLAGS: tuple[Flag, ...] = (
         choices=ON_OFF,
     ),
     Flag(
+        "--trimode-pad-forwards",
+        "trimode_pad_forwards",
+        None,
+        "Pad every structural-mask forward to a bucket of (segments, tokens), powers of two: the "
+        "fixed shapes CUDA graphs replay. Same outputs; without graphs it only adds the padded "
+        "tokens' compute. 'on' or 'off' (default).",
+        choices=ON_OFF,
+    ),
+    Flag(
         "--trimode-drafter",
         "trimode_drafter",
         None,
@@ -310,6 +323,7 @@ class TriModeArgs:
     auto_token_budget: int | None = None
     attention_impl: str | None = None
     fill_in: str | None = None
+    pad_forwards: str | None = None
     drafter: str | None = None
     drafter_rows: str | None = None
     bonus_candidates: int | None = None
@@ -382,6 +396,7 @@ class TriModeSettings:
     auto_token_budget: int | None = None  # None: no cap
     attention_impl: str = DEFAULT_ATTENTION_IMPL
     fill_in: bool = True
+    pad_forwards: bool = False
     drafter: str = "on"  # on, off or an adapter folder
     drafter_rows: str = DRAFTER_SCOPES[0]
     bonus_candidates: int = 0
@@ -405,6 +420,7 @@ def resolve(values: dict[str, Any] | None, model_block_size: int) -> TriModeSett
         auto_token_budget=values.get("trimode_auto_token_budget"),
         attention_impl=values.get("trimode_attention_impl") or DEFAULT_ATTENTION_IMPL,
         fill_in=values.get("trimode_fill_in") != "off",
+        pad_forwards=values.get("trimode_pad_forwards") == "on",
         drafter=values.get("trimode_drafter") or "on",
         drafter_rows=values.get("trimode_drafter_rows") or DRAFTER_SCOPES[0],
         bonus_candidates=values.get("trimode_bonus_candidates") or 0,

@@ -83,7 +83,7 @@ class TriModeSpecAlgo(CustomSpecAlgo):
         logger.info(
             "TRIMODE: mode=%s block_size=%d threshold=%s serve_modes=%s attention_impl=%s "
             "fill_in=%s (%d tokens/step) drafter=%s bonus_candidates=%d "
-            "bonus_lengths=%d",
+            "bonus_lengths=%d pad_forwards=%s",
             settings.mode,
             settings.block_size,
             settings.threshold,
@@ -94,6 +94,7 @@ class TriModeSpecAlgo(CustomSpecAlgo):
             settings.drafter,
             settings.bonus_candidates,
             settings.bonus_lengths,
+            "on" if settings.pad_forwards else "off",
         )
 
 

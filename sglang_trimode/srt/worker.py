@@ -57,8 +57,9 @@ from sglang_trimode import masks
 from sglang_trimode.adapter.lora import load_drafter_for
 from sglang_trimode.adapter.rows import packed_gate
 from sglang_trimode.core import read_rows, run_forward
+from sglang_trimode.layout import Bucket, Buckets
+from sglang_trimode.layout import build as build_layout
 from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
-from sglang_trimode.packed import ragged_offsets, segment_positions
 from sglang_trimode.rows import eager_row_index
 from sglang_trimode.rows.adjust import LogitAdjust
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
@@ -175,6 +176,8 @@ class TriModeWorker(BaseSpecWorker):
             bonus_lengths=self.settings.bonus_lengths,
         )
         self.policies = {m: get_policy(m, self.mode_cfg) for m in flags.REQUEST_MODES}
+        self.buckets: Buckets | None = None  # --trimode-pad-forwards: set on first use
+        self._pad_announced: set[bool] = set()  # logged: a padded (False), unpadded (True)
         self.states: dict[str, _Req] = {}
         self._decode_announced = False  # logged the first AR-only forward (`_forward_decode`)
         self._head_announced = False  # logged the first forward with deferred mask groups
@@ -337,40 +340,27 @@ class TriModeWorker(BaseSpecWorker):
         real tokens, whatever mix of segment lengths shares the forward."""
         if decode_route(segs, self.decode_wrapped):
             return self._forward_decode(batch, [s.tokens[0] for s in segs], prefix), None
-        descs = [None if s is None else s.desc for s in segs]
-        lens = torch.tensor([0 if d is None else d.length for d in descs], dtype=torch.int64)
-        running = [i for i, s in enumerate(segs) if s is not None]
-        tokens = torch.tensor([t for i in running for t in segs[i].tokens], dtype=torch.int64)
-        # slots: request i's token t goes to req_to_token[row_i, prefix_i + t] when a step may
-        # keep its KV (t < desc.committable); every other token's K/V goes to SGLang's padding
-        # slot 0 (never read), so a request needs slots for its committable tokens only
-        owner, offset = ragged_offsets(lens)  # [T] each
-        keepable = torch.tensor([0 if d is None else d.committable for d in descs])
-        stored = offset < keepable[owner]  # [T]
-        cols = torch.tensor(prefix, dtype=torch.int64)[owner] + offset
-        pos = segment_positions(cols, descs, prefix)  # [T]
-        req_to_token = batch.req_to_token_pool.req_to_token
-        rows = batch.req_pool_indices.to(req_to_token.device)
-        dev_owner, dev_cols = owner[stored].to(rows.device), cols[stored].to(rows.device)
-        locs = torch.zeros(len(tokens), dtype=torch.int64, device=req_to_token.device)
-        locs[stored.to(rows.device)] = req_to_token[rows[dev_owner], dev_cols].to(torch.int64)
-        dev = self.device
-        batch.forward_mode = ForwardMode.TARGET_VERIFY
-        batch.input_ids = tokens.to(dev)
-        batch.out_cache_loc = locs.to(dev)
-        plan = TriModeForwardInput(
-            positions=pos.to(dev), descs=descs, prefix_lens=prefix, width=int(lens.max())
+        layout = build_layout(
+            segs,
+            prefix,
+            batch.req_to_token_pool.req_to_token,
+            batch.req_pool_indices,
+            self.device,
+            bucket=self._bucket(batch, segs),
         )
-        if any(d is not None and d.kind == masks.MaskKind.QUADRATIC for d in descs):
+        batch.forward_mode = ForwardMode.TARGET_VERIFY
+        batch.input_ids = layout.tokens
+        batch.out_cache_loc = layout.out_cache_loc
+        plan = TriModeForwardInput(layout)
+        if any(d is not None and d.kind == masks.MaskKind.QUADRATIC for d in layout.descs):
             # logits for the causal rows only; a quadratic step's one mask group it reads comes
             # from `plan.head` (rows.DeferredGroups): 2L - 1 rows of L (L + 1) through the head
-            plan.logit_rows = eager_row_index(descs).to(dev)
+            plan.logit_rows = eager_row_index(layout.descs).to(self.device)
         batch.spec_info = plan
         drafting = contextlib.nullcontext()
         if self.drafter is not None:  # on rows no step keeps that --trimode-drafter-rows picks
-            drafting = self.drafter.rows(
-                packed_gate(segs, self.settings.drafter_rows, owner, offset)
-            )
+            gate = packed_gate(segs, self.settings.drafter_rows, layout.owner, layout.offset)
+            drafting = self.drafter.rows(layout.pad_rows(gate, False))
         with drafting:
             result = self._target_worker.forward_batch_generation(batch, is_verify=True)
         if plan.head is not None and not self._head_announced:
@@ -379,7 +369,43 @@ class TriModeWorker(BaseSpecWorker):
                 "TRIMODE: quadratic steps: logits of the causal rows in the forward, the one "
                 "mask group a step reads through the LM head when read"
             )
-        return result.logits_output.next_token_logits, plan.head
+        logits = result.logits_output.next_token_logits  # [N, V], or [logit_rows, V]
+        if plan.logit_rows is None:
+            logits = logits[: layout.num_tokens]  # the padding's rows go
+        return logits, plan.head
+
+    def _widest_segment(self) -> int:
+        """At most the tokens one request puts into a forward: a quadratic step over a block
+        of `B` (`B` causal tokens, at most `B (1 + C)` mask groups of `B`, `C` bonus
+        candidates), or a `width`-token commit."""
+        b = self.settings.block_size
+        return max(self.width, b + b * b * (1 + self.settings.bonus_candidates))
+
+    def _bucket(self, batch: ScheduleBatch, segs: list):
+        """`--trimode-pad-forwards`: the bucket the running segments pad to (None: off, or no
+        bucket holds them: the forward runs unpadded). The first forward that gets padding and
+        the first no bucket holds are logged."""
+        if not self.settings.pad_forwards:
+            return None
+        if self.buckets is None:  # the pools exist once the server runs
+            most = int(batch.req_to_token_pool.size)  # requests the server holds at once
+            self.buckets = Buckets.up_to(most, most * self._widest_segment())
+        running = [s for s in segs if s is not None]
+        tokens = sum(s.desc.length for s in running)
+        bucket = self.buckets.fit(len(running), tokens)
+        exact = bucket is not None and bucket == Bucket(len(running), tokens)
+        if not exact and (bucket is None) not in self._pad_announced:
+            self._pad_announced.add(bucket is None)
+            logger.info(
+                "TRIMODE: a forward of %d segments, %d tokens %s",
+                len(running),
+                tokens,
+                "runs unpadded: no bucket holds it"
+                if bucket is None
+                else f"padded to {bucket.requests} segments, {bucket.tokens} tokens "
+                "(--trimode-pad-forwards)",
+            )
+        return bucket
 
     def _drop_cuda_graphs(self) -> None:
         """Run every forward of this worker eager. SGLang captures its decode graphs for a spec

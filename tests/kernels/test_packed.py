@@ -2,9 +2,10 @@
 
 The worker's layout (the running requests' segments one after another, requests that only ride
 along with no tokens, ragged committed prefixes in a shuffled `req_to_token` pool) goes through
-`pack` + `attend` and is compared token by token with float64 dense-mask attention per request
-(`masks.dense_mask`). Both impls: `triton` (compiled on a GPU, interpreted on a CPU) and `torch`
-(the kernels' reference). bench/gpu_check.sh runs this file on the GPU with bf16 and a KV pool of
+`layout.build` + `packed.attend` and is compared token by token with float64 dense-mask
+attention per request (`masks.dense_mask`); so is the same forward padded to a bucket. Every
+impl: `triton` (compiled on a GPU, interpreted on a CPU), `torch` (the kernels' reference) and
+`sdpa`. bench/gpu_check.sh runs this file on the GPU with bf16 and a KV pool of
 another dtype than q (SGLang's fp8/bf16 KV caches), with Ministral-3-like head shapes.
 """
 
@@ -18,17 +19,24 @@ from kernel_cases import DEVICE, INTERPRET, dtype_params, tolerance
 from torch.nn.functional import scaled_dot_product_attention
 
 from sglang_trimode import masks, packed
+from sglang_trimode.layout import Bucket, Buckets, build, ragged_offsets, segment_positions
 from sglang_trimode.masks import MaskDescriptor, MaskKind
+from sglang_trimode.modes import Segment
 
 MIXED = [
     masks.diffusion_draft(8),  # bidirectional block
     masks.linear_verify(5),  # causal verify
-    masks.quadratic(3, 4),  # TiDAR step: 4 + 3 * 4 = 16 tokens, the widest
+    masks.quadratic(3, 4),  # TiDAR step: 4 causal + 4 groups of 4 = 20 tokens, the widest
     None,  # rides along (its cycle is complete)
     masks.decode(),  # AR step
     MaskDescriptor(MaskKind.BLOCK, 7, 2),  # several blocks, last one partial
     masks.commit(3),  # causal commit pass
 ]
+
+
+def segments(descs):
+    """Segments of the descriptors `descs` (None: rides along), their tokens all 0."""
+    return [None if d is None else Segment([0] * d.length, d) for d in descs]
 
 
 def layout(seed, descs, prefixes, *, dtype, pool_dtype, heads, head_dim):
@@ -93,7 +101,7 @@ def test_packed_attention_equals_dense_per_request(impl, dtype, pool_dtype, head
     args, (r2t, rows), scale, want = layout(
         3, MIXED, prefixes, dtype=dtype, pool_dtype=pdt, heads=heads, head_dim=head_dim
     )
-    p = packed.pack(MIXED, prefixes, r2t, rows, DEVICE)
+    p = build(segments(MIXED), prefixes, r2t, rows, DEVICE)
     assert p.num_tokens == sum(d.length for d in MIXED if d is not None)
     out = packed.attend(*args, p, scale, impl)
     assert out.shape == args[0].shape and out.dtype == dtype
@@ -106,7 +114,7 @@ def test_packed_attention_equals_dense_per_request(impl, dtype, pool_dtype, head
 
 def test_nothing_to_attend_gives_no_rows():
     r2t = torch.zeros(3, 8, dtype=torch.int32, device=DEVICE)
-    p = packed.pack([None, None], [3, 4], r2t, torch.tensor([2, 0], device=DEVICE), DEVICE)
+    p = build([None, None], [3, 4], r2t, torch.tensor([2, 0], device=DEVICE), DEVICE)
     assert p.segments is None and p.num_tokens == 0
     q = torch.ones(0, 4, 16, device=DEVICE)
     kv = torch.ones(0, 2, 16, device=DEVICE)
@@ -118,9 +126,9 @@ def test_nothing_to_attend_gives_no_rows():
 def test_pack_rejects_inconsistent_plans():
     r2t = torch.zeros(2, 8, dtype=torch.int32)
     rows = torch.tensor([0, 1])
-    with pytest.raises(ValueError, match="descs .2. and prefix_lens .1. differ"):
-        packed.pack([masks.decode(), None], [3], r2t, rows, "cpu")
-    p = packed.pack([masks.diffusion_draft(4), None], [3, 1], r2t, rows, "cpu")
+    with pytest.raises(ValueError, match="segments .2. and prefix lengths .1. differ"):
+        build(segments([masks.decode(), None]), [3], r2t, rows, "cpu")
+    p = build(segments([masks.diffusion_draft(4), None]), [3, 1], r2t, rows, "cpu")
     q, kv = torch.ones(5, 4, 16), torch.ones(5, 2, 16)
     with pytest.raises(ValueError, match="holds 5 tokens but the packed plan 4"):
         packed.attend(q, kv, kv, torch.ones(8, 2, 16), torch.ones(8, 2, 16), p, 0.25, "torch")
@@ -140,7 +148,38 @@ def test_segment_positions_equal_each_requests_positions(descs):
     """The worker's batched positions == `masks.positions` of each running request, in order."""
     prefix = [5 + 3 * i for i in range(len(descs))]
     lens = torch.tensor([0 if d is None else d.length for d in descs])
-    owner, offset = packed.ragged_offsets(lens)
+    owner, offset = ragged_offsets(lens)
     cols = torch.tensor(prefix)[owner] + offset
     want = torch.cat([masks.positions(d, p) for d, p in zip(descs, prefix) if d is not None])
-    assert torch.equal(packed.segment_positions(cols, descs, prefix), want)
+    assert torch.equal(segment_positions(cols, descs, prefix), want)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch", "sdpa"])
+@pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.float16, torch.bfloat16))
+def test_padded_forward_equals_unpadded(impl, dtype):
+    """A forward padded to a bucket (the shapes CUDA graphs replay): the real rows' outputs are
+    the unpadded forward's, within the dtype's tolerance of the float64 expectation; the padding
+    rows (whatever their q/k/v) are finite and read nothing of the pool."""
+    prefixes = [5, 17, 9, 11, 40, 1, 23]
+    args, (r2t, rows), scale, want = layout(
+        7, MIXED, prefixes, dtype=dtype, pool_dtype=dtype, heads=(8, 2), head_dim=32
+    )
+    plain = build(segments(MIXED), prefixes, r2t, rows, DEVICE)
+    running = sum(d is not None for d in MIXED)
+    bucket = Buckets.up_to(8, 64).fit(running, plain.num_tokens)
+    assert bucket == Bucket(8, 64)  # 6 segments, 44 tokens: 2 padding segments of 20 tokens
+    padded = build(segments(MIXED), prefixes, r2t, rows, DEVICE, bucket=bucket)
+    assert padded.segments.batch_size == 8 and padded.padded_tokens == 64
+    assert padded.launched[6:] == (masks.commit(1), masks.commit(19))
+    q, k, v, kc, vc = args
+    t = plain.num_tokens
+    gen = torch.Generator().manual_seed(1)
+    extra = [100 * torch.randn(64 - t, *x.shape[1:], generator=gen).to(x) for x in (q, k, v)]
+    padded_args = [torch.cat([x, e]) for x, e in zip((q, k, v), extra, strict=True)]
+    out = packed.attend(*padded_args, kc, vc, padded, scale, impl)
+    assert out.shape == (64, *q.shape[1:])
+    tol = tolerance(dtype)
+    torch.testing.assert_close(out[:t].double().cpu(), want, atol=tol, rtol=tol)
+    unpadded = packed.attend(*args, plain, scale, impl)
+    torch.testing.assert_close(out[:t], unpadded, atol=tol, rtol=tol)
+    assert torch.isfinite(out[t:]).all()

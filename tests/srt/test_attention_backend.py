@@ -25,7 +25,9 @@ import torch  # noqa: E402
 from torch.nn.functional import scaled_dot_product_attention  # noqa: E402
 
 from sglang_trimode import masks, packed  # noqa: E402
+from sglang_trimode.layout import build  # noqa: E402
 from sglang_trimode.masks import MaskKind  # noqa: E402
+from sglang_trimode.modes import Segment  # noqa: E402
 from sglang_trimode.srt import flags  # noqa: E402
 from sglang_trimode.srt.attention import TriModeAttnBackend, TriModeForwardInput  # noqa: E402
 
@@ -123,12 +125,8 @@ def case(descs, prefixes, *, q_dtype=torch.float32, pool_dtype=torch.float32, se
     k = torch.randn(T, HKV * D, generator=gen).to(q_dtype)
     v = torch.randn(T, HKV * D, generator=gen).to(q_dtype)
     before = (pool.k.clone(), pool.v.clone())
-    plan = TriModeForwardInput(
-        positions=torch.zeros(T, dtype=torch.int64),
-        descs=descs,
-        prefix_lens=prefixes,
-        width=max(lens),
-    )
+    segs = [None if d is None else Segment([0] * d.length, d) for d in descs]
+    plan = TriModeForwardInput(build(segs, prefixes, req_to_token, req_pool_indices, "cpu"))
     fb = SimpleNamespace(spec_info=plan, out_cache_loc=locs, req_pool_indices=req_pool_indices)
     lay = layer()
     expected = torch.zeros(T, HQ, D, dtype=torch.float64)
@@ -206,18 +204,18 @@ def test_all_requests_ride_along_gives_no_rows(impl):
 
 
 def test_plan_is_packed_and_impl_resolved_once_per_forward(monkeypatch):
-    """Every layer of a forward shares one packed plan and one impl resolution."""
+    """Every layer of a forward shares one layout and one impl resolution."""
     calls = []
     real = flags.resolve_attention_impl
     monkeypatch.setattr(flags, "resolve_attention_impl", lambda *a: calls.append(a) or real(*a))
     inner, (q, k, v, lay, fb), expected, _ = case(MIXED, PREFIXES)
     backend = TriModeAttnBackend(inner, "auto")
     backend.init_forward_metadata(fb)
-    metadata = fb.spec_info.attn_metadata
+    metadata = fb.spec_info.layout
     for layer_id in range(3):
         lay.layer_id = layer_id
         out = backend.forward(q, k, v, lay, fb)
-        assert fb.spec_info.attn_metadata is metadata
+        assert fb.spec_info.layout is metadata
     assert calls == [("auto", "cpu")] and fb.spec_info.attn_impl == "sdpa"
     assert metadata.dense is metadata.dense  # sdpa's padded layout: built once, every layer
     torch.testing.assert_close(out.view(-1, HQ, D).double(), expected, atol=2e-5, rtol=1e-5)
@@ -286,7 +284,9 @@ def test_plan_is_its_own_spec_input():
     class defaults (no custom mask, no ragged-verify layout, no DSA rails) are inherited."""
     from sglang.srt.speculative.spec_info import SpecInput, SpecInputType
 
-    plan = TriModeForwardInput(torch.zeros(3, dtype=torch.int64), [masks.commit(3)], [5], 3)
+    r2t = torch.arange(16, dtype=torch.int32).view(2, 8)
+    seg = Segment([1, 2, 3], masks.commit(3))
+    plan = TriModeForwardInput(build([seg], [5], r2t, torch.tensor([1]), "cpu"))
     assert isinstance(plan, SpecInput) and type(plan).__mro__[1] is SpecInput
     assert plan.spec_input_type is None
     assert plan.spec_input_type not in set(SpecInputType)
@@ -301,7 +301,6 @@ def test_decode_route_takes_ar_only_forwards_to_the_wrapped_decode():
     """AR-only forwards (every request one causal token, none riding along) run as SGLang's own
     DECODE: always with a wrapped GPU impl, with `sdpa` (the CPU) only for one request; any other
     segment or a request riding along keeps the packed path."""
-    from sglang_trimode.modes import Segment
     from sglang_trimode.srt.worker import decode_route
 
     ar = Segment([5], masks.decode())

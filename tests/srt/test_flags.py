@@ -50,6 +50,7 @@ def test_flags_module_is_consistent():
         "--trimode-auto-token-budget",
         "--trimode-attention-impl",
         "--trimode-fill-in",
+        "--trimode-pad-forwards",
         "--trimode-drafter",
         "--trimode-drafter-rows",
         "--trimode-bonus-candidates",
@@ -61,6 +62,9 @@ def test_flags_module_is_consistent():
     assert s.fill_in is True  # on unless --trimode-fill-in off
     assert flags.resolve({"trimode_fill_in": "on"}, 4).fill_in is True
     assert flags.resolve({"trimode_fill_in": "off"}, 4).fill_in is False
+    assert s.pad_forwards is False  # off unless --trimode-pad-forwards on
+    assert flags.resolve({"trimode_pad_forwards": "on"}, 4).pad_forwards is True
+    assert flags.resolve({"trimode_pad_forwards": "off"}, 4).pad_forwards is False
     assert s.bonus_candidates == 0
     assert flags.resolve({"trimode_bonus_candidates": 3}, 4).bonus_candidates == 3
     assert s.bonus_lengths == 0
@@ -221,6 +225,7 @@ def test_entry_point_parses_resolves_and_rejects(tmp_path):
         "trimode_auto_token_budget": None,
         "trimode_attention_impl": None,
         "trimode_fill_in": "off",
+        "trimode_pad_forwards": None,
         "trimode_drafter": None,
         "trimode_drafter_rows": None,
         "trimode_bonus_candidates": None,

@@ -1,0 +1,85 @@
+"""`--trimode-pad-forwards on` through a real CPU server: padded forwards == unpadded ones.
+
+Every structural-mask forward is padded to a bucket of (segments, tokens), powers of two (the
+shapes a CUDA graph replays; `sglang_trimode.layout`): padding segments run causal over no
+prefix, write their K/V to SGLang's padding slot and their logits are dropped. A ragged batch of
+four modes (ar, diffusion, quadratic, linear; block 4) and each mode alone give the reference
+engine's tokens and stats (which the unpadded server gives too: tests/srt/test_server_trimode.py),
+and every KV slot is free afterwards. Skipped without sglang.
+"""
+
+from __future__ import annotations
+
+import pytest
+from _deps import require
+
+require(
+    "sglang", reason="sglang is not installed (bash scripts/setup_sglang.sh installs it for CPU)"
+)
+
+pytestmark = pytest.mark.server  # a real SGLang server (or engine) on the CPU: minutes
+
+import re  # noqa: E402
+
+import torch  # noqa: E402
+from _srt_server import (  # noqa: E402
+    FILL_IN_MODES,
+    kv_pool_problems,
+    post_ok,
+    prompts,
+    trimode_server,
+)
+
+from sglang_trimode import TriModeEngine, default_model_path  # noqa: E402
+
+BLOCK = 4
+MAX_NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    extra = ("--trimode-pad-forwards", "on")
+    with trimode_server(tmp_path_factory, "sglang_trimode_padded", BLOCK, extra) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def reference():
+    engine = TriModeEngine.from_pretrained(default_model_path(), dtype=torch.float32)
+    kw = dict(block_size=BLOCK, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[])
+    return [
+        engine.generate([p], mode=mode, **kw)[0]
+        for p, mode in zip(prompts(), FILL_IN_MODES, strict=True)
+    ]
+
+
+def _params(mode: str) -> dict:
+    sp = {"temperature": 0.0, "max_new_tokens": MAX_NEW_TOKENS, "ignore_eos": True}
+    return sp | {"custom_params": {"trimode_mode": mode}}
+
+
+def _check(out: dict, want, mode: str) -> None:
+    meta = out["meta_info"]
+    assert out["output_ids"] == list(want.token_ids), mode
+    assert meta["trimode_forwards"] == want.stats.forwards, mode
+    assert meta["trimode_accept_lengths"] == list(want.stats.accept_lengths), mode
+
+
+def test_padded_forwards_equal_the_reference(server, reference):
+    ps, base = prompts(), server["base"]
+    params = [_params(mode) for mode in FILL_IN_MODES]
+    out = post_ok(base + "/generate", {"input_ids": ps, "sampling_params": params})
+    for o, want, mode in zip(out, reference, FILL_IN_MODES, strict=True):
+        _check(o, want, mode)
+    for p, want, mode in zip(ps, reference, FILL_IN_MODES, strict=True):
+        _check(post_ok(base + "/generate", {"input_ids": p, "sampling_params": _params(mode)}),
+               want, mode)  # fmt: skip
+    assert kv_pool_problems(server) == []
+    log = server["log"].read_text(errors="replace")
+    assert "pad_forwards=on" in log
+    padded = re.findall(r"a forward of (\d+) segments, (\d+) tokens padded to (\d+) segments, "
+                        r"(\d+) tokens", log)  # fmt: skip
+    assert len(padded) == 1, log[-3000:]
+    segments, tokens, to_segments, to_tokens = map(int, padded[0])
+    assert (to_segments, to_tokens) != (segments, tokens)  # padding happened
+    assert to_segments >= segments and to_tokens >= tokens
