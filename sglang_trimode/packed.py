@@ -13,6 +13,7 @@ compiled on a GPU (bench/gpu_check.sh) and under the interpreter on a CPU.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 
@@ -27,6 +28,8 @@ IMPLS = ("triton", "torch", "sdpa")
 
 #: Impls that have logged their first use in this process (`attention_fn`).
 _announced: set[str] = set()
+#: Attention calls (one per layer and forward) by impl in this process (`attend`).
+attention_calls: collections.Counter[str] = collections.Counter()
 
 
 def attention_fn(impl: str) -> Callable[..., torch.Tensor]:
@@ -68,6 +71,7 @@ def attend(
     layout.check_tokens(q.shape[0])
     if layout.segments is None:
         return q.new_zeros(q.shape)
+    attention_calls[impl] += 1
     dtype, pages = q.dtype, layout.pages
     gathered = k_cache.dtype != dtype or v_cache.dtype != dtype
     if gathered:

@@ -31,6 +31,10 @@ import argparse
 from sglang_trimode.srt import flags, stats, step_profile
 
 _ADD_CLI_ARGS = "sglang.srt.server_args.ServerArgs.add_cli_args"
+_INTERNAL_STATE = (
+    "sglang.srt.managers.scheduler_components.internal_state."
+    "SchedulerInternalStateController._add_speculative"
+)
 _FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
 _VERIFY_SAMPLING = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
 _VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
@@ -137,6 +141,16 @@ def _after_validate_one_request(result, manager, obj, input_ids, *args, **kwargs
     return result
 
 
+def _after_add_speculative(result, controller, state, *args, **kwargs):
+    """AFTER hook on SGLang's internal-state readback (scheduler process): a TRIMODE worker's
+    `internal_state()` under `state["trimode"]` (`GET /get_server_info`, `internal_states`)."""
+    worker = getattr(controller.scheduler, "draft_worker", None)
+    report = getattr(worker, "internal_state", None)
+    if callable(report):
+        state["trimode"] = report()
+    return result
+
+
 def _register_flag_hooks() -> None:
     global _hooks_registered
     if _hooks_registered:
@@ -148,6 +162,7 @@ def _register_flag_hooks() -> None:
     HookRegistry.register(_VERIFY_SAMPLING, _after_verify_sampling, HookType.AFTER)
     HookRegistry.register(_VALIDATE_REQUEST, _after_validate_one_request, HookType.AFTER)
     HookRegistry.register(_UPDATE_META_INFO, stats.after_update_request_meta_info, HookType.AFTER)
+    HookRegistry.register(_INTERNAL_STATE, _after_add_speculative, HookType.AFTER)
     _hooks_registered = True
 
 

@@ -40,6 +40,7 @@ dropped when a request leaves the batch.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
@@ -60,6 +61,7 @@ from sglang_trimode.core import read_rows, run_forward
 from sglang_trimode.layout import Bucket, Buckets
 from sglang_trimode.layout import build as build_layout
 from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
+from sglang_trimode.packed import attention_calls
 from sglang_trimode.rows import eager_row_index
 from sglang_trimode.rows.adjust import LogitAdjust
 from sglang_trimode.sampling import SamplingParams, get_accept_rule
@@ -180,6 +182,11 @@ class TriModeWorker(BaseSpecWorker):
         self._pad_announced: set[bool] = set()  # logged: a padded (False), unpadded (True)
         self.states: dict[str, _Req] = {}
         self._decode_announced = False  # logged the first AR-only forward (`_forward_decode`)
+        #: forwards by path (`internal_state`): `decode` (SGLang's own DECODE), `packed`
+        #: (structural masks over `TriModeAttnBackend`), `padded` / `padded_tokens` (packed and
+        #: padded to a bucket: forwards, padding tokens), `unbucketed` (no bucket held it),
+        #: `deferred_groups` (quadratic mask groups through the LM head when read)
+        self.forwards: collections.Counter[str] = collections.Counter()
         self._head_announced = False  # logged the first forward with deferred mask groups
         self._drop_cuda_graphs()
         self.drafter = self._load_drafter(server_args)
@@ -222,6 +229,21 @@ class TriModeWorker(BaseSpecWorker):
     def clear_cache_pool(self):
         for rid in list(self.states):
             self._forget(rid)
+
+    def internal_state(self) -> dict:
+        """What `GET /get_server_info` reports under `internal_states[i]["trimode"]` (the plugin's
+        hook on SGLang's internal state): the settings, forwards by path and the attention calls
+        (one per layer and forward) by impl in this process."""
+        return {
+            "mode": self.settings.mode,
+            "block_size": self.settings.block_size,
+            "attention_impl": flags.resolve_attention_impl(
+                self.settings.attention_impl, torch.device(self.device).type
+            ),
+            "pad_forwards": self.settings.pad_forwards,
+            "forwards": dict(self.forwards),
+            "attention_calls": dict(attention_calls),
+        }
 
     # ---- per-request state -------------------------------------------------------------------
 
@@ -339,6 +361,7 @@ class TriModeWorker(BaseSpecWorker):
         carries each request's `MaskDescriptor`): linear layers, MLPs and logits see only the
         real tokens, whatever mix of segment lengths shares the forward."""
         if decode_route(segs, self.decode_wrapped):
+            self.forwards["decode"] += 1
             return self._forward_decode(batch, [s.tokens[0] for s in segs], prefix), None
         layout = build_layout(
             segs,
@@ -348,6 +371,10 @@ class TriModeWorker(BaseSpecWorker):
             self.device,
             bucket=self._bucket(batch, segs),
         )
+        self.forwards["packed"] += 1
+        if layout.padded_tokens > layout.num_tokens:
+            self.forwards["padded"] += 1
+            self.forwards["padded_tokens"] += layout.padded_tokens - layout.num_tokens
         batch.forward_mode = ForwardMode.TARGET_VERIFY
         batch.input_ids = layout.tokens
         batch.out_cache_loc = layout.out_cache_loc
@@ -363,6 +390,7 @@ class TriModeWorker(BaseSpecWorker):
             drafting = self.drafter.rows(layout.pad_rows(gate, False))
         with drafting:
             result = self._target_worker.forward_batch_generation(batch, is_verify=True)
+        self.forwards["deferred_groups"] += plan.head is not None
         if plan.head is not None and not self._head_announced:
             self._head_announced = True
             logger.info(
@@ -394,6 +422,7 @@ class TriModeWorker(BaseSpecWorker):
         tokens = sum(s.desc.length for s in running)
         bucket = self.buckets.fit(len(running), tokens)
         exact = bucket is not None and bucket == Bucket(len(running), tokens)
+        self.forwards["unbucketed"] += bucket is None
         if not exact and (bucket is None) not in self._pad_announced:
             self._pad_announced.add(bucket is None)
             logger.info(

@@ -51,11 +51,6 @@ def prompts() -> list[list[int]]:
 #: One mode per prompt of `TEXTS` for the mixed-batch fill-in tests: one-forward cycles (ar,
 #: quadratic) next to cycles of several forwards (diffusion blocks, linear draft + verify).
 FILL_IN_MODES = ("ar", "diffusion", "self_spec_quadratic", "self_spec_linear")
-#: logged once by a worker whose AR-only forwards take the wrapped backend's decode (impls other
-#: than `sdpa`; the CPU's wrapped backend is torch_native)
-WRAPPED_DECODE_LINE = (
-    "TRIMODE: AR-only forward via the wrapped backend's decode (TorchNativeAttnBackend)"
-)
 
 
 def free_port() -> int:
@@ -116,6 +111,14 @@ def post_ok(url: str, body: dict, timeout: float = 300.0):
     status, out = request(url, body, timeout)
     assert status == 200, f"{url} -> HTTP {status}: {out}"
     return out
+
+
+def trimode_state(base: str) -> dict:
+    """The TRIMODE worker's counters (`GET /get_server_info`, `internal_states[0]["trimode"]`:
+    settings, forwards by path, attention calls by impl)."""
+    status, out = request(base + "/get_server_info", None, timeout=30)
+    assert status == 200, f"/get_server_info -> HTTP {status}: {out}"
+    return out["internal_states"][0]["trimode"]
 
 
 def stream_events(resp):
