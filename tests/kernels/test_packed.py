@@ -22,6 +22,7 @@ from sglang_trimode import masks, packed
 from sglang_trimode.layout import Bucket, Buckets, build, ragged_offsets, segment_positions
 from sglang_trimode.masks import MaskDescriptor, MaskKind
 from sglang_trimode.modes import Segment
+from sglang_trimode.static_layout import StaticLayout
 
 MIXED = [
     masks.diffusion_draft(8),  # bidirectional block
@@ -183,3 +184,45 @@ def test_padded_forward_equals_unpadded(impl, dtype):
     unpadded = packed.attend(*args, plain, scale, impl)
     torch.testing.assert_close(out[:t], unpadded, atol=tol, rtol=tol)
     assert torch.isfinite(out[t:]).all()
+
+
+OTHER = [  # another forward of the same bucket (8 segments, 64 tokens once padded)
+    masks.quadratic(1, 3),
+    masks.decode(),
+    masks.diffusion_draft(8),
+    None,
+    masks.linear_verify(8),
+    masks.commit(5),
+]
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch", "sdpa"])
+def test_static_buffers_replay_any_forward_of_their_bucket(impl):
+    """Two forwards padded to one bucket, loaded in turn into that bucket's preallocated
+    buffers (what a CUDA graph records: the same addresses every time, the launch's `max_len`
+    the bucket's): each gives its own attention."""
+    statics, addresses = None, None
+    cases = ((3, MIXED, [5, 17, 9, 11, 40, 1, 23]), (4, OTHER, [2, 30, 7, 4, 19, 12]))
+    for seed, descs, prefixes in cases:
+        args, (r2t, rows), scale, want = layout(
+            seed, descs, prefixes, dtype=torch.float32, pool_dtype=torch.float32, heads=(4, 2),
+            head_dim=32,
+        )  # fmt: skip
+        plain = build(segments(descs), prefixes, r2t, rows, DEVICE)
+        bucket = Buckets.up_to(8, 64).fit(sum(d is not None for d in descs), plain.num_tokens)
+        assert bucket == Bucket(8, 64)
+        padded = build(segments(descs), prefixes, r2t, rows, DEVICE, bucket=bucket)
+        if statics is None:
+            statics = StaticLayout(bucket, DEVICE)
+            addresses = [b.data_ptr() for b in statics.buffers()]
+        loaded = statics.load(padded)
+        assert [b.data_ptr() for b in statics.buffers()] == addresses  # nothing reallocated
+        assert loaded.segments.max_len == 64 and loaded.tokens is statics.tokens
+        t = plain.num_tokens
+        pad = [torch.zeros(64 - t, *x.shape[1:], dtype=x.dtype, device=x.device) for x in args[:3]]
+        q, k, v = (torch.cat([x, p]) for x, p in zip(args[:3], pad, strict=True))
+        out = packed.attend(q, k, v, *args[3:], loaded, scale, impl)
+        tol = tolerance(torch.float32)
+        torch.testing.assert_close(out[:t].double().cpu(), want, atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="cannot replay the buffers of Bucket"):
+        statics.load(build(segments(OTHER), prefixes, r2t, rows, DEVICE))
