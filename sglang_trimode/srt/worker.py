@@ -18,13 +18,15 @@ reference engine's token for token:
   point, so each step still ends on a complete cycle.
 
 Requests of different modes share each forward: every sub-forward is one TARGET_VERIFY forward of
-the running requests' segments packed one after another (no padding: a 1-token AR step and a
-72-token quadratic step cost 73 tokens of linear layers and MLPs). A request whose cycle is complete
-rides along with no tokens, unless its cycles take one forward (`ar`, quadratic): then it runs
-further cycles in the forwards the others' longer cycles still take, while its tokens fit the step's
-slots (`--trimode-fill-in`, `_fills_in`). The plan (`TriModeForwardInput`) carries each request's
-`MaskDescriptor` (None: rides along) and committed prefix, no dense masks; the attention of these
-forwards is `sglang_trimode.srt.attention.TriModeAttnBackend`, one `extend_attention` call per layer
+the running requests' segments packed one after another (no padding unless
+`--trimode-pad-forwards on`: a 1-token AR step and a 72-token quadratic step cost 73 tokens of
+linear layers and MLPs). A request whose cycle is complete rides along with no tokens, unless its
+cycles take one forward (`ar`, quadratic): then it runs further cycles in the forwards the others'
+longer cycles still take, while its tokens fit the step's slots (`--trimode-fill-in`,
+`_fills_in`). The plan (`TriModeForwardInput`) carries the forward's one layout
+(`sglang_trimode.layout.ForwardLayout`: each request's `MaskDescriptor`, None when it rides along,
+and committed prefix, no dense masks); the attention of these forwards is
+`sglang_trimode.srt.attention.TriModeAttnBackend`, one `extend_attention` call per layer
 (`--trimode-attention-impl`). Building a forward loops over requests only (tokens, positions), never
 over tokens; the KV slots are one gather from `req_to_token`. Segment KV goes to the request's
 reserved slots right after its committed prefix; only the tokens a policy commits advance the
