@@ -50,10 +50,10 @@ def test_auto_modes_candidates_and_cost_source(tmp_path):
     assert _MeasuredAuto(auto).choose(views) == [Choice("self_spec_linear", 4)] * 3
 
 
-def _planned(budget: int | None, n: int) -> list[str]:
-    """The policies `AutoModes` plans for `n` fresh auto requests whose drafts were accepted
-    (linear served, a fixed cost model that makes drafting pay) under `--trimode-auto-token-budget
-    budget`: one name per request, "-" for a request held back (it rides along)."""
+def _auto(budget: int | None, n: int) -> tuple[AutoModes, dict]:
+    """`AutoModes` with `n` fresh auto requests whose drafts were accepted (linear served, a
+    fixed cost model that makes drafting pay) under `--trimode-auto-token-budget budget`, and
+    their states by index."""
     cost = CostModel(0.01, 1e-4, source="file")
     settings = replace(
         flags.resolve({"trimode_serve_modes": ("ar", "self_spec_linear", "auto")}, 4),
@@ -69,8 +69,31 @@ def _planned(budget: int | None, n: int) -> list[str]:
             prompt=[1] * 10, params=SamplingParams(), max_new_tokens=16,
             stop_token_ids=frozenset(), generator=None, out=[5], seed=5,
         )  # fmt: skip
+    return auto, states
+
+
+def _planned(budget: int | None, n: int) -> list[str]:
+    """The policies planned for `_auto(budget, n)`'s requests: one name per request, "-" for a
+    request held back (it rides along)."""
+    auto, states = _auto(budget, n)
     rows = auto.plan(states, list(states))
     return [rows[i].name if i in rows else "-" for i in states]
+
+
+def test_auto_counts_forwards_per_choice_and_switches():
+    """The worker's `internal_state` of auto: forwards per choice label since start and the
+    requests' mode switches (a request planned AR while three share the budget, linear alone)."""
+    auto, states = _auto(6, 3)
+    first = auto.plan(states, list(states))
+    assert [first[i].name for i in states] == ["self_spec_linear", "ar", "ar"]
+    alone = list(states)[1]
+    second = auto.plan({alone: states[alone]}, [alone])
+    assert second[alone].name == "self_spec_linear"
+    assert auto.internal_state() == {
+        "forwards": {"self_spec_linear/4": 2, "ar": 2},
+        "switches": 1,
+        "cost_model": "file",
+    }
 
 
 def test_auto_token_budget_caps_the_tokens_of_a_forward():

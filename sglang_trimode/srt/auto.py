@@ -22,6 +22,7 @@ When an `auto` request finishes or leaves, one INFO line logs its modes, run-len
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -74,6 +75,10 @@ class AutoModes:
         budget = Budget(1 << 30, settings.auto_token_budget or 1 << 30, 1 << 30)
         self.driver = ModeDriver([], mode_cfg, _MeasuredAuto(self), budget, keep_trace=False)
         self._runs: dict[int, list[list]] = {}  # index -> [[label, forwards], ...]
+        #: since start, all requests: forwards per choice label (`ar`, `self_spec_linear/4`, ...)
+        #: and mid-request switches (the worker's `internal_state`)
+        self.forwards: collections.Counter[str] = collections.Counter()
+        self.switches = 0
         logger.info(
             "TRIMODE auto: candidates %s; cost model %s; token budget per forward %s",
             ",".join(_label(c) for c in self.candidates),
@@ -109,9 +114,11 @@ class AutoModes:
         rows = dict(self.driver.plan(states, active))
         for i in rows:
             label, runs = _label(self.driver.choice[i]), self._runs[i]
+            self.forwards[label] += 1
             if runs and runs[-1][0] == label:
                 runs[-1][1] += 1
             else:
+                self.switches += bool(runs)
                 runs.append([label, 1])
         return rows
 
@@ -120,6 +127,14 @@ class AutoModes:
 
     def end_step(self) -> None:
         self.driver.end_step()
+
+    def internal_state(self) -> dict:
+        """Forwards per choice and switches since start, and where the cost model comes from."""
+        return {
+            "forwards": dict(self.forwards),
+            "switches": self.switches,
+            "cost_model": "file" if self.fixed_cost else "online",
+        }
 
 
 def _label(c: Choice) -> str:

@@ -245,6 +245,7 @@ class TriModeWorker(BaseSpecWorker):
             "pad_forwards": self.settings.pad_forwards,
             "forwards": dict(self.forwards),
             "attention_calls": dict(attention_calls),
+            "auto": None if self.auto is None else self.auto.internal_state(),
         }
 
     # ---- per-request state -------------------------------------------------------------------
