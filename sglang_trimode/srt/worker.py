@@ -72,6 +72,7 @@ from sglang_trimode.srt.attention import TriModeForwardInput, install
 from sglang_trimode.srt.auto import AutoModes
 from sglang_trimode.srt.grammar import GrammarBackendError, request_grammar, settle
 from sglang_trimode.srt.spec import check_drafter, settings_from_server_args
+from sglang_trimode.static_layout import StaticLayout
 from sglang_trimode.validation import check_bonus_candidates, check_bonus_lengths
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class TriModeWorker(BaseSpecWorker):
         )
         self.policies = {m: get_policy(m, self.mode_cfg) for m in flags.REQUEST_MODES}
         self.buckets: Buckets | None = None  # --trimode-pad-forwards: set on first use
+        self.statics: dict[Bucket, StaticLayout] = {}  # each bucket's buffers, once
         self._pad_announced: set[bool] = set()  # logged: a padded (False), unpadded (True)
         self.states: dict[str, _Req] = {}
         self._decode_announced = False  # logged the first AR-only forward (`_forward_decode`)
@@ -243,6 +245,7 @@ class TriModeWorker(BaseSpecWorker):
                 self.settings.attention_impl, torch.device(self.device).type
             ),
             "pad_forwards": self.settings.pad_forwards,
+            "buckets": sorted([b.requests, b.tokens] for b in self.statics),  # buffers held
             "forwards": dict(self.forwards),
             "attention_calls": dict(attention_calls),
             "auto": None if self.auto is None else self.auto.internal_state(),
@@ -374,6 +377,11 @@ class TriModeWorker(BaseSpecWorker):
             self.device,
             bucket=self._bucket(batch, segs),
         )
+        if layout.bucket is not None:  # the bucket's preallocated buffers (a graph's inputs)
+            statics = self.statics.get(layout.bucket)
+            if statics is None:
+                statics = self.statics[layout.bucket] = StaticLayout(layout.bucket, self.device)
+            layout = statics.load(layout)
         self.forwards["packed"] += 1
         if layout.padded_tokens > layout.num_tokens:
             self.forwards["padded"] += 1

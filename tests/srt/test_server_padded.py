@@ -1,11 +1,12 @@
 """`--trimode-pad-forwards on` through a real CPU server: padded forwards == unpadded ones.
 
 Every structural-mask forward is padded to a bucket of (segments, tokens), powers of two (the
-shapes a CUDA graph replays; `sglang_trimode.layout`): padding segments run causal over no
-prefix, write their K/V to SGLang's padding slot and their logits are dropped. A ragged batch of
-four modes (ar, diffusion, quadratic, linear; block 4) and each mode alone give the reference
-engine's tokens and stats (which the unpadded server gives too: tests/srt/test_server_trimode.py),
-and every KV slot is free afterwards. Skipped without sglang.
+shapes a CUDA graph replays; `sglang_trimode.layout`), and runs over that bucket's preallocated
+buffers (`sglang_trimode.static_layout`, what its graph would read): padding segments run causal
+over no prefix, write their K/V to SGLang's padding slot and their logits are dropped. A ragged
+batch of four modes (ar, diffusion, quadratic, linear; block 4) and each mode alone give the
+reference engine's tokens and stats (which the unpadded server gives too:
+tests/srt/test_server_trimode.py), and every KV slot is free afterwards. Skipped without sglang.
 """
 
 from __future__ import annotations
@@ -81,5 +82,7 @@ def test_padded_forwards_equal_the_reference(server, reference):
     assert forwards.get("unbucketed", 0) == 0  # every forward fit a bucket
     assert forwards["packed"] >= forwards["padded"]
     assert state["attention_calls"]["sdpa"] > 0
+    # every padded forward ran over its bucket's preallocated buffers (`StaticLayout`)
+    assert state["buckets"] and all(r <= t for r, t in state["buckets"]), state["buckets"]
     log = server["log"].read_text(errors="replace")
     assert "pad_forwards=on" in log and "padded to" in log  # operators see it too
