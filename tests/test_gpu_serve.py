@@ -76,18 +76,22 @@ def test_gpu_serve_without_bundle_or_gpu_says_so_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_cpu_smoke_runs_the_whole_script_to_its_table(tmp_path):
     """bench/gpu_serve.sh --cpu-smoke: correctness (server == reference engine), the plain AR vs
-    TRIMODE speed table and the torch-impl point, on CPU servers (two modes to keep it short)."""
+    TRIMODE speed table, the torch-impl point and correctness again with padded forwards, on CPU
+    servers (two modes to keep it short)."""
     require("sglang", reason="the smoke starts SGLang servers (scripts/setup_sglang.sh)")
     cmd = ["bash", str(ROOT / "bench" / "gpu_serve.sh"), "--cpu-smoke"]
-    cmd += ["--phases", "correctness,8B,torch_impl", "--modes", "ar,self_spec_linear"]
+    cmd += ["--phases", "correctness,8B,torch_impl,padded", "--modes", "ar,self_spec_linear"]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=dict(os.environ, OUT=str(tmp_path))
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_serve.json").read_text())
-    assert [r["mode"] for r in result["correctness"] if "mode" in r] == ["ar", "self_spec_linear"]
+    modes = [(r["mode"], r["padded"]) for r in result["correctness"] if "mode" in r]
+    assert modes == [(m, p) for p in (False, True) for m in ("ar", "self_spec_linear")]
     assert all(r["equal"] for r in result["correctness"] if "mode" in r)
     assert "TRIMODE: attention impl sdpa" in result["correctness"][-1]["attention_path"]
+    (counts,) = [r for r in result["correctness"] if "trimode_forwards" in r]
+    assert counts["trimode_forwards"]["padded"] > 0 and counts["buckets"], counts
     kinds = {(r["server"], r["mode"], r["impl"], r["c"]) for r in result["speed"]}
     assert ("plain_ar", "plain_ar", "auto", 2) in kinds
     assert ("trimode", "self_spec_linear", "--trimode-attention-impl torch", 1) in kinds

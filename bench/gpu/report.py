@@ -53,7 +53,10 @@ def markdown(result: dict, als: tuple[float, ...]) -> str:
     lines.append("")
     for r in result["correctness"]:
         if "mode" in r:
-            lines.append(f"- correctness `{r['mode']}`: {verdict(r)}")
+            padded = " (padded)" if r.get("padded") else ""
+            lines.append(f"- correctness `{r['mode']}`{padded}: {verdict(r)}")
+        elif "trimode_forwards" in r:
+            lines.append(f"- padded run: forwards {r['trimode_forwards']}, buckets {r['buckets']}")
         else:
             lines.append(f"- attention path: {r['attention_path']}")
     plain = {(r["size"], r["c"]): r["tok_s"] for r in result["speed"] if r["server"] == "plain_ar"}

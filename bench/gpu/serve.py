@@ -16,6 +16,9 @@ b. speed: `--load-format dummy` with NLD-8B's config (then 3B at block 8), bf16,
    GPU memory. Random weights accept no drafts, so self-speculation at acceptance length AL is a
    projection: c * AL / (ms per step), labelled as such, at AL 3 and 6.8.
 c. one TRIMODE point with `--trimode-attention-impl torch` (the kernel's share of the step).
+d. padded: (a) again with `--trimode-pad-forwards on` (every forward padded to a bucket and run
+   over the bucket's preallocated buffers, the inputs CUDA graphs would replay), plus the
+   worker's forward counters (`GET /get_server_info`).
 
 `--cpu-smoke` runs the same code on this machine: CPU servers, fp32, the default model's shapes
 in place of 8B/3B, concurrency 1 and 2, short prompts and outputs.
@@ -45,7 +48,7 @@ SHAPES = {"8B": (34, 4096, 14336, 32), "3B": (26, 3072, 9216, 8)}  # layers, hid
 ALS = (3.0, 6.8)
 #: estimated seconds of each phase on the GPU: a first server start there took about 85 s to
 #: /health (40 s imports, 40 s of compiles in SGLang's warm-up request; 2026-12-04)
-COST_S = {"correctness": 150, "8B": 200, "3B": 150, "torch_impl": 80}
+COST_S = {"correctness": 150, "8B": 200, "3B": 150, "torch_impl": 80, "padded": 120}
 
 
 def default_model() -> Path:
@@ -93,8 +96,9 @@ def generate(base: str, mode: str | None, ids: list[list[int]], max_new: int) ->
     return {"wall_s": wall, "tokens": toks, "ids": [o["output_ids"] for o in outs]}
 
 
-def correctness(a, out: Path, deadline: float) -> list[dict]:
-    """Every mode: TRIMODE server tokens vs the reference engine on the same device (fp32)."""
+def correctness(a, out: Path, deadline: float, padded: bool = False) -> list[dict]:
+    """Every mode: TRIMODE server tokens vs the reference engine on the same device (fp32);
+    `padded`: with `--trimode-pad-forwards on`, and the worker's forward counters."""
     import torch
 
     from sglang_trimode import TriModeEngine
@@ -109,16 +113,21 @@ def correctness(a, out: Path, deadline: float) -> list[dict]:
     args += device_args(a, graphs=False)
     if not a.cpu_smoke:
         args += ["--max-total-tokens", "65536"]
+    if padded:
+        args += ["--trimode-pad-forwards", "on"]
     rows = []
-    log = out / "server_correctness.log"
+    log = out / f"server_correctness{'_padded' if padded else ''}.log"
     with sp.server(args, server_env(a), log, timeout=start_timeout(deadline)) as base:
         for mode in a.modes:
             ref = engine.generate(prompts, mode=mode, block_size=block, max_new_tokens=max_new,
                                   stop_token_ids=[])  # fmt: skip
             got = generate(base, mode, prompts, max_new)["ids"]
             want = [list(o.token_ids) for o in ref]
-            rows.append({"mode": mode, **report.first_divergence(want, got)})
+            rows.append({"mode": mode, "padded": padded, **report.first_divergence(want, got)})
             print(f"[gpu_serve] correctness {mode}: {report.verdict(rows[-1])}", flush=True)
+        if padded:
+            info = sp._post(base + "/get_server_info", None, 60)["internal_states"][0]["trimode"]
+            rows.append({"trimode_forwards": info["forwards"], "buckets": info["buckets"]})
     rows.append({"attention_path": report.attention_line(log)})
     return rows
 
@@ -275,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         phases.append((size, lambda s=size: speed(a, s, a.out, deadline, result["speed"])))
     impl = ("--trimode-attention-impl", "torch")
     phases.append(("torch_impl", lambda: speed(a, "8B", a.out, deadline, result["speed"], impl)))
+    phases.append(
+        ("padded", lambda: result["correctness"].extend(correctness(a, a.out, deadline, True)))
+    )
     status = 0
     for name, fn in phases:
         if name not in a.phases:
