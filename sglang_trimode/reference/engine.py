@@ -20,7 +20,7 @@ from sglang_trimode import masks
 from sglang_trimode.adapter import rows as drafter_rows_module
 from sglang_trimode.adapter.files import adapter_folder
 from sglang_trimode.adapter.lora import DrafterLoRA, load_drafter_for
-from sglang_trimode.core import read_rows, run_forward
+from sglang_trimode.core import Running, one_forward, read_rows
 from sglang_trimode.modes import (
     POLICIES,
     ModeConfig,
@@ -42,7 +42,7 @@ from sglang_trimode.rows.penalty import row_histories_slow
 from sglang_trimode.sampling import SamplingParams, get_accept_rule, probs_from_logits, sample
 from sglang_trimode.scheduler.cost import CostModel
 from sglang_trimode.scheduler.driver import ModeDriver, TraceRow
-from sglang_trimode.scheduler.policy import AutoPolicy
+from sglang_trimode.scheduler.policy import AR, AutoPolicy
 from sglang_trimode.scheduler.step import Budget, Policy
 from sglang_trimode.validation import (
     per_request_penalty,
@@ -279,20 +279,16 @@ class TriModeEngine:
         ]
         cache = self._new_cache(len(reqs), max(len(p) for p in prompts) + max_new_tokens)
         self._prefill(reqs, cache)
-        while active := [i for i, r in enumerate(reqs) if not r.done]:
-            rows = driver.plan(reqs, active)  # fixed modes: every active request, its own policy
-            picked = [i for i, _ in rows]  # the forward's request j is reqs[picked[j]]
-            policies = [policy for _, policy in rows]
-            states = [reqs[i] for i in picked]
-            segs = [policy.segment(r) for policy, r in zip(policies, states)]
-            prefix = [int(cache.lengths[i]) for i in picked]
-            forward = partial(self._rows, cache, picked, states, grammar, row_summary)
-            observe = partial(_observe, driver, picked)
-            kept = run_forward(states, policies, segs, prefix, forward, observe)
-            for j, k in enumerate(kept):
-                cache.commit(j, k)
+        entries = [Running(r, driver.policy(AR), planned=i) for i, r in enumerate(reqs)]
+        forward = partial(self._rows, cache, reqs, grammar, row_summary)
+        while not all(r.done for r in reqs):
+            # the driver's plan: every unfinished request (fixed modes: its own policy) that fits
+            runs = [not r.done for r in reqs]
+            prefix = [int(n) for n in cache.lengths]
+            segs, kept = one_forward(entries, runs, prefix, forward, driver)
+            for j, i in enumerate(i for i, s in enumerate(segs) if s is not None):
+                cache.commit(j, kept[i])  # the forward's row j is request i
             cache.end()
-            driver.end_step()
         return [
             GenerationOutput(
                 r.out, r.stats, r.finish_reason, m, r.logprobs, r.top_logprobs, r.chosen_logprobs
@@ -317,17 +313,18 @@ class TriModeEngine:
             tokenizer = AutoTokenizer.from_pretrained(self.path)
         return matcher_factory(tokenizer, self.config.vocab_size, self.config.eos_token_ids, *field)
 
-    def _rows(self, cache, picked, states, grammar, row_summary, segs, prefix) -> list:
-        """The forward of ``segs`` (request ``j`` of it: cache row ``picked[j]``, state
-        ``states[j]``) -> each request's rows as the policies read them."""
-        logits = self._forward(cache, picked, segs)  # [b, Q, V]
-        views = [logits[j, : seg.desc.length] for j, seg in enumerate(segs)]
+    def _rows(self, cache, states, grammar, row_summary, segs, prefix) -> list:
+        """The forward of ``segs`` (request ``i``: cache row ``i``, state ``states[i]``; None: it
+        sits out) -> each request's rows as the policies read them (None for those)."""
+        picked = [i for i, s in enumerate(segs) if s is not None]  # the forward's rows
+        logits = self._forward(cache, picked, [segs[i] for i in picked])  # [b, Q, V]
+        views = [logits[j, : segs[i].desc.length] for j, i in enumerate(picked)]
         if row_summary:  # the worker's reads: quadratic mask groups through a head
             return _summaries(views, states, segs, prefix, self.config.mask_token_id)
-        return [  # the obviously-correct twins, row by row
-            self._twins(v, r, n, seg, grammar)
-            for v, r, n, seg in zip(views, states, prefix, segs, strict=True)
-        ]
+        rows = [None] * len(segs)
+        for v, i in zip(views, picked, strict=True):  # the obviously-correct twins, row by row
+            rows[i] = self._twins(v, states[i], prefix[i], segs[i], grammar)
+        return rows
 
     def _twins(self, rows: torch.Tensor, r: RequestState, prefix: int, seg: Segment, grammar):
         """One request's full rows through the row-by-row twins of ``rows.adjust`` and
@@ -407,16 +404,17 @@ class TriModeEngine:
 SUPPORTED_MODES = tuple(sorted(POLICIES))  # plus "auto" (the scheduler's choice per step)
 
 
-def _observe(driver: ModeDriver, picked: list[int], j: int, seg, r, accepted_before: int):
-    driver.observe(picked[j], seg, r, accepted_before)  # the forward's request j is picked[j]
-
-
 def _summaries(
-    views: list[torch.Tensor], states: list[RequestState], segs: list[Segment], prefix, mask_id
+    views: list[torch.Tensor],
+    states: list[RequestState],
+    segs: list[Segment | None],
+    prefix: list[int],
+    mask_id: int,
 ):
     """What the SGLang worker hands the policies for these rows: ``core.read_rows`` over each
     segment's eager rows, with a quadratic step's mask groups read through a head (here a slice
-    of the full logits; in the worker the LM head over the forward's hidden states)."""
+    of the full logits; in the worker the LM head over the forward's hidden states); ``views``
+    the running segments' rows in request order."""
     full = torch.cat(views)  # [T, V]
-    eager = eager_row_index([s.desc for s in segs])
+    eager = eager_row_index([None if s is None else s.desc for s in segs])
     return read_rows(full[eager], lambda idx: full[idx], states, segs, prefix, mask_id)

@@ -84,15 +84,15 @@ class ModeDriver:
 
     def plan(
         self, reqs: Sequence[RequestState] | Mapping[int, RequestState], active: Sequence[int]
-    ) -> list[tuple[int, ARPolicy]]:
-        """The rows of the next forward: ``(request index, policy)`` for each admitted request
-        (``reqs[i]``: request ``i``'s state)."""
+    ) -> dict[int, ARPolicy]:
+        """The rows of the next forward: request index -> policy for each admitted request, in
+        index order (``reqs[i]``: request ``i``'s state; ``core.ModePlanner``)."""
         for i in active:
             v, r, c = self.views[i], reqs[i], self.choice[i]
             v.context = len(r.prompt) + len(r.out) - 1  # committed KV: all but the seed
             v.locked = c if c is not None and not self.policy(c).switchable(r) else None
         plan = self.scheduler.plan([self.views[i] for i in active])
-        rows = []
+        rows = {}
         for e in plan.entries:
             if e.choice is None:
                 raise ValueError("the reference engine prefills outside the scheduler")
@@ -101,7 +101,7 @@ class ModeDriver:
                 self.policy(e.choice).take_over(r, self.policy(old or AR))
                 self.choice[e.rid] = e.choice
             self._before[e.rid] = r.progress
-            rows.append((e.rid, self.policy(e.choice)))
+            rows[e.rid] = self.policy(e.choice)
         return rows
 
     def observe(self, i: int, seg: Segment, r: RequestState, accepted_before: int) -> None:

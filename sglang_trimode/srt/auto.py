@@ -111,7 +111,7 @@ class AutoModes:
         self, states: Mapping[int, RequestState], active: Sequence[int]
     ) -> dict[int, ARPolicy]:
         """The policy of each admitted ``auto`` request for the next forward (by index)."""
-        rows = dict(self.driver.plan(states, active))
+        rows = self.driver.plan(states, active)
         for i in rows:
             label, runs = _label(self.driver.choice[i]), self._runs[i]
             self.forwards[label] += 1

@@ -2,9 +2,9 @@
 
 Prefill (EXTEND) is the target model's own forward and sampler. Every decode step runs, for each
 request of the batch, one *cycle* of its mode with the reference engine's own policies
-(`sglang_trimode.modes`) through the block loop's one forward that both engines drive
-(`core.run_forward`, with `core.read_rows` on the device logits), so greedy outputs equal the
-reference engine's token for token:
+(`sglang_trimode.modes`) through the block loop's step that both engines drive (`core.run_cycles`
+here, `core.one_forward` in the engine; `core.read_rows` on the device logits), so greedy outputs
+equal the reference engine's token for token:
 
 - `ar`: one causal forward of `[seed]`;
 - `self_spec_linear`: a bidirectional draft forward over `[seed, MASK x (B-1)]` against the paged
@@ -13,9 +13,9 @@ reference engine's token for token:
 - `diffusion`: draft forwards over the block until no mask is left, then a causal commit pass
   (writes the block's KV, samples the next seed);
 - `self_spec_quadratic`: one forward verifies the pending drafts and pre-drafts the next block;
-- `auto`: before each forward the scheduler's auto policy (`srt/auto.py`, through the reference
-  engine's `ModeDriver`) picks the request's mode and draft length; it changes only at a switch
-  point, so each step still ends on a complete cycle.
+- `auto`: before each forward the scheduler's auto policy (`srt/auto.py`, the step's
+  `core.ModePlanner`, through the reference engine's `ModeDriver`) picks the request's mode and
+  draft length; it changes only at a switch point, so each step still ends on a complete cycle.
 
 Requests of different modes share each forward: every sub-forward is one TARGET_VERIFY forward of
 the running requests' segments packed one after another (no padding unless
@@ -23,7 +23,7 @@ the running requests' segments packed one after another (no padding unless
 linear layers and MLPs). A request whose cycle is complete rides along with no tokens, unless its
 cycles take one forward (`ar`, quadratic): then it runs further cycles in the forwards the others'
 longer cycles still take, while its tokens fit the step's slots (`--trimode-fill-in`,
-`_fills_in`). The plan (`TriModeForwardInput`) carries the forward's one layout
+`core.fills_in`). The plan (`TriModeForwardInput`) carries the forward's one layout
 (`sglang_trimode.layout.ForwardLayout`: each request's `MaskDescriptor`, None when it rides along,
 and committed prefix, no dense masks); the attention of these forwards is
 `sglang_trimode.srt.attention.TriModeAttnBackend`, one `extend_attention` call per layer
@@ -59,10 +59,10 @@ from sglang.srt.speculative.ngram_info import NgramVerifyInput
 from sglang_trimode import masks
 from sglang_trimode.adapter.lora import load_drafter_for
 from sglang_trimode.adapter.rows import packed_gate
-from sglang_trimode.core import read_rows, run_forward
+from sglang_trimode.core import Running, read_rows, run_cycles
 from sglang_trimode.layout import Bucket, Buckets
 from sglang_trimode.layout import build as build_layout
-from sglang_trimode.modes import ARPolicy, ModeConfig, RequestState, Segment, get_policy
+from sglang_trimode.modes import ModeConfig, RequestState, Segment, get_policy
 from sglang_trimode.packed import attention_calls
 from sglang_trimode.rows import eager_row_index
 from sglang_trimode.rows.adjust import LogitAdjust
@@ -131,11 +131,8 @@ def _same_output(ours: list[int], theirs) -> bool:
 
 
 @dataclass
-class _Req:
-    state: RequestState
-    policy: ARPolicy
-    mode: str
-    auto: int | None = None  # mode auto: the request's index in `AutoModes` (its policy varies)
+class _Req(Running):
+    mode: str = "ar"  # the request's mode (`auto`: `planned` is its index in `AutoModes`)
 
 
 class TriModeWorker(BaseSpecWorker):
@@ -312,43 +309,16 @@ class TriModeWorker(BaseSpecWorker):
         )
         if entry is not None:
             self._forget(req.rid)
-        entry = _Req(state, self.policies["ar" if mode == "auto" else mode], mode)
+        entry = _Req(state, self.policies["ar" if mode == "auto" else mode], mode=mode)
         if mode == "auto":
-            entry.auto = self.auto.add()
+            entry.planned = self.auto.add()
         self.states[req.rid] = entry
         return entry
 
     def _forget(self, rid) -> None:
         entry = self.states.pop(rid, None)
-        if entry is not None and entry.auto is not None:
-            self.auto.remove(entry.auto, rid)
-
-    def _fills_in(self, e: _Req, emitted: int) -> bool:
-        """Whether a request that has emitted `emitted` tokens this step (its cycle complete: it
-        is only asked while other requests are mid-cycle) runs one more cycle in the next
-        forward (`--trimode-fill-in`): only one-forward cycles (AR, quadratic), so the step
-        does not get longer, and only while the cycle's tokens fit the step: at most `width`
-        emitted per request, so the KV it keeps (at most what it emits, from `start + emitted`)
-        stays in the `2 * width` slots SGLang reserves past the committed prefix each step."""
-        r = e.state
-        if not self.settings.fill_in or e.auto is not None or r.done:
-            return False
-        most = e.policy.one_forward_tokens()
-        return 0 < most and emitted + most <= self.width
-
-    def _plan_auto(self, entries: list[_Req], done: list[bool]) -> list[bool]:
-        """Mode `auto`: set each running auto request's policy for the next forward; True for
-        the requests in it (an auto request the scheduler holds back this forward rides along)."""
-        runs = [not d for d in done]
-        active = [e.auto for e, d in zip(entries, done) if e.auto is not None and not d]
-        if not active:
-            return runs
-        rows = self.auto.plan({e.auto: e.state for e in entries if e.auto is not None}, active)
-        for i, e in enumerate(entries):
-            if e.auto is not None and runs[i]:
-                runs[i] = e.auto in rows
-                e.policy = rows.get(e.auto, e.policy)
-        return runs
+        if entry is not None and entry.planned is not None:
+            self.auto.remove(entry.planned, rid)
 
     # ---- forwards ----------------------------------------------------------------------------
 
@@ -519,45 +489,20 @@ class TriModeWorker(BaseSpecWorker):
             self.auto.timed(tokens, context, seconds)
         return rows
 
-    def _observe_auto(
-        self, entries: list[_Req], i: int, seg: Segment, r: RequestState, accepted_before: int
-    ) -> None:
-        """`core.Observe` of the worker: an `auto` request's acceptance to its scheduler."""
-        e = entries[i]
-        if e.auto is not None:
-            self.auto.observe(e.auto, seg, r, accepted_before)
-
     def _decode(self, batch: ScheduleBatch) -> tuple[list[list[int]], list[int]]:
+        """One decode step: every request's cycle of its mode (`core.run_cycles`) -> each
+        request's new tokens and committed prefix."""
         install(self.model_runner, self.settings.attention_impl)
         entries = [self._state(req) for req in batch.reqs]
-        states = [e.state for e in entries]
-        forward = partial(self._rows, batch, states)
-        observe = partial(self._observe_auto, entries)
-        start = batch.seq_lens.tolist()
-        prefix = list(start)
-        emitted_from = [len(e.state.out) for e in entries]
-        done = [False] * len(entries)  # the request's cycle of this step is complete
-        while not all(done):
-            runs = self._plan_auto(entries, done)
-            segs = []
-            for i, e in enumerate(entries):
-                fill = done[i] and self._fills_in(e, len(e.state.out) - emitted_from[i])
-                segs.append(e.policy.segment(e.state) if runs[i] or fill else None)
-            policies = [e.policy for e in entries]  # auto requests' may change every forward
-            kept = run_forward(states, policies, segs, prefix, forward, observe)
-            for i, (e, seg) in enumerate(zip(entries, segs, strict=True)):
-                if seg is None:
-                    continue
-                r = e.state
-                prefix[i] += kept[i]
-                if r.done or (len(r.out) > emitted_from[i] and e.policy.switchable(r)):
-                    done[i] = True
-                if r.done and e.auto is not None:
-                    self.auto.remove(e.auto, batch.reqs[i].rid)  # logs its modes
-            if self.auto is not None:
-                self.auto.end_step()
+        forward = partial(self._rows, batch, [e.state for e in entries])
+        fill = self.width if self.settings.fill_in else 0
+        new_tokens, prefix = run_cycles(
+            entries, batch.seq_lens.tolist(), forward, self.auto, fill_in_width=fill
+        )
+        for req, e in zip(batch.reqs, entries, strict=True):
+            if e.state.done and e.planned is not None:
+                self.auto.remove(e.planned, req.rid)  # logs its modes
         settle(e.state for e in entries)  # the scheduler advances the grammars itself
-        new_tokens = [e.state.out[emitted_from[i] :] for i, e in enumerate(entries)]
         return new_tokens, prefix
 
     def forward_batch_generation(
