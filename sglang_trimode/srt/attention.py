@@ -1,7 +1,8 @@
 """Attention for the TRIMODE worker's forwards: structural masks over SGLang's paged KV pool.
 
-`TriModeAttnBackend` wraps the server's own attention backend (`torch_native` on a CPU, any
-backend on a GPU). Forwards whose `spec_info` is a `TriModeForwardInput` (the worker's
+`TriModeAttnBackend` is an `AttentionBackend` around the server's own (`torch_native` on a CPU,
+any backend on a GPU), to which it hands the rest of the interface by name (`DELEGATED_METHODS`,
+`DELEGATED_STATE`). Forwards whose `spec_info` is a `TriModeForwardInput` (the worker's
 decode-phase forwards: diffusion drafts, commits, linear verifies, quadratic steps, AR steps mixed
 with them) are computed here; everything else (prefill, plain AR serving, the worker's AR-only
 forwards, which it runs as SGLang DECODE forwards) goes to the wrapped backend unchanged.
@@ -41,6 +42,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from sglang.srt.speculative.spec_info import SpecInput
 
@@ -90,24 +92,98 @@ class TriModeForwardInput(SpecInput):
         return True
 
 
-class TriModeAttnBackend:
-    """Delegates to `inner` except for forwards carrying a `TriModeForwardInput`.
+#: `AttentionBackend`'s interface (SGLang 0.5.23) that the wrapper hands to the wrapped backend
+#: unchanged: its methods, and the state SGLang reads or writes on any backend (instance state
+#: of the wrapped one, so both read one value). `init_forward_metadata` and `forward` are the
+#: wrapper's own. tests/srt/test_attention_backend.py checks this against SGLang's class.
+DELEGATED_METHODS = (
+    "_snapshot_prefill_shared_reads",
+    "draft_extend_metadata_captured_in_graph",
+    "forward_decode",
+    "forward_extend",
+    "forward_mixed",
+    "get_cuda_graph_seq_len_fill_value",
+    "get_fused_kv_write_buffers",
+    "get_indexer_metadata",
+    "glue_draft_metadata",
+    "glue_target_verify_metadata",
+    "init_cuda_graph_state",
+    "init_forward_metadata_for_breakable_cuda_graph_capture",
+    "init_forward_metadata_in_graph",
+    "init_forward_metadata_out_graph",
+    "late_layer_num_tokens",
+    "on_after_cuda_graph_warmup",
+    "prepare_forward_metadata_for_breakable_cuda_graph_replay",
+    "prepare_full_cuda_graph_chunked_prefix",
+    "resolve_prefill_shared_read_ends",
+    "shared_read_ends",
+    "support_triton",
+    "update_verify_buffers_to_fill_after_draft",
+    "validate_elastic_cuda_graph_recapture",
+)
+DELEGATED_STATE = (
+    "attn_backend_list",
+    "data_type",
+    "decode_attention_backend_str",
+    "dllm_attention",
+    "extend_dummy_seqs_capped_by_req_pool",
+    "folds_encoder_swa_replay",
+    "forward_metadata",
+    "kv_cache_dtype",
+    "kv_index_translator",
+    "needs_cpu_seq_lens",
+    "prefer_eager_mixed_prefill_under_dp_attention",
+    "prefill_attention_backend_str",
+    "prefill_cuda_graph_default_max_seq_len",
+    "prefill_cuda_graph_max_batch_size",
+    "req_to_token_pool",
+    "skips_prefill_metadata_on_idle_dp_rank",
+    "supports_draft_extend_metadata_staging",
+    "supports_full_cuda_graph_chunked_prefix",
+    "supports_prefill_cuda_graph_max_context_size",
+    "supports_ragged_verify_graph",
+    "token_to_kv_pool",
+    "use_captured_forward_metadata_for_breakable_cuda_graph",
+    "verify_mask",
+)
+
+
+def _method(name: str):
+    def call(self, *args, **kwargs):
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = f"The wrapped backend's `{name}`."
+    return call
+
+
+def _state(name: str) -> property:
+    return property(
+        lambda self: getattr(self.inner, name),
+        lambda self, value: setattr(self.inner, name, value),
+        doc=f"The wrapped backend's `{name}`.",
+    )
+
+
+class TriModeAttnBackend(AttentionBackend):
+    """An `AttentionBackend` over the server's own (`inner`): forwards carrying a
+    `TriModeForwardInput` are this class's (`init_forward_metadata`, `forward`); the rest of the
+    interface goes to `inner` explicitly (`DELEGATED_METHODS`, `DELEGATED_STATE`), as SGLang's
+    `HybridAttnBackend` hands it to its children. Other attributes of one backend kind (e.g.
+    FlashInfer's `kv_indptr`, read by SGLang code specific to that backend) are read from `inner`
+    (`__getattr__`, read-only: only for names the class does not define).
 
     `impl`: `auto`, `triton`, `sdpa` or `torch` (`--trimode-attention-impl`); `auto` resolves on the
     first TRIMODE forward from the device of its tensors."""
 
-    def __init__(self, inner, impl: str = flags.DEFAULT_ATTENTION_IMPL) -> None:
-        object.__setattr__(self, "inner", inner)
-        object.__setattr__(self, "impl", impl)
+    def __init__(self, inner: AttentionBackend, impl: str = flags.DEFAULT_ATTENTION_IMPL) -> None:
+        self.inner = inner
+        self.impl = impl
 
-    def __getattr__(self, name):
-        return getattr(object.__getattribute__(self, "inner"), name)
-
-    def __setattr__(self, name, value):
-        if name == "impl":
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.inner, name, value)
+    def __getattr__(self, name: str):
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def init_forward_metadata(self, forward_batch):
         plan = forward_batch.spec_info
@@ -167,6 +243,12 @@ class TriModeAttnBackend:
         )
         return out.reshape(-1, hq * dv)
 
+
+for _name in DELEGATED_METHODS:
+    setattr(TriModeAttnBackend, _name, _method(_name))
+for _name in DELEGATED_STATE:
+    setattr(TriModeAttnBackend, _name, _state(_name))
+del _name
 
 _ANNOUNCED: set[tuple[str, str]] = set()
 

@@ -311,3 +311,41 @@ def test_decode_route_takes_ar_only_forwards_to_the_wrapped_decode():
     assert not decode_route([ar, verify], wrapped=True)
     assert not decode_route([ar, None], wrapped=True)  # a request riding along
     assert not decode_route([], wrapped=True)
+
+
+def test_the_backend_interface_is_delegated_explicitly():
+    """Every member of SGLang's `AttentionBackend` is the wrapper's own (`init_forward_metadata`,
+    `forward`) or named in the delegation lists: an SGLang upgrade that adds one fails here."""
+    from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+
+    from sglang_trimode.srt import attention
+
+    interface = {n for n in vars(AttentionBackend) if not n.startswith("__")} - {"_abc_impl"}
+    ours = {"init_forward_metadata", "forward"}
+    listed = set(attention.DELEGATED_METHODS) | set(attention.DELEGATED_STATE)
+    assert interface - ours - listed == set(), "add these to the delegation lists"
+    # beyond the class's members: the pools every backend holds (HybridAttnBackend sets them too)
+    assert listed - interface == {"token_to_kv_pool", "req_to_token_pool"}
+    assert not listed & ours
+    assert all(n in vars(TriModeAttnBackend) for n in interface | listed)  # here, not inherited
+    assert isinstance(TriModeAttnBackend(FakeInner(None, None)), AttentionBackend)
+
+
+def test_delegated_calls_and_state_reach_the_wrapped_backend():
+    inner = FakeInner(None, None)
+    inner.forward_decode = lambda *a, **k: ("decode", a, k)
+    inner.forward_metadata = "inner's"
+    inner.kv_indptr = "a FlashInfer-only attribute"
+    backend = TriModeAttnBackend(inner, "torch")
+    assert backend.forward_decode(1, 2, save_kv_cache=False) == (
+        "decode",
+        (1, 2),
+        {"save_kv_cache": False},
+    )
+    assert backend.forward_metadata == "inner's"
+    backend.forward_metadata = None  # SGLang's idle forward drops stale metadata this way
+    assert inner.forward_metadata is None and backend.forward_metadata is None
+    assert backend.token_to_kv_pool is inner.token_to_kv_pool
+    assert backend.kv_indptr == "a FlashInfer-only attribute"  # read through, not listed
+    backend.impl = "sdpa"  # the wrapper's own setting stays on the wrapper
+    assert backend.impl == "sdpa" and "impl" not in vars(inner)
