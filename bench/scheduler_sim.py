@@ -101,7 +101,7 @@ def run_policy(policy, alphas, cost, context, budget, steps, seed) -> tuple[floa
 def simulate(args: argparse.Namespace, cost: CostModel) -> list[dict]:
     rows = []
     c = 1
-    budget = Budget(args.max_concurrency, args.max_tokens, args.max_tokens)
+    budget = Budget(args.max_concurrency, args.max_tokens)
     while c <= args.max_concurrency:
         alphas = true_alphas(c, args.alpha, args.spread)
         policies = {

@@ -76,24 +76,19 @@ class RandomPolicy:
 
 
 class Sim:
-    """Plain-data requests: a prompt to prefill, then tokens to generate; a linear step is a
-    draft forward then a verify forward; a verify accepts a random prefix of the drafts."""
+    """Plain-data requests, prefilled: tokens to generate; a linear step is a draft forward then
+    a verify forward; a verify accepts a random prefix of the drafts."""
 
     def __init__(self, prompts, new_tokens, rng):
-        self.views = [RequestView(i, 0, prefill_left=p) for i, p in enumerate(prompts)]
+        self.views = [RequestView(i, p) for i, p in enumerate(prompts)]
         self.left = list(new_tokens)
         self.rng = rng
 
     def progress(self, v):
-        return (-v.prefill_left, -self.left[v.rid], v.locked is not None)
+        return (-self.left[v.rid], v.locked is not None)
 
     def apply(self, e):
         v = self.views[e.rid]
-        if e.choice is None:
-            v.prefill_left -= e.tokens
-            v.context += e.tokens
-            self.left[e.rid] -= v.prefill_left == 0  # the prefill's last chunk samples a token
-            return
         if e.choice.mode == "self_spec_linear" and v.locked is None:
             v.locked = e.choice  # the draft forward: the verify must follow
             return
@@ -109,17 +104,16 @@ class Sim:
     max_new=st.integers(1, 12),
     max_running=st.integers(1, 8),
     max_tokens=st.integers(8, 48),
-    chunk=st.integers(1, 32),
     use_auto=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_plan_budgets_progress_packing_and_no_starvation(
-    prompts, max_new, max_running, max_tokens, chunk, use_auto, seed
+    prompts, max_new, max_running, max_tokens, use_auto, seed
 ):
     rng = random.Random(seed)
     sim = Sim(prompts, [max_new] * len(prompts), rng)
     policy = AutoPolicy(COST) if use_auto else RandomPolicy(rng)
-    budget = Budget(max_running, max_tokens, chunk)
+    budget = Budget(max_running, max_tokens)
     sched = Scheduler(policy, budget)
     last_run = {}
     for step in range(2000):
@@ -129,11 +123,10 @@ def test_plan_budgets_progress_packing_and_no_starvation(
         plan = sched.plan(live)
         rids = [e.rid for e in plan.entries]
         assert plan.entries and len(set(rids)) == len(rids)
-        # budgets: running slots, tokens per forward, prefill tokens per forward
+        # budgets: running slots, tokens per forward
         assert sum(v.running for v in live) <= max_running
         assert all(sim.views[i].running for i in rids)
         assert plan.tokens <= max_tokens
-        assert sum(e.tokens for e in plan.entries if e.choice is None) <= chunk
         # queued requests get slots in arrival order
         assert all(q > r for q in plan.queued for r in rids)
         # every scheduled request advances
@@ -142,7 +135,7 @@ def test_plan_budgets_progress_packing_and_no_starvation(
             before = sim.progress(v)
             sim.apply(e)
             assert sim.progress(v) > before, (e, before)
-            if e.choice is not None and e.choice.mode == "self_spec_quadratic":
+            if e.choice.mode == "self_spec_quadratic":
                 assert e.tokens == e.choice.block * (e.choice.block + 1)
         # a running request waits at most (running requests - 1) steps in a row
         for v in live:
@@ -167,7 +160,7 @@ def test_auto_drafts_shorter_for_a_request_whose_drafts_keep_failing():
 def test_plan_rejects_a_fixed_mode_over_the_token_budget():
     v = RequestView(0, 0, fixed=Choice("diffusion", 32))
     with pytest.raises(ValueError, match="max_tokens_per_forward=16"):
-        Scheduler(AutoPolicy(COST), Budget(4, 16, 16)).plan([v])
+        Scheduler(AutoPolicy(COST), Budget(4, 16)).plan([v])
 
 
 def test_calibrate_writes_the_cost_file_that_scheduler_sim_reads(tmp_path):
@@ -203,3 +196,12 @@ def test_calibrate_writes_the_cost_file_that_scheduler_sim_reads(tmp_path):
     assert {"ar", "auto"} <= {r["mode"] for r in rows}
     assert all(isinstance(r["tokens_per_s"], float) and r["tokens_per_s"] > 0 for r in rows)
     assert set(res["verdict"]) >= {"goal_within_5pct", "goal_better_somewhere"}
+
+
+def test_budget_without_limits_admits_every_request_and_refuses_a_zero_limit():
+    views = [RequestView(i, 10, fixed=Choice("self_spec_linear", 8)) for i in range(40)]
+    plan = Scheduler(AutoPolicy(COST), Budget()).plan(views)
+    assert [e.rid for e in plan.entries] == list(range(40)) and not plan.waiting
+    assert plan.tokens == 40 * 8 and not plan.queued
+    with pytest.raises(ValueError, match="Budget.max_tokens_per_forward must be >= 1 or None"):
+        Budget(max_tokens_per_forward=0)

@@ -259,7 +259,7 @@ class TriModeEngine:
             auto_policy = AutoPolicy(self.cost_model())
         budget = None
         if max_tokens_per_forward is not None:
-            budget = Budget(len(prompts), max_tokens_per_forward, max_tokens_per_forward)
+            budget = Budget(max_tokens_per_forward=max_tokens_per_forward)
         driver = ModeDriver(modes, mode_cfg, auto_policy, budget)
         self.last_trace = driver.trace
         reqs = [

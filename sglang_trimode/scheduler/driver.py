@@ -46,8 +46,7 @@ class ModeDriver:
         if policy is None and "auto" in modes:
             raise ValueError('mode "auto" needs a scheduling policy (e.g. AutoPolicy)')
         self.mode_cfg = mode_cfg
-        big = Budget(max(1, len(modes)), 1 << 30, 1 << 30)
-        self.scheduler = Scheduler(policy or _NoPolicy(), budget or big)
+        self.scheduler = Scheduler(policy or _NoPolicy(), budget or Budget())
         self.views: dict[int, RequestView] = {}
         self.choice: dict[int, Choice | None] = {}
         self._policies: dict[Choice, ARPolicy] = {}
@@ -94,8 +93,6 @@ class ModeDriver:
         plan = self.scheduler.plan([self.views[i] for i in active])
         rows = {}
         for e in plan.entries:
-            if e.choice is None:
-                raise ValueError("the reference engine prefills outside the scheduler")
             old, r = self.choice[e.rid], reqs[e.rid]
             if old != e.choice:
                 self.policy(e.choice).take_over(r, self.policy(old or AR))

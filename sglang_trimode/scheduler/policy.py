@@ -65,7 +65,6 @@ class RequestView:
     rejections: int = 0  # verify steps that rejected a draft
     waited: int = 0  # steps skipped for budget
     prior: tuple[float, float] = (1.0, 1.0)  # Beta prior on alpha
-    prefill_left: int = 0  # prompt tokens not yet prefilled (chunked prefill)
     running: bool = False  # holds a running slot (KV, a batch row) until it finishes
     fixed: Choice | None = None  # a request with a fixed mode: the policy never changes it
     locked: Choice | None = None  # mid-cycle (e.g. linear verify after its draft): must go on

@@ -1,25 +1,25 @@
-"""One scheduler step: which requests run, what each does, packed into ONE forward.
+"""One scheduler step: which running requests share the next forward, and what each does.
 
-Plain Python over :class:`RequestView` (no sglang, no torch tensors).
-Per step, under a :class:`Budget`:
+Plain Python over :class:`RequestView` (no sglang, no torch tensors). The requests are prefilled
+(the reference engine prefills before its block loop, SGLang's scheduler before the worker's
+decode steps). Per step, under a :class:`Budget`:
 
 1. Running slots: requests keep their slot until they finish; free slots go to queued requests in
    arrival order (``max_running``).
-2. Admission: every running request needs at least one query token (a prefill chunk of 1, an AR
-   decode) or, fixed or mid-cycle, its choice's tokens. Requests are admitted longest-waiting
-   first (then by id) while the token budget holds; a skipped request's wait counter grows, so it
-   is first within a few steps (no starvation). The longest-waiting request always fits alone.
-3. Chunked prefill: admitted prefills share at most ``chunked_prefill_size`` tokens, oldest first,
-   each at least one token.
-4. Decode choices: fixed and locked requests keep theirs; the policy chooses for the others within
-   the tokens left (:class:`~sglang_trimode.scheduler.policy.AutoPolicy` maximises expected
-   tokens per second under the cost model).
+2. Admission: every running request needs at least one query token (an AR step) or, fixed or
+   mid-cycle, its choice's tokens. Requests are admitted longest-waiting first (then by id) while
+   the token budget holds; a skipped request's wait counter grows, so it is first within a few
+   steps (no starvation). The longest-waiting request always fits alone.
+3. Choices: fixed and locked requests keep theirs; the policy chooses for the others within the
+   tokens left (:class:`~sglang_trimode.scheduler.policy.AutoPolicy` maximises expected tokens
+   per second under the cost model).
 
 The result lists one :class:`Entry` (a mask descriptor over a prefix) per admitted request.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,22 +39,33 @@ class Policy(Protocol):
 
 @dataclass(frozen=True)
 class Budget:
-    max_running: int = 256
-    max_tokens_per_forward: int = 8192
-    chunked_prefill_size: int = 8192
+    """Limits of one forward; None: no limit (a server whose own scheduler admits requests sets
+    no ``max_running``)."""
+
+    max_running: int | None = None
+    max_tokens_per_forward: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_running", "max_tokens_per_forward", "chunked_prefill_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Budget.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_running", "max_tokens_per_forward"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"Budget.{name} must be >= 1 or None (no limit), got {value}")
+
+    @property
+    def running(self) -> float:
+        return math.inf if self.max_running is None else self.max_running
+
+    @property
+    def tokens(self) -> float:
+        return math.inf if self.max_tokens_per_forward is None else self.max_tokens_per_forward
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One request's part of the forward: a prefill chunk (``choice`` None) or a decode step."""
+    """One request's part of the forward."""
 
     rid: int
-    choice: Choice | None
+    choice: Choice
     desc: masks.MaskDescriptor
     prefix: int
 
@@ -76,7 +87,7 @@ class StepPlan:
 
 def _need(r: RequestView) -> int:
     """Least query tokens the request can take part in a forward with."""
-    pinned = r.locked or (None if r.prefill_left else r.fixed)
+    pinned = r.locked or r.fixed
     return pinned.tokens if pinned is not None else 1
 
 
@@ -88,54 +99,46 @@ class Scheduler:
     def plan(self, reqs: Sequence[RequestView]) -> StepPlan:
         """Plan one forward over the unfinished requests ``reqs`` (views are updated in place:
         ``running`` and ``waited``). The caller applies the step and updates ``context``,
-        ``prefill_left``, ``locked`` and the acceptance counts."""
+        ``locked`` and the acceptance counts."""
         b = self.budget
         for r in reqs:
-            if _need(r) > b.max_tokens_per_forward:
+            if _need(r) > b.tokens:
                 raise ValueError(
                     f"request {r.rid} needs {_need(r)} tokens per forward, over "
                     f"max_tokens_per_forward={b.max_tokens_per_forward}"
                 )
-        slots = b.max_running - sum(r.running for r in reqs)
-        for r in sorted((r for r in reqs if not r.running), key=lambda r: r.rid)[: max(0, slots)]:
-            r.running = True
+        slots = b.running - sum(r.running for r in reqs)
+        for r in sorted((r for r in reqs if not r.running), key=lambda r: r.rid):
+            if slots <= 0:
+                break
+            r.running, slots = True, slots - 1
         running = [r for r in reqs if r.running]
         queued = sorted(r.rid for r in reqs if not r.running)
 
-        admitted, waiting, used, prefills = [], [], 0, 0
+        admitted, waiting, used = [], [], 0
         for r in sorted(running, key=lambda r: (-r.waited, r.rid)):
-            need, is_prefill = _need(r), r.prefill_left > 0
-            fits = used + need <= b.max_tokens_per_forward
-            if fits and (not is_prefill or prefills < b.chunked_prefill_size):
+            need = _need(r)
+            if used + need <= b.tokens:
                 admitted.append(r)
                 used += need
-                prefills += is_prefill
                 r.waited = 0
             else:
                 waiting.append(r.rid)
                 r.waited += 1
 
         entries: dict[int, Entry] = {}
-        left = b.max_tokens_per_forward - used  # tokens beyond the reserved minimum
-        pool = min(b.chunked_prefill_size, prefills + left)
-        pre = [r for r in admitted if r.prefill_left > 0]
-        for n, r in enumerate(pre):
-            chunk = max(1, min(r.prefill_left, pool - (len(pre) - n - 1)))
-            pool -= chunk
-            left -= chunk - 1
-            entries[r.rid] = Entry(r.rid, None, masks.prefill(chunk), r.context)
-
-        pinned = [r for r in admitted if r.prefill_left == 0 and (r.locked or r.fixed)]
-        free = [r for r in admitted if r.prefill_left == 0 and not (r.locked or r.fixed)]
+        left = b.tokens - used  # tokens beyond the reserved minimum
+        pinned = [r for r in admitted if r.locked or r.fixed]
+        free = [r for r in admitted if not (r.locked or r.fixed)]
         gain = 0.0
         for r in pinned:
             c = r.locked or r.fixed
             gain += c.expected_tokens(r.alpha)
             entries[r.rid] = Entry(r.rid, c, c.descriptor(verify=r.locked is not None), r.context)
-        fixed_ctx = sum(r.context for r in admitted if r.rid in entries)
-        base = (gain, b.max_tokens_per_forward - len(free) - left, fixed_ctx)
-        choices = self.policy.choose(free, budget=len(free) + left, base=base)
-        for r, c in zip(free, fit_budget(choices, len(free) + left)):
+        base = (gain, used - len(free), sum(r.context for r in pinned))
+        budget = None if left == math.inf else len(free) + int(left)
+        choices = self.policy.choose(free, budget=budget, base=base)
+        for r, c in zip(free, fit_budget(choices, budget)):
             entries[r.rid] = Entry(r.rid, c, c.descriptor(), r.context)
         order = sorted(entries)
         return StepPlan([entries[i] for i in order], sorted(waiting), queued)

@@ -72,7 +72,7 @@ class AutoModes:
         # a choice of block b emits (and keeps the KV of) at most b tokens per step
         self.candidates = [c for c in default_candidates(None, served) if c.block <= width]
         # SGLang's scheduler admits requests and prefills them; blocks fit the width
-        budget = Budget(1 << 30, settings.auto_token_budget or 1 << 30, 1 << 30)
+        budget = Budget(max_tokens_per_forward=settings.auto_token_budget or None)
         self.driver = ModeDriver([], mode_cfg, _MeasuredAuto(self), budget, keep_trace=False)
         self._runs: dict[int, list[list]] = {}  # index -> [[label, forwards], ...]
         #: since start, all requests: forwards per choice label (`ar`, `self_spec_linear/4`, ...)
