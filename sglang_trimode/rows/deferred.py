@@ -3,10 +3,10 @@
 A quadratic step puts ``(k + 1)(L + 1)`` tokens into a forward but its policy reads the ``k + 1``
 causal rows and ONE mask group of ``L`` rows (the group after the accepted drafts). When the
 forward hands back hidden states and an LM head instead of every row's logits (the SGLang
-worker: ``srt/model.py``'s ``plan.head``), only the causal rows get logits in the forward and a
-group's logits are computed when the policy reads it: ``2L - 1`` of ``L (L + 1)`` rows at most,
-instead of all (at block 32 and a 131k vocabulary, 64 rows instead of 1056 x 131k fp32 logits).
-No sglang import here.
+worker: ``srt/model.py``'s ``RowLogitsOutput.head``), only the causal rows get logits in the
+forward and a group's logits are computed when the policy reads it: ``2L - 1`` of ``L (L + 1)``
+rows at most, instead of all (at block 32 and a 131k vocabulary, 64 rows instead of 1056 x 131k
+fp32 logits). No sglang import here.
 """
 
 from __future__ import annotations

@@ -80,10 +80,9 @@ class TriModeForwardInput(SpecInput):
         self.num_tokens_for_logprob_per_req = width
         self.draft_token_num = width
         self.attn_impl: str | None = None  # `triton`, `torch` or `sdpa`, once per forward
-        #: rows whose logits the forward returns (None: all); then `head(rows)` computes any
-        #: other rows' logits from the forward's hidden states (set by `srt/model.py`)
+        #: rows whose logits the forward returns (None: all); the model's output then carries
+        #: `head(rows)` for any other rows (`srt/model.py` `RowLogitsOutput`)
         self.logit_rows: torch.Tensor | None = None
-        self.head = None
 
     def is_draft_input(self) -> bool:
         return False

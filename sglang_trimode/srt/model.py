@@ -8,9 +8,9 @@ stacked `qkv_proj` / `gate_up_proj` shards are handled by the Llama loader.
 
 Only causal attention is served here; the diffusion / self-speculation masks need the TRIMODE
 worker and its attention backend (`srt/worker.py`, `srt/attention.py`). One hook for the worker:
-a forward whose plan (`forward_batch.spec_info`) names `logit_rows` returns the logits of those
-rows only and leaves `plan.head(rows)`, the LM head over any other rows' hidden states of the
-same forward (a quadratic step reads one of its mask groups, chosen after verifying).
+a forward whose plan (`forward_batch.spec_info`) names `logit_rows` returns a `RowLogitsOutput`:
+the logits of those rows only, and `head(rows)`, the LM head over any other rows' hidden states
+of the same forward (a quadratic step reads one of its mask groups, chosen after verifying).
 
 The Llama-4 query scaling happens in SGLang's `Ministral3Attention.forward` (q times the
 per-position factor) before attention is called, so no attention backend scales q again.
@@ -18,7 +18,8 @@ per-position factor) before attention is called, so no attention backend scales 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Callable, Iterable
 
 import torch
 from sglang.srt.layers.logits_processor import LogitsMetadata, LogitsProcessorOutput
@@ -82,13 +83,20 @@ class NemotronLabsDiffusionModel(Ministral3ForCausalLM):
                 states, self.lm_head, meta, use_logits_buffer=False
             )
 
-        plan.head = head
-        return LogitsProcessorOutput(next_token_logits=head(rows))
+        return RowLogitsOutput(next_token_logits=head(rows), head=head)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]):
         return super().load_weights(
             (checkpoint_name_to_sglang(name), tensor) for name, tensor in weights
         )
+
+
+@dataclasses.dataclass
+class RowLogitsOutput(LogitsProcessorOutput):
+    """`next_token_logits` of the plan's `logit_rows` only, `[len(logit_rows), V]`; `head(idx)`:
+    the logits of any rows `idx [n]` of the same forward -> `[n, V]` (a fresh tensor per call)."""
+
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 EntryClass = [NemotronLabsDiffusionModel]

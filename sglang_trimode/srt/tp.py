@@ -3,10 +3,10 @@ drafter's shard.
 
 Every TP rank's scheduler runs its own `TriModeWorker` over the same batch. Each forward holds
 collectives (the row-parallel all-reduces, the vocabulary-parallel LM head's all-gather, also in
-`plan.head` when a quadratic step reads a mask group later, the sharded drafter's all-reduce), so
-every rank must run the same forwards, of the same shapes, in the same order. The logits every
-rank reads are the same all-gathered tensor, so the mode policies agree as long as nothing
-rank-local feeds a decision:
+the model output's `head` when a quadratic step reads a mask group later, the sharded drafter's
+all-reduce), so every rank must run the same forwards, of the same shapes, in the same order.
+The logits every rank reads are the same all-gathered tensor, so the mode policies agree as long
+as nothing rank-local feeds a decision:
 
 - a sampled request's generator seed without `sampling_seed`: `request_seed`, a CRC-32 of the
   request id (Python's `hash` of a string differs between processes);

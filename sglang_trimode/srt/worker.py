@@ -362,7 +362,7 @@ class TriModeWorker(BaseSpecWorker):
         plan = TriModeForwardInput(layout)
         if any(d is not None and d.kind == masks.MaskKind.QUADRATIC for d in layout.descs):
             # logits for the causal rows only; a quadratic step's one mask group it reads comes
-            # from `plan.head` (rows.DeferredGroups): 2L - 1 rows of L (L + 1) through the head
+            # from the output's `head` (rows.DeferredGroups): 2L - 1 rows of L (L + 1) through it
             plan.logit_rows = eager_row_index(layout.descs).to(self.device)
         batch.spec_info = plan
         drafting = contextlib.nullcontext()
@@ -371,17 +371,24 @@ class TriModeWorker(BaseSpecWorker):
             drafting = self.drafter.rows(layout.pad_rows(gate, False))
         with drafting:
             result = self._target_worker.forward_batch_generation(batch, is_verify=True)
-        self.forwards["deferred_groups"] += plan.head is not None
-        if plan.head is not None and not self._head_announced:
+        output = result.logits_output  # srt/model.py `RowLogitsOutput` when logit_rows is set
+        head = getattr(output, "head", None)
+        if plan.logit_rows is not None and head is None:
+            raise RuntimeError(
+                "TRIMODE: the model returned no `head` for a forward with `logit_rows` (the model "
+                f"class is {type(self.model_runner.model).__name__}, not srt/model.py's)"
+            )
+        self.forwards["deferred_groups"] += head is not None
+        if head is not None and not self._head_announced:
             self._head_announced = True
             logger.info(
                 "TRIMODE: quadratic steps: logits of the causal rows in the forward, the one "
                 "mask group a step reads through the LM head when read"
             )
-        logits = result.logits_output.next_token_logits  # [N, V], or [logit_rows, V]
+        logits = output.next_token_logits  # [N, V], or [logit_rows, V]
         if plan.logit_rows is None:
             logits = logits[: layout.num_tokens]  # the padding's rows go
-        return logits, plan.head
+        return logits, head
 
     def _widest_segment(self) -> int:
         """At most the tokens one request puts into a forward: a quadratic step over a block

@@ -4,8 +4,8 @@ One TRIMODE server at TP 2 (block 4, `_srt_server.tp_env`: PyNccl off, a core pe
 copy of the default model (4 query / 2 KV heads: both split in two) with a seeded random
 draft-only adapter written by `peft` (`linear_spec_lora/`, o_proj, r 8): every layer is sharded,
 the LM head is vocabulary-parallel (its logits all-gathered, also for the quadratic mask groups
-read later through `plan.head`), and each rank holds half of the drafter's `A` columns. The
-reference is the TP 1 reference engine with the same adapter (a TP 1 server equals it:
+read later through the model output's `head`), and each rank holds half of the drafter's `A`
+columns. The reference is the TP 1 reference engine with the same adapter (a TP 1 server equals it:
 `test_server_trimode.py`, `test_server_fill_in_off.py`):
 
 - every mode, greedy, ragged batch of 4: the same tokens, the same forwards and acceptance

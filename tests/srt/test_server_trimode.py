@@ -221,9 +221,10 @@ def test_server_used_our_worker_and_model(server):
 
 def test_quadratic_mask_groups_go_through_the_head_when_read(server, reference):
     """A quadratic step's forward returns logits for its causal rows only; its one mask group
-    is computed through the LM head when the policy reads it (`srt/model.py`'s `plan.head`,
-    `rows.DeferredGroups`): the worker counts those forwards, and tokens and stats (accept
-    lengths, which depend on the drafts read from the group) equal the reference."""
+    is computed through the LM head when the policy reads it (`srt/model.py`'s
+    `RowLogitsOutput.head`, `rows.DeferredGroups`): the worker counts those forwards, and tokens
+    and stats (accept lengths, which depend on the drafts read from the group) equal the
+    reference."""
     before = trimode_state(server["base"])["forwards"]
     _batch_equals_reference(server, reference, "self_spec_quadratic")
     after = trimode_state(server["base"])["forwards"]
