@@ -155,7 +155,9 @@ def fills_in(e: Running, emitted: int, width: int) -> bool:
     """Whether a request whose cycle of this step is complete, having emitted ``emitted`` tokens
     in it, runs one more cycle in the step's next forward (fill-in; ``width`` 0: off): only a
     request of a fixed mode whose cycles take one forward (AR, quadratic), so the step does not
-    get longer, and only while the cycle's tokens fit: at most ``width`` emitted per step."""
+    get longer, and only while the cycle's tokens fit: at most ``width`` emitted per step (in the
+    server, the KV it keeps, at most what it emits, then stays in the slots SGLang reserves past
+    the committed prefix each step)."""
     if width <= 0 or e.planned is not None or e.state.done:
         return False
     most = e.policy.one_forward_tokens()

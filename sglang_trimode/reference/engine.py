@@ -279,6 +279,7 @@ class TriModeEngine:
         ]
         cache = self._new_cache(len(reqs), max(len(p) for p in prompts) + max_new_tokens)
         self._prefill(reqs, cache)
+        # the driver holds requests 0..n-1 in order: request i is its index i
         entries = [Running(r, driver.policy(AR), planned=i) for i, r in enumerate(reqs)]
         forward = partial(self._rows, cache, reqs, grammar, row_summary)
         while not all(r.done for r in reqs):
