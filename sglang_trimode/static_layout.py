@@ -21,7 +21,8 @@ import torch
 from sglang_trimode.kernels import PageTable, SegmentBatch
 from sglang_trimode.layout import Bucket, ForwardLayout
 
-_INT_FIELDS = ("kind", "block", "num_causal", "variants", "guessed")
+#: `SegmentBatch`'s tensors (every field but the host int `max_len`)
+_SEGMENT_TENSORS = tuple(f.name for f in fields(SegmentBatch) if f.name != "max_len")
 
 
 class StaticLayout:
@@ -40,7 +41,7 @@ class StaticLayout:
 
     def buffers(self) -> list[torch.Tensor]:
         """Every preallocated tensor (their addresses are what a graph records)."""
-        seg = [getattr(self.segments, f) for f in ("qo_indptr", *_INT_FIELDS)]
+        seg = [getattr(self.segments, name) for name in _SEGMENT_TENSORS]
         return [self.tokens, self.positions, self.out_cache_loc, *seg, self.row_start, self.lengths]
 
     def load(self, layout: ForwardLayout) -> ForwardLayout:
@@ -52,10 +53,8 @@ class StaticLayout:
             )
         for name in ("tokens", "positions", "out_cache_loc"):
             getattr(self, name).copy_(getattr(layout, name))
-        seg = layout.segments
-        for f in fields(SegmentBatch):
-            if f.name != "max_len":
-                getattr(self.segments, f.name).copy_(getattr(seg, f.name))
+        for name in _SEGMENT_TENSORS:
+            getattr(self.segments, name).copy_(getattr(layout.segments, name))
         self.row_start.copy_(layout.pages.row_start)
         self.lengths.copy_(layout.pages.lengths)
         pages = PageTable(layout.pages.table, self.row_start, self.lengths, layout.pages.page_size)
